@@ -1,0 +1,164 @@
+/**
+ * Typed wrappers over the shim: each checks the result and throws
+ * {@linkcode OsError} on failure. Only this folder calls the shim directly.
+ *
+ * @module
+ */
+
+import { OsError } from "../src/errors.ts";
+import { requireShim } from "./loader.ts";
+
+/** Linux constants used by the transports (x86_64 and aarch64 agree on these). */
+export const LINUX = {
+  PROT_READ: 0x1,
+  PROT_WRITE: 0x2,
+  MAP_SHARED: 0x01,
+  MAP_PRIVATE: 0x02,
+  MAP_FIXED: 0x10,
+  MAP_ANONYMOUS: 0x20,
+  MAP_NORESERVE: 0x4000,
+  MFD_CLOEXEC: 0x1,
+  EFD_CLOEXEC: 0o2000000,
+  EFD_NONBLOCK: 0o4000,
+  O_RDONLY: 0,
+  O_WRONLY: 1,
+  O_RDWR: 2,
+  O_NONBLOCK: 0o4000,
+  POLLIN: 0x1,
+  POLLOUT: 0x4,
+  POLLERR: 0x8,
+  POLLHUP: 0x10,
+  POLLNVAL: 0x20,
+  POLLRDHUP: 0x2000,
+  FALLOC_FL_KEEP_SIZE: 0x1,
+  FALLOC_FL_PUNCH_HOLE: 0x2,
+  EAGAIN: 11,
+  EINTR: 4,
+  ETIMEDOUT: 110,
+} as const;
+
+/** The size of a page on this machine. */
+export const PAGE_SIZE = 4096;
+
+const encoder = new TextEncoder();
+
+/**
+ * A NUL-terminated C string.
+ *
+ * @param s the string
+ * @returns its UTF-8 bytes and a trailing NUL
+ */
+export function cString(s: string): Uint8Array<ArrayBuffer> {
+  return encoder.encode(`${s}\0`);
+}
+
+/**
+ * Throws {@linkcode OsError} for a negative result, else returns it.
+ *
+ * @param syscall the call's name, for the message
+ * @param result what the shim returned (a negative errno on failure)
+ * @param detail extra context for the message
+ * @returns the non-negative result
+ */
+export function check(
+  syscall: string,
+  result: number | bigint,
+  detail?: string,
+): number {
+  const r = Number(result);
+  if (r < 0) throw new OsError(syscall, -r, detail);
+  return r;
+}
+
+/**
+ * A memfd of `size` bytes.
+ *
+ * @param name the name shown in /proc/PID/fd
+ * @param size its length
+ * @returns the descriptor
+ */
+export function memfdCreate(name: string, size: number): number {
+  const shim = requireShim();
+  const fd = check("memfd_create", shim.vd_memfd_create(cString(name), LINUX.MFD_CLOEXEC));
+  const r = shim.vd_ftruncate(fd, BigInt(size));
+  if (r < 0) {
+    shim.vd_close(fd);
+    throw new OsError("ftruncate", -r, `memfd ${name} to ${size} bytes`);
+  }
+  return fd;
+}
+
+/**
+ * Maps `len` bytes of `fd` shared and read/write.
+ *
+ * @param fd the descriptor
+ * @param len the length (a multiple of the page size)
+ * @param offset where in the file
+ * @returns the address
+ */
+export function mmapShared(fd: number, len: number, offset = 0): number {
+  return check(
+    "mmap",
+    requireShim().vd_mmap(
+      0n,
+      BigInt(len),
+      LINUX.PROT_READ | LINUX.PROT_WRITE,
+      LINUX.MAP_SHARED,
+      fd,
+      BigInt(offset),
+    ),
+    `${len} bytes of fd ${fd}`,
+  );
+}
+
+/**
+ * Unmaps a mapping.
+ *
+ * @param addr its address
+ * @param len its length
+ */
+export function munmap(addr: number, len: number): void {
+  check("munmap", requireShim().vd_munmap(BigInt(addr), BigInt(len)));
+}
+
+/**
+ * Closes a descriptor (errors are reported, but the descriptor is gone either way).
+ *
+ * @param fd the descriptor
+ */
+export function closeFd(fd: number): void {
+  check("close", requireShim().vd_close(fd), `fd ${fd}`);
+}
+
+/**
+ * A non-blocking, close-on-exec eventfd.
+ *
+ * @returns its descriptor
+ */
+export function eventfd(): number {
+  return check(
+    "eventfd",
+    requireShim().vd_eventfd(0, LINUX.EFD_CLOEXEC | LINUX.EFD_NONBLOCK),
+  );
+}
+
+/**
+ * A view of `len` bytes at process address `addr`, with its own ArrayBuffer.
+ * Costs ~650 ns: make views once, never per request.
+ *
+ * @param addr the address
+ * @param len the length
+ * @returns an ArrayBuffer over that memory (it does not own it)
+ */
+export function viewAt(addr: number, len: number): ArrayBuffer {
+  const ptr = Deno.UnsafePointer.create(BigInt(addr));
+  if (ptr === null) throw new OsError("getArrayBuffer", 22, "null address");
+  return Deno.UnsafePointerView.getArrayBuffer(ptr, len);
+}
+
+/**
+ * A full memory fence (orders every earlier load/store before every later one).
+ */
+export function fullFence(): void {
+  requireShim().vd_fence();
+}

@@ -1,0 +1,62 @@
+/**
+ * Device-independent virtio feature bits (virtio 1.2, section 6), as bigint
+ * masks, and helpers to name them.
+ *
+ * @module
+ */
+
+/** Bit number → mask. */
+function bit(n: number): bigint {
+  return 1n << BigInt(n);
+}
+
+/** VIRTIO_F_INDIRECT_DESC (28): descriptors may point to descriptor tables. */
+export const VIRTIO_F_INDIRECT_DESC: bigint = bit(28);
+/** VIRTIO_F_EVENT_IDX (29): used_event / avail_event notification suppression. */
+export const VIRTIO_F_EVENT_IDX: bigint = bit(29);
+/** VIRTIO_F_VERSION_1 (32): virtio 1.x (little-endian, modern layout). */
+export const VIRTIO_F_VERSION_1: bigint = bit(32);
+/** VIRTIO_F_ACCESS_PLATFORM (33): the device accesses memory through an IOMMU. */
+export const VIRTIO_F_ACCESS_PLATFORM: bigint = bit(33);
+/** VIRTIO_F_RING_PACKED (34): packed virtqueues. */
+export const VIRTIO_F_RING_PACKED: bigint = bit(34);
+/** VIRTIO_F_IN_ORDER (35): buffers are used in the order made available. */
+export const VIRTIO_F_IN_ORDER: bigint = bit(35);
+/** VIRTIO_F_ORDER_PLATFORM (36): memory accesses need platform ordering. */
+export const VIRTIO_F_ORDER_PLATFORM: bigint = bit(36);
+/** VIRTIO_F_NOTIFICATION_DATA (38): notifications carry data. */
+export const VIRTIO_F_NOTIFICATION_DATA: bigint = bit(38);
+
+/** Names of device-independent bits, for {@linkcode describeFeatures}. */
+export const VIRTIO_FEATURE_NAMES: Readonly<Record<number, string>> = {
+  28: "INDIRECT_DESC",
+  29: "EVENT_IDX",
+  32: "VERSION_1",
+  33: "ACCESS_PLATFORM",
+  34: "RING_PACKED",
+  35: "IN_ORDER",
+  36: "ORDER_PLATFORM",
+  37: "SR_IOV",
+  38: "NOTIFICATION_DATA",
+  40: "RING_RESET",
+};
+
+/**
+ * Names the set bits of `features`.
+ *
+ * @param features a feature mask
+ * @param deviceNames names of device-specific bits (0–23)
+ * @returns e.g. `["VERSION_1", "FLUSH", "bit 41"]`
+ */
+export function describeFeatures(
+  features: bigint,
+  deviceNames: Readonly<Record<number, string>> = {},
+): string[] {
+  const names: string[] = [];
+  for (let b = 0; b < 64; b++) {
+    if ((features >> BigInt(b)) & 1n) {
+      names.push(deviceNames[b] ?? VIRTIO_FEATURE_NAMES[b] ?? `bit ${b}`);
+    }
+  }
+  return names;
+}

@@ -1,0 +1,177 @@
+/**
+ * Memory regions the device can reach.
+ *
+ * A {@linkcode MemfdRegion} is a memfd mapped once into this process; its
+ * descriptor is what vhost-user and vhost-vdpa hand to the device side. A
+ * {@linkcode HeapRegion} is an ordinary ArrayBuffer, for the in-process mock
+ * device, which needs no native code at all.
+ *
+ * @module
+ */
+
+import { closeFd, memfdCreate, mmapShared, munmap, PAGE_SIZE, viewAt } from "../../ffi/syscalls.ts";
+
+/** Memory shared with the device. */
+export interface SharedRegion {
+  /** A name for diagnostics. */
+  readonly name: string;
+  /** Length in bytes. */
+  readonly size: number;
+  /** Process virtual address of byte 0 (0 for a heap region). */
+  readonly addr: number;
+  /** The memfd behind the region, or -1. The region owns it. */
+  readonly fd: number;
+  /**
+   * The I/O virtual address of byte 0 as the device sees it, or -1 while
+   * the region is not mapped for the device. Set by the transport.
+   */
+  iova: number;
+  /** A view of the whole region, for the driver's own use (never handed to callers). */
+  readonly bytes: Uint8Array<ArrayBuffer>;
+  /** True once {@linkcode SharedRegion.close} has run. */
+  readonly closed: boolean;
+  /**
+   * A view for a caller, over `[offset, offset + length)`. Where the region
+   * allows it the view has an ArrayBuffer of its own, so that it cannot reach
+   * outside its range and can be detached alone.
+   */
+  slice(offset: number, length: number): Uint8Array<ArrayBuffer>;
+  /** Detaches a view made by {@linkcode SharedRegion.slice} (it reads as empty from now on). */
+  release(view: Uint8Array<ArrayBuffer>): void;
+  /** Detaches every view, unmaps the memory and closes the descriptor. */
+  close(): void;
+}
+
+/**
+ * Rounds `n` up to a multiple of `align` (a power of two).
+ *
+ * @param n the value
+ * @param align the alignment
+ * @returns the rounded value
+ */
+export function alignUp(n: number, align: number): number {
+  return Math.ceil(n / align) * align;
+}
+
+function detach(buffer: ArrayBuffer): void {
+  if (!buffer.detached) buffer.transfer(0);
+}
+
+/**
+ * A memfd-backed region, mapped once (MAP_SHARED, read/write).
+ *
+ * Views handed to callers each get their own ArrayBuffer and are detached on
+ * {@linkcode MemfdRegion.close}, so a stale view reads as empty instead of
+ * touching unmapped memory.
+ */
+export class MemfdRegion implements SharedRegion {
+  readonly name: string;
+  readonly size: number;
+  readonly addr: number;
+  iova = -1;
+  readonly bytes: Uint8Array<ArrayBuffer>;
+  #fd: number;
+  #views = new Set<ArrayBuffer>();
+  #closed = false;
+
+  /**
+   * Creates and maps a region of at least `size` bytes (rounded up to a page).
+   *
+   * @param name shown in /proc/PID/fd as memfd:NAME
+   * @param size the minimum length
+   */
+  constructor(name: string, size: number) {
+    this.name = name;
+    this.size = alignUp(Math.max(size, 1), PAGE_SIZE);
+    this.#fd = memfdCreate(name, this.size);
+    try {
+      this.addr = mmapShared(this.#fd, this.size);
+    } catch (e) {
+      closeFd(this.#fd);
+      throw e;
+    }
+    this.bytes = new Uint8Array(viewAt(this.addr, this.size));
+  }
+
+  get fd(): number {
+    return this.#fd;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  slice(offset: number, length: number): Uint8Array<ArrayBuffer> {
+    if (this.#closed) throw new RangeError(`region ${this.name} is closed`);
+    if (offset < 0 || length < 0 || offset + length > this.size) {
+      throw new RangeError(`[${offset}, +${length}) is outside region ${this.name}`);
+    }
+    const buffer = viewAt(this.addr + offset, length);
+    this.#views.add(buffer);
+    return new Uint8Array(buffer);
+  }
+
+  release(view: Uint8Array<ArrayBuffer>): void {
+    if (this.#views.delete(view.buffer)) detach(view.buffer);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const b of this.#views) detach(b);
+    this.#views.clear();
+    detach(this.bytes.buffer);
+    try {
+      munmap(this.addr, this.size);
+    } finally {
+      closeFd(this.#fd);
+      this.#fd = -1;
+    }
+  }
+}
+
+/**
+ * A region in the JavaScript heap, for the mock device (which runs in this
+ * process and reads the same ArrayBuffer). Its views share one ArrayBuffer.
+ */
+export class HeapRegion implements SharedRegion {
+  readonly name: string;
+  readonly size: number;
+  readonly addr = 0;
+  readonly fd = -1;
+  iova = -1;
+  readonly bytes: Uint8Array<ArrayBuffer>;
+  #closed = false;
+
+  /**
+   * @param name for diagnostics
+   * @param size the length (rounded up to a page)
+   */
+  constructor(name: string, size: number) {
+    this.name = name;
+    this.size = alignUp(Math.max(size, 1), PAGE_SIZE);
+    this.bytes = new Uint8Array(this.size);
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  slice(offset: number, length: number): Uint8Array<ArrayBuffer> {
+    if (this.#closed) throw new RangeError(`region ${this.name} is closed`);
+    if (offset < 0 || length < 0 || offset + length > this.size) {
+      throw new RangeError(`[${offset}, +${length}) is outside region ${this.name}`);
+    }
+    return this.bytes.subarray(offset, offset + length);
+  }
+
+  release(_view: Uint8Array<ArrayBuffer>): void {
+    // Views share the region's ArrayBuffer; they are detached on close.
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    detach(this.bytes.buffer);
+  }
+}

@@ -1,0 +1,227 @@
+/**
+ * Starts and stops a private qemu-storage-daemon exporting a vhost-user-blk
+ * device on a temporary socket: for tests, the demo, the CLI and benchmarks.
+ *
+ * @module
+ */
+
+/** Options of {@linkcode QemuStorageDaemon.start}. */
+export interface QemuStorageDaemonOptions {
+  /** `"file"`: a raw image file (created when `image` is not given); `"null-co"`: no storage at all (reads return zeroes). Default `"file"`. */
+  driver?: "file" | "null-co";
+  /** An existing raw image to export (driver "file"). */
+  image?: string;
+  /** Size in bytes of the created image or the null device; default 64 MiB. */
+  size?: number;
+  /** Queues the export offers; default 1. */
+  numQueues?: number;
+  /** Whether the export accepts writes; default true. */
+  writable?: boolean;
+  /** Logical block size of the export; default 512. */
+  logicalBlockSize?: number;
+  /** Run the export in its own iothread; default true. */
+  iothread?: boolean;
+  /** The binary; default `$QEMU_STORAGE_DAEMON` or `qemu-storage-daemon`. */
+  binary?: string;
+  /** Where the socket, image and log go; default a new temporary directory (removed on stop). */
+  dir?: string;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function defaultBinary(): string {
+  try {
+    return Deno.env.get("QEMU_STORAGE_DAEMON") || "qemu-storage-daemon";
+  } catch {
+    return "qemu-storage-daemon";
+  }
+}
+
+/**
+ * A running qemu-storage-daemon with one vhost-user-blk export.
+ *
+ * @example
+ * ```ts ignore
+ * import { QemuStorageDaemon, VirtioBlk } from "./mod.ts";
+ * await using qsd = await QemuStorageDaemon.start({ size: 16 << 20 });
+ * await using blk = await VirtioBlk.connect({ transport: "vhost-user", path: qsd.socketPath });
+ * ```
+ */
+export class QemuStorageDaemon implements AsyncDisposable {
+  /** The vhost-user socket. */
+  readonly socketPath: string;
+  /** The exported image file (undefined for null-co). */
+  readonly imagePath: string | undefined;
+  /** The daemon's stdout and stderr. */
+  readonly logPath: string;
+  /** The folder holding socket, log (and a created image). */
+  readonly dir: string;
+  readonly #child: Deno.ChildProcess;
+  readonly #ownsDir: boolean;
+  #status: Promise<Deno.CommandStatus>;
+  #stopped = false;
+
+  private constructor(
+    child: Deno.ChildProcess,
+    dir: string,
+    ownsDir: boolean,
+    socketPath: string,
+    imagePath: string | undefined,
+    logPath: string,
+  ) {
+    this.#child = child;
+    this.#status = child.status;
+    this.dir = dir;
+    this.#ownsDir = ownsDir;
+    this.socketPath = socketPath;
+    this.imagePath = imagePath;
+    this.logPath = logPath;
+  }
+
+  /**
+   * Whether qemu-storage-daemon can be run here.
+   *
+   * @param binary the binary to try
+   * @returns true when `--version` succeeds
+   */
+  static async available(binary = defaultBinary()): Promise<boolean> {
+    try {
+      const out = await new Deno.Command(binary, { args: ["--version"], stdout: "null", stderr: "null" }).output();
+      return out.success;
+    } catch {
+      return false;
+    }
+  }
+
+  /** The process id. */
+  get pid(): number {
+    return this.#child.pid;
+  }
+
+  /**
+   * Starts a daemon and waits until its socket accepts connections.
+   *
+   * @param options what to export
+   * @returns the running daemon
+   */
+  static async start(options: QemuStorageDaemonOptions = {}): Promise<QemuStorageDaemon> {
+    const ownsDir = options.dir === undefined;
+    const dir = options.dir ?? await Deno.makeTempDir({ prefix: "virtio-qsd-" });
+    const socketPath = `${dir}/vhost-user-blk.sock`;
+    const logPath = `${dir}/qsd.log`;
+    const driver = options.driver ?? "file";
+    const size = options.size ?? 64 << 20;
+    let imagePath: string | undefined;
+    let blockdev: string;
+    if (driver === "file") {
+      imagePath = options.image ?? `${dir}/disk.img`;
+      if (!options.image) {
+        const f = await Deno.open(imagePath, { create: true, write: true, truncate: true });
+        await f.truncate(size);
+        f.close();
+      }
+      blockdev = `driver=file,node-name=disk,filename=${imagePath},cache.direct=off`;
+    } else {
+      blockdev = `driver=null-co,node-name=disk,size=${size},read-zeroes=on`;
+    }
+    const exportArgs = [
+      "type=vhost-user-blk",
+      "id=export0",
+      "addr.type=unix",
+      `addr.path=${socketPath}`,
+      "node-name=disk",
+      `writable=${(options.writable ?? true) ? "on" : "off"}`,
+      `num-queues=${options.numQueues ?? 1}`,
+      `logical-block-size=${options.logicalBlockSize ?? 512}`,
+    ];
+    const args = ["--blockdev", blockdev];
+    if (options.iothread ?? true) {
+      args.push("--object", "iothread,id=iothread0");
+      exportArgs.push("iothread=iothread0");
+    }
+    args.push("--export", exportArgs.join(","));
+    const log = await Deno.open(logPath, { create: true, write: true, truncate: true });
+    let child: Deno.ChildProcess;
+    try {
+      child = new Deno.Command(options.binary ?? defaultBinary(), {
+        args,
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+    } catch (e) {
+      log.close();
+      if (ownsDir) await Deno.remove(dir, { recursive: true }).catch(() => {});
+      throw e;
+    }
+    // Copy the daemon's output into the log file.
+    const pump = Promise.all([
+      child.stdout.pipeTo(log.writable, { preventClose: true }),
+      child.stderr.pipeTo(log.writable, { preventClose: true }),
+    ]).finally(() => log.close());
+    const daemon = new QemuStorageDaemon(child, dir, ownsDir, socketPath, imagePath, logPath);
+    daemon.#status = Promise.all([child.status, pump.catch(() => {})]).then(([s]) => s);
+    const deadline = performance.now() + 10_000;
+    let exited = false;
+    daemon.#status.then(() => (exited = true));
+    while (!(await exists(socketPath))) {
+      if (exited || performance.now() > deadline) {
+        await daemon.stop();
+        const text = await Deno.readTextFile(logPath).catch(() => "");
+        throw new Error(`qemu-storage-daemon did not start (${args.join(" ")}):\n${text}`);
+      }
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return daemon;
+  }
+
+  /**
+   * Sends a signal (SIGKILL by default) and waits for the process to exit.
+   * The folder stays until {@linkcode QemuStorageDaemon.stop}.
+   *
+   * @param signal the signal
+   */
+  async kill(signal: Deno.Signal = "SIGKILL"): Promise<void> {
+    try {
+      this.#child.kill(signal);
+    } catch {
+      // already exited
+    }
+    await this.#status;
+  }
+
+  /** Stops the daemon (SIGTERM, then SIGKILL after 5 s) and removes the folder it created. */
+  async stop(): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    let done = false;
+    const status = this.#status.then(() => (done = true));
+    try {
+      this.#child.kill("SIGTERM");
+    } catch {
+      // already exited
+    }
+    const t = setTimeout(() => {
+      if (!done) {
+        try {
+          this.#child.kill("SIGKILL");
+        } catch { /* exited */ }
+      }
+    }, 5000);
+    await status;
+    clearTimeout(t);
+    if (this.#ownsDir) await Deno.remove(this.dir, { recursive: true }).catch(() => {});
+  }
+
+  /** Same as {@linkcode QemuStorageDaemon.stop}. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.stop();
+  }
+}

@@ -1,0 +1,149 @@
+/**
+ * The transport interface: how the driver reaches a virtio device.
+ *
+ * A transport negotiates features, reads the device's config space, makes
+ * memory reachable by the device, sets queues up, and gives each queue a way
+ * to notify the device and a source of interrupts. It knows nothing of
+ * virtio-blk; the virtqueues know nothing of transports.
+ *
+ * @module
+ */
+
+import type { SharedRegion } from "../memory/region.ts";
+import type { VirtqueueFormat } from "../virtqueue/layout.ts";
+
+/** The transports this library implements. */
+export type TransportType = "vhost-user" | "vhost-vdpa" | "vfio-pci" | "mock";
+
+/** Where a queue's rings are, for {@linkcode Transport.setupQueues}. */
+export interface QueueConfig {
+  /** Queue index. */
+  readonly index: number;
+  /** Entries in the ring. */
+  readonly size: number;
+  /** Ring format. */
+  readonly format: VirtqueueFormat;
+  /** IOVA of the descriptor table / ring. */
+  readonly descIova: number;
+  /** IOVA of the driver area. */
+  readonly driverIova: number;
+  /** IOVA of the device area. */
+  readonly deviceIova: number;
+}
+
+/** Tells the device a queue has new buffers. */
+export interface QueueNotifier {
+  /** Sends the notification (an eventfd write, a doorbell store, or a call). */
+  notify(): void;
+}
+
+/**
+ * Wakes the driver when the device signals a queue (or the connection drops).
+ * Used by the eventfd completion mode and for hang-up detection.
+ */
+export interface InterruptSource {
+  /**
+   * Resolves when at least one interrupt (or a hang-up) arrived since the
+   * last call. Only one wait may be outstanding.
+   */
+  wait(): Promise<void>;
+  /** True once the peer hung up (the connection is gone). */
+  readonly hungUp: boolean;
+  /** Keeps the event loop alive while a wait is outstanding (default). */
+  ref(): void;
+  /** Lets the process exit even while a wait is outstanding. */
+  unref(): void;
+  /** Stops waiting and releases everything (an outstanding wait resolves). */
+  close(): Promise<void>;
+}
+
+/**
+ * A way to reach one virtio device.
+ *
+ * Life cycle, driven by the device layer:
+ * `connect` (transport-specific) → {@linkcode Transport.negotiateFeatures} →
+ * {@linkcode Transport.readConfig} → {@linkcode Transport.createRegion} +
+ * {@linkcode Transport.mapMemRegion} → {@linkcode Transport.setupQueues} →
+ * I/O → {@linkcode Transport.close}.
+ */
+export interface Transport {
+  /** Which transport this is. */
+  readonly type: TransportType;
+  /** Virtio feature bits the device offers. */
+  readonly deviceFeatures: bigint;
+  /** How many queues the device supports. */
+  readonly maxQueues: number;
+  /** Largest queue size the device accepts. */
+  readonly maxQueueSize: number;
+  /** How many memory regions can be mapped at once. */
+  readonly maxMemRegions: number;
+  /** True once closed or once the connection was lost. */
+  readonly closed: boolean;
+
+  /**
+   * Agrees on features: offers `driverFeatures & deviceFeatures` and
+   * returns the set the device accepted. Call once, before anything else.
+   *
+   * @param driverFeatures what the driver supports
+   * @returns the negotiated virtio feature bits
+   */
+  negotiateFeatures(driverFeatures: bigint): Promise<bigint>;
+
+  /**
+   * Reads `length` bytes of the device-specific config space at `offset`.
+   *
+   * @param offset where to start
+   * @param length how many bytes
+   * @returns a copy of the bytes
+   */
+  readConfig(offset: number, length: number): Promise<Uint8Array>;
+
+  /**
+   * Allocates memory of the kind this transport can share (a memfd, or heap
+   * memory for the mock). The caller owns it and closes it after unmapping.
+   *
+   * @param size bytes (rounded up to a page)
+   * @param name for diagnostics
+   * @returns the region, not yet mapped
+   */
+  createRegion(size: number, name: string): SharedRegion;
+
+  /**
+   * Makes a region reachable by the device and sets its `iova`.
+   *
+   * @param region memory from {@linkcode Transport.createRegion}
+   */
+  mapMemRegion(region: SharedRegion): Promise<void>;
+
+  /**
+   * Withdraws a region from the device (its `iova` becomes -1).
+   *
+   * @param region a mapped region
+   */
+  unmapMemRegion(region: SharedRegion): Promise<void>;
+
+  /**
+   * Tells the device where the queues are and starts them.
+   *
+   * @param queues one entry per queue, indices 0..n-1
+   */
+  setupQueues(queues: readonly QueueConfig[]): Promise<void>;
+
+  /**
+   * The notifier of queue `index` (valid after {@linkcode Transport.setupQueues}).
+   *
+   * @param index queue index
+   * @returns its notifier
+   */
+  notifier(index: number): QueueNotifier;
+
+  /**
+   * An interrupt source covering every queue set up, plus hang-up of the
+   * connection where the transport has one. The caller closes it before
+   * closing the transport.
+   */
+  createInterruptSource(): Promise<InterruptSource>;
+
+  /** Stops the device's use of the queues and releases every resource. Idempotent. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,270 @@
+/**
+ * One vhost-user control connection: sends requests (with descriptors),
+ * waits for replies without blocking the event loop, and checks every reply
+ * before trusting a byte of it.
+ *
+ * @module
+ */
+
+import { requireShim } from "../../../ffi/loader.ts";
+import { check, closeFd, cString, eventfd, LINUX } from "../../../ffi/syscalls.ts";
+import {
+  ClosedError,
+  ConnectionLostError,
+  DeviceProtocolError,
+  OsError,
+  TimeoutError,
+  type VirtioError,
+} from "../../errors.ts";
+import {
+  decodeHeader,
+  encodeMessage,
+  VHOST_USER_HEADER_SIZE,
+  VHOST_USER_MAX_PAYLOAD,
+  VHOST_USER_REPLY_MASK,
+  VHOST_USER_REQUEST_NAMES,
+  VHOST_USER_VERSION,
+} from "./protocol.ts";
+
+/** What a request expects back. */
+export type ReplyKind =
+  | { kind: "none" }
+  | { kind: "payload"; size: number; allowEmpty?: boolean };
+
+/** Default time to wait for a reply. */
+export const DEFAULT_TIMEOUT_MS = 10_000;
+
+function name(request: number): string {
+  return VHOST_USER_REQUEST_NAMES[request] ?? `request ${request}`;
+}
+
+/**
+ * A connected vhost-user socket. Requests are serialised: one is on the wire
+ * at a time. A malformed reply, a timeout or a hang-up breaks the connection
+ * for good; every later request fails with the same error.
+ */
+export class VhostUserConnection {
+  readonly #path: string;
+  readonly #timeoutMs: number;
+  #fd: number;
+  #cancelFd: number;
+  #tail: Promise<unknown> = Promise.resolve();
+  #broken: VirtioError | undefined;
+  #closed = false;
+  readonly #fdsOut = new Int32Array(8);
+  readonly #info = new Int32Array(3);
+
+  private constructor(path: string, fd: number, cancelFd: number, timeoutMs: number) {
+    this.#path = path;
+    this.#fd = fd;
+    this.#cancelFd = cancelFd;
+    this.#timeoutMs = timeoutMs;
+  }
+
+  /**
+   * Connects to the back-end's socket.
+   *
+   * @param path the Unix socket path
+   * @param timeoutMs reply timeout
+   * @returns the connection
+   * @throws {ConnectionLostError} when nothing listens there
+   */
+  static connect(path: string, timeoutMs = DEFAULT_TIMEOUT_MS): VhostUserConnection {
+    const shim = requireShim();
+    const p = cString(path);
+    const fd = shim.vd_unix_connect(p, p.byteLength - 1, 1);
+    if (fd < 0) {
+      throw new ConnectionLostError(`cannot connect to vhost-user socket ${path}`, {
+        cause: new OsError("connect", -fd, path),
+      });
+    }
+    let cancel: number;
+    try {
+      cancel = eventfd();
+    } catch (e) {
+      closeFd(fd);
+      throw e;
+    }
+    return new VhostUserConnection(path, fd, cancel, timeoutMs);
+  }
+
+  /** The socket descriptor (owned by this connection). */
+  get fd(): number {
+    return this.#fd;
+  }
+
+  /** The error that broke the connection, if any. */
+  get broken(): VirtioError | undefined {
+    return this.#broken;
+  }
+
+  /**
+   * Sends a request and waits for its reply.
+   *
+   * @param request the request code
+   * @param payload its payload
+   * @param options descriptors to attach, NEED_REPLY, and the reply expected
+   * @returns the reply's payload (empty when no reply is expected)
+   */
+  call(
+    request: number,
+    payload: Uint8Array,
+    options: { fds?: readonly number[]; needReply?: boolean; reply: ReplyKind },
+  ): Promise<Uint8Array> {
+    const run = this.#tail.then(() => this.#call(request, payload, options));
+    this.#tail = run.catch(() => {});
+    return run;
+  }
+
+  async #call(
+    request: number,
+    payload: Uint8Array,
+    options: { fds?: readonly number[]; needReply?: boolean; reply: ReplyKind },
+  ): Promise<Uint8Array> {
+    if (this.#closed) throw new ClosedError("the vhost-user connection is closed");
+    if (this.#broken) throw this.#broken;
+    try {
+      const deadline = performance.now() + this.#timeoutMs;
+      await this.#send(
+        request,
+        encodeMessage(request, payload, options.needReply ?? false),
+        options.fds ?? [],
+        deadline,
+      );
+      if (options.reply.kind === "none") return new Uint8Array(0);
+      return await this.#receive(request, options.reply.size, options.reply.allowEmpty ?? false, deadline);
+    } catch (e) {
+      if (!this.#closed) this.#broken ??= e as VirtioError;
+      throw e;
+    }
+  }
+
+  async #send(request: number, msg: Uint8Array<ArrayBuffer>, fds: readonly number[], deadline: number): Promise<void> {
+    const shim = requireShim();
+    let at = 0;
+    let fdBuf = new Int32Array(fds);
+    while (at < msg.byteLength) {
+      const chunk = at === 0 ? msg : msg.subarray(at);
+      const r = Number(
+        shim.vd_sendmsg(this.#fd, chunk, BigInt(chunk.byteLength), new Uint8Array(fdBuf.buffer), fdBuf.length),
+      );
+      if (r >= 0) {
+        at += r;
+        fdBuf = new Int32Array(0); // descriptors travel with the first byte only
+        continue;
+      }
+      if (-r === LINUX.EAGAIN) {
+        await this.#wait(LINUX.POLLOUT, deadline, `sending ${name(request)}`);
+        continue;
+      }
+      if (-r === 32 || -r === 104) { // EPIPE, ECONNRESET
+        throw new ConnectionLostError(
+          `the vhost-user back-end at ${this.#path} closed the connection (sending ${name(request)})`,
+        );
+      }
+      throw new OsError("sendmsg", -r, name(request));
+    }
+  }
+
+  /** Waits until the socket is ready for `events`, the deadline passes, or close() cancels. */
+  async #wait(events: number, deadline: number, what: string): Promise<void> {
+    const remaining = Math.ceil(deadline - performance.now());
+    if (remaining <= 0) {
+      throw new TimeoutError(
+        `no answer from the vhost-user back-end at ${this.#path} within ${this.#timeoutMs} ms (${what})`,
+      );
+    }
+    const r = await requireShim().vd_poll2(this.#fd, events | LINUX.POLLRDHUP, this.#cancelFd, LINUX.POLLIN, remaining);
+    if (r < 0) throw new OsError("poll", -r, what);
+    if (this.#closed || (r >>> 16) !== 0) throw new ClosedError("the vhost-user connection was closed");
+    if (r === 0) {
+      throw new TimeoutError(
+        `no answer from the vhost-user back-end at ${this.#path} within ${this.#timeoutMs} ms (${what})`,
+      );
+    }
+    // POLLHUP/POLLERR/POLLRDHUP: the next read or write reports the details.
+  }
+
+  /** Reads exactly `buf.byteLength` bytes; collects stray descriptors to close. */
+  async #readExact(buf: Uint8Array<ArrayBuffer>, deadline: number, what: string, strayFds: number[]): Promise<void> {
+    const shim = requireShim();
+    let at = 0;
+    while (at < buf.byteLength) {
+      const view = at === 0 ? buf : buf.subarray(at);
+      const r = Number(shim.vd_recvmsg(
+        this.#fd,
+        view,
+        BigInt(view.byteLength),
+        new Uint8Array(this.#fdsOut.buffer),
+        this.#fdsOut.length,
+        new Uint8Array(this.#info.buffer),
+      ));
+      if (r > 0) {
+        for (let i = 0; i < this.#info[0]; i++) strayFds.push(this.#fdsOut[i]);
+        if (this.#info[1] > 0) strayFds.push(-1); // some were closed by the shim already
+        at += r;
+        continue;
+      }
+      if (r === 0) {
+        throw new ConnectionLostError(`the vhost-user back-end at ${this.#path} closed the connection (${what})`);
+      }
+      if (-r === LINUX.EAGAIN) {
+        await this.#wait(LINUX.POLLIN, deadline, what);
+        continue;
+      }
+      if (-r === 104) {
+        throw new ConnectionLostError(`the vhost-user back-end at ${this.#path} reset the connection (${what})`);
+      }
+      throw new OsError("recvmsg", -r, what);
+    }
+  }
+
+  async #receive(request: number, size: number, allowEmpty: boolean, deadline: number): Promise<Uint8Array> {
+    const what = `reply to ${name(request)}`;
+    const stray: number[] = [];
+    try {
+      const hdr = new Uint8Array(VHOST_USER_HEADER_SIZE);
+      await this.#readExact(hdr, deadline, what, stray);
+      const h = decodeHeader(hdr);
+      if (h.request !== request) {
+        throw new DeviceProtocolError("reply-wrong-request", `${what}: the back-end answered ${name(h.request)}`);
+      }
+      if ((h.flags & 0x3) !== VHOST_USER_VERSION) {
+        throw new DeviceProtocolError("reply-bad-version", `${what}: protocol version ${h.flags & 0x3}, expected 1`);
+      }
+      if ((h.flags & VHOST_USER_REPLY_MASK) === 0) {
+        throw new DeviceProtocolError("reply-missing-reply-flag", `${what}: the REPLY flag is not set`);
+      }
+      if (h.size > VHOST_USER_MAX_PAYLOAD) {
+        throw new DeviceProtocolError("reply-oversized", `${what}: payload of ${h.size} bytes`);
+      }
+      const payload = new Uint8Array(h.size);
+      if (h.size > 0) await this.#readExact(payload, deadline, what, stray);
+      if (stray.length > 0) {
+        throw new DeviceProtocolError("reply-unexpected-fds", `${what}: the back-end sent file descriptors`);
+      }
+      if (h.size !== size && !(allowEmpty && h.size === 0)) {
+        throw new DeviceProtocolError("reply-bad-size", `${what}: payload of ${h.size} bytes, expected ${size}`);
+      }
+      return payload;
+    } finally {
+      for (const fd of stray) if (fd >= 0) requireShim().vd_close(fd);
+    }
+  }
+
+  /**
+   * Closes the socket. A request waiting for its reply fails with
+   * {@linkcode ClosedError}; the descriptors are closed after it has stopped.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const shim = requireShim();
+    shim.vd_eventfd_write(this.#cancelFd, 1n);
+    await this.#tail;
+    check("close", shim.vd_close(this.#fd));
+    check("close", shim.vd_close(this.#cancelFd));
+    this.#fd = -1;
+    this.#cancelFd = -1;
+  }
+}

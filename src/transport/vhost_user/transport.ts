@@ -1,0 +1,306 @@
+/**
+ * The vhost-user transport: the device is a back-end process
+ * (qemu-storage-daemon, SPDK…) reached through a Unix socket. Memory is
+ * shared as memfds passed over the socket; in vhost-user the IOVA is the
+ * front-end's own virtual address. Notifications are eventfd writes and
+ * interrupts arrive on eventfds.
+ *
+ * @module
+ */
+
+import { requireShim } from "../../../ffi/loader.ts";
+import { closeFd, eventfd } from "../../../ffi/syscalls.ts";
+import { MAX_WAKER_TOKEN, Waker } from "../../../ffi/waker.ts";
+import {
+  ConnectionLostError,
+  DeviceProtocolError,
+  FeatureNegotiationError,
+  InvalidArgumentError,
+} from "../../errors.ts";
+import { MemfdRegion, type SharedRegion } from "../../memory/region.ts";
+import type { InterruptSource, QueueConfig, QueueNotifier, Transport } from "../transport.ts";
+import { DEFAULT_TIMEOUT_MS, type ReplyKind, VhostUserConnection } from "./connection.ts";
+import {
+  decodeConfigReply,
+  decodeU64,
+  encodeConfigRequest,
+  encodeMemTable,
+  encodeSingleMemRegion,
+  encodeU64,
+  encodeVringAddr,
+  encodeVringFile,
+  encodeVringState,
+  VHOST_MEMORY_BASELINE_NREGIONS,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VHOST_USER_MAX_CONFIG_SIZE,
+  type VhostUserMemRegion,
+  VhostUserProtocolFeature as PF,
+  VhostUserRequest as R,
+} from "./protocol.ts";
+
+/** Options of {@linkcode VhostUserTransport.connect}. */
+export interface VhostUserTransportOptions {
+  /** How long to wait for each reply; default 10000 ms. */
+  timeoutMs?: number;
+}
+
+/** Protocol features this driver uses when the back-end offers them. */
+export const VHOST_USER_DRIVER_PROTOCOL_FEATURES: bigint = PF.MQ | PF.REPLY_ACK | PF.CONFIG |
+  PF.CONFIGURE_MEM_SLOTS;
+
+const NONE: ReplyKind = { kind: "none" };
+const U64: ReplyKind = { kind: "payload", size: 8 };
+const EMPTY = new Uint8Array(0);
+
+function regionDesc(r: SharedRegion): VhostUserMemRegion {
+  return { guestPhysAddr: r.addr, size: r.size, userAddr: r.addr, mmapOffset: 0 };
+}
+
+/**
+ * A connection to a vhost-user back-end.
+ *
+ * @example
+ * ```ts ignore
+ * import { VhostUserTransport, VirtioBlk } from "./mod.ts";
+ * const transport = await VhostUserTransport.connect("/tmp/x.sock");
+ * await using blk = await VirtioBlk.connect({ transport });
+ * ```
+ */
+export class VhostUserTransport implements Transport {
+  readonly type = "vhost-user" as const;
+  readonly deviceFeatures: bigint;
+  /** Protocol features both sides use. */
+  readonly protocolFeatures: bigint;
+  readonly maxQueues: number;
+  readonly maxQueueSize = 32768;
+  readonly maxMemRegions: number;
+  readonly #conn: VhostUserConnection;
+  readonly #path: string;
+  #regions: SharedRegion[] = [];
+  #kickFds: number[] = [];
+  #callFds: number[] = [];
+  #notifiers: QueueNotifier[] = [];
+  #closed = false;
+
+  private constructor(
+    path: string,
+    conn: VhostUserConnection,
+    deviceFeatures: bigint,
+    protocolFeatures: bigint,
+    maxQueues: number,
+    maxMemRegions: number,
+  ) {
+    this.#path = path;
+    this.#conn = conn;
+    this.deviceFeatures = deviceFeatures;
+    this.protocolFeatures = protocolFeatures;
+    this.maxQueues = maxQueues;
+    this.maxMemRegions = maxMemRegions;
+  }
+
+  /**
+   * Connects and runs the start of the handshake: SET_OWNER, GET_FEATURES,
+   * GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_MAX_MEM_SLOTS.
+   * Needs the shim loaded (`loadShim()`).
+   *
+   * @param path the back-end's socket
+   * @param options timeouts
+   * @returns the transport
+   */
+  static async connect(path: string, options: VhostUserTransportOptions = {}): Promise<VhostUserTransport> {
+    const timeout = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    if (!(timeout > 0)) throw new InvalidArgumentError(`timeoutMs must be positive, got ${timeout}`);
+    const conn = VhostUserConnection.connect(path, timeout);
+    try {
+      await conn.call(R.SET_OWNER, EMPTY, { reply: NONE });
+      const features = decodeU64(await conn.call(R.GET_FEATURES, EMPTY, { reply: U64 }));
+      let proto = 0n;
+      if (features & VHOST_USER_F_PROTOCOL_FEATURES) {
+        const offered = decodeU64(await conn.call(R.GET_PROTOCOL_FEATURES, EMPTY, { reply: U64 }));
+        proto = offered & VHOST_USER_DRIVER_PROTOCOL_FEATURES;
+        await conn.call(R.SET_PROTOCOL_FEATURES, encodeU64(proto), { reply: NONE });
+      }
+      let maxQueues = 1;
+      if (proto & PF.MQ) {
+        const n = decodeU64(await conn.call(R.GET_QUEUE_NUM, EMPTY, { reply: U64 }));
+        if (n < 1n || n > 65535n) throw new DeviceProtocolError("bad-queue-num", `GET_QUEUE_NUM answered ${n}`);
+        maxQueues = Number(n);
+      }
+      let slots = VHOST_MEMORY_BASELINE_NREGIONS;
+      if (proto & PF.CONFIGURE_MEM_SLOTS) {
+        const n = decodeU64(await conn.call(R.GET_MAX_MEM_SLOTS, EMPTY, { reply: U64 }));
+        if (n < 1n || n > 65536n) throw new DeviceProtocolError("bad-mem-slots", `GET_MAX_MEM_SLOTS answered ${n}`);
+        slots = Number(n);
+      }
+      return new VhostUserTransport(path, conn, features & ~VHOST_USER_F_PROTOCOL_FEATURES, proto, maxQueues, slots);
+    } catch (e) {
+      await conn.close();
+      throw e;
+    }
+  }
+
+  get closed(): boolean {
+    return this.#closed || this.#conn.broken !== undefined;
+  }
+
+  /** Sends a request that has no reply of its own, waiting for the ack when REPLY_ACK is on. */
+  async #set(request: number, payload: Uint8Array, fds?: readonly number[]): Promise<void> {
+    if (this.protocolFeatures & PF.REPLY_ACK) {
+      const ack = decodeU64(await this.#conn.call(request, payload, { fds, needReply: true, reply: U64 }));
+      if (ack !== 0n) {
+        throw new DeviceProtocolError(
+          "request-refused",
+          `the vhost-user back-end refused request ${request} (status ${ack})`,
+        );
+      }
+    } else {
+      await this.#conn.call(request, payload, { fds, reply: NONE });
+    }
+  }
+
+  async negotiateFeatures(driverFeatures: bigint): Promise<bigint> {
+    const features = driverFeatures & this.deviceFeatures;
+    const wire = features | (this.protocolFeatures !== 0n ? VHOST_USER_F_PROTOCOL_FEATURES : 0n);
+    try {
+      await this.#set(R.SET_FEATURES, encodeU64(wire));
+    } catch (e) {
+      if (e instanceof DeviceProtocolError && e.violation === "request-refused") {
+        throw new FeatureNegotiationError(`the back-end refused features 0x${features.toString(16)}`);
+      }
+      throw e;
+    }
+    return features;
+  }
+
+  async readConfig(offset: number, length: number): Promise<Uint8Array> {
+    if ((this.protocolFeatures & PF.CONFIG) === 0n) {
+      throw new FeatureNegotiationError(
+        "the back-end does not offer VHOST_USER_PROTOCOL_F_CONFIG, so its config space cannot be read",
+      );
+    }
+    if (offset < 0 || length < 1 || offset + length > VHOST_USER_MAX_CONFIG_SIZE) {
+      throw new InvalidArgumentError(`config range [${offset}, +${length}) is outside the 256-byte config space`);
+    }
+    const payload = await this.#conn.call(R.GET_CONFIG, encodeConfigRequest(offset, length), {
+      reply: { kind: "payload", size: 12 + length, allowEmpty: true },
+    });
+    if (payload.byteLength === 0) {
+      throw new DeviceProtocolError(
+        "config-refused",
+        "the back-end could not read its config space (empty GET_CONFIG reply)",
+      );
+    }
+    const reply = decodeConfigReply(payload);
+    if (reply.offset !== offset || reply.size !== length) {
+      throw new DeviceProtocolError(
+        "reply-bad-config",
+        `GET_CONFIG reply covers [${reply.offset}, +${reply.size}), asked [${offset}, +${length})`,
+      );
+    }
+    return reply.data.slice();
+  }
+
+  createRegion(size: number, name: string): SharedRegion {
+    return new MemfdRegion(name, size);
+  }
+
+  async mapMemRegion(region: SharedRegion): Promise<void> {
+    if (region.fd < 0) throw new InvalidArgumentError(`region ${region.name} has no file descriptor to share`);
+    if (this.#regions.length >= this.maxMemRegions) {
+      throw new InvalidArgumentError(`the back-end takes at most ${this.maxMemRegions} memory regions`);
+    }
+    region.iova = region.addr; // vhost-user: IOVA = front-end virtual address
+    try {
+      if (this.protocolFeatures & PF.CONFIGURE_MEM_SLOTS) {
+        await this.#set(R.ADD_MEM_REG, encodeSingleMemRegion(regionDesc(region)), [region.fd]);
+        this.#regions.push(region);
+      } else {
+        const all = [...this.#regions, region];
+        await this.#set(R.SET_MEM_TABLE, encodeMemTable(all.map(regionDesc)), all.map((r) => r.fd));
+        this.#regions = all;
+      }
+    } catch (e) {
+      region.iova = -1;
+      throw e;
+    }
+  }
+
+  async unmapMemRegion(region: SharedRegion): Promise<void> {
+    const rest = this.#regions.filter((r) => r !== region);
+    if (rest.length === this.#regions.length) return;
+    if (this.protocolFeatures & PF.CONFIGURE_MEM_SLOTS) {
+      // No descriptor: the spec recommends none for REM_MEM_REG.
+      await this.#set(R.REM_MEM_REG, encodeSingleMemRegion(regionDesc(region)));
+    } else {
+      await this.#set(R.SET_MEM_TABLE, encodeMemTable(rest.map(regionDesc)), rest.map((r) => r.fd));
+    }
+    this.#regions = rest;
+    region.iova = -1;
+  }
+
+  async setupQueues(queues: readonly QueueConfig[]): Promise<void> {
+    const shim = requireShim();
+    for (const q of queues) {
+      if (q.format !== "split") {
+        throw new FeatureNegotiationError(`${q.format} rings are not supported by this vhost-user path yet`);
+      }
+      if (q.index > 255) throw new InvalidArgumentError("vhost-user addresses queues 0 to 255 in kick/call messages");
+      const kick = eventfd();
+      this.#kickFds[q.index] = kick;
+      const call = eventfd();
+      this.#callFds[q.index] = call;
+      await this.#set(R.SET_VRING_NUM, encodeVringState(q.index, q.size));
+      await this.#set(R.SET_VRING_BASE, encodeVringState(q.index, 0));
+      await this.#set(R.SET_VRING_ADDR, encodeVringAddr(q.index, q.descIova, q.deviceIova, q.driverIova));
+      await this.#set(R.SET_VRING_CALL, encodeVringFile(q.index, false), [call]);
+      await this.#set(R.SET_VRING_KICK, encodeVringFile(q.index, false), [kick]);
+      if (this.protocolFeatures !== 0n) {
+        // With protocol features, rings start disabled until enabled.
+        await this.#set(R.SET_VRING_ENABLE, encodeVringState(q.index, 1));
+      }
+      const write = shim.vd_eventfd_write;
+      this.#notifiers[q.index] = { notify: () => void write(kick, 1n) };
+    }
+  }
+
+  notifier(index: number): QueueNotifier {
+    const n = this.#notifiers[index];
+    if (!n) throw new InvalidArgumentError(`queue ${index} is not set up`);
+    return n;
+  }
+
+  async createInterruptSource(): Promise<InterruptSource> {
+    if (this.closed) throw new ConnectionLostError(`the vhost-user connection to ${this.#path} is closed`);
+    const waker = await Waker.create();
+    try {
+      this.#callFds.forEach((fd, i) => waker.watchEventfd(fd, i));
+      waker.watchHangup(this.#conn.fd, MAX_WAKER_TOKEN);
+    } catch (e) {
+      await waker.close();
+      throw e;
+    }
+    return waker;
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      if (this.#conn.broken === undefined) {
+        // GET_VRING_BASE stops each ring: the back-end no longer touches it.
+        for (let i = 0; i < this.#kickFds.length; i++) {
+          if (this.#kickFds[i] === undefined) continue;
+          await this.#conn.call(R.GET_VRING_BASE, encodeVringState(i, 0), { reply: { kind: "payload", size: 8 } });
+        }
+      }
+    } catch {
+      // The back-end is gone or misbehaving: tear down regardless.
+    } finally {
+      await this.#conn.close();
+      for (const fd of [...this.#kickFds, ...this.#callFds]) if (fd !== undefined) closeFd(fd);
+      this.#kickFds = [];
+      this.#callFds = [];
+      this.#regions = [];
+    }
+  }
+}

@@ -1,0 +1,230 @@
+/**
+ * The split virtqueue (virtio 1.2, section 2.7).
+ *
+ * @module
+ */
+
+import { InvalidArgumentError } from "../errors.ts";
+import type { VirtqueueFormat } from "./layout.ts";
+import { DESC_F_NEXT, DESC_F_WRITE, Virtqueue, type VirtqueueOptions } from "./virtqueue.ts";
+
+/** VRING_USED_F_NO_NOTIFY: the device does not need notifications. */
+export const VRING_USED_F_NO_NOTIFY = 1;
+/** VRING_AVAIL_F_NO_INTERRUPT: the driver does not need interrupts. */
+export const VRING_AVAIL_F_NO_INTERRUPT = 1;
+
+/**
+ * `vring_need_event`: whether moving an index from `oldIdx` to `newIdx`
+ * crosses the other side's event index `event` (all modulo 2^16).
+ *
+ * @param event the other side's event index
+ * @param newIdx the index after the update
+ * @param oldIdx the index at the last notification
+ * @returns true when a notification is due
+ */
+export function vringNeedEvent(event: number, newIdx: number, oldIdx: number): boolean {
+  return ((newIdx - event - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
+}
+
+/**
+ * A split virtqueue: descriptor table, available ring, used ring.
+ *
+ * Memory ordering. The device runs concurrently on another CPU. Index
+ * publications use `Atomics.store` and index reads `Atomics.load`; both are
+ * sequentially consistent, so they also order the plain typed-array accesses
+ * around them (V8 keeps plain accesses on the effect chain across Atomics
+ * operations, and the CPU instruction is a full barrier on store — xchg on
+ * x86, stlr+ldar on arm64). Each use below names the reordering it prevents.
+ */
+export class SplitVirtqueue extends Virtqueue {
+  readonly format: VirtqueueFormat = "split";
+  // Shared memory, viewed once.
+  readonly #descU32: Uint32Array; // [addr_lo, addr_hi, len, flags|next<<16] per descriptor
+  readonly #descU16: Uint16Array;
+  readonly #avail: Uint16Array; // flags, idx, ring[Q], used_event
+  readonly #usedU16: Uint16Array; // flags, idx, ..., avail_event at 2 + 4Q
+  readonly #usedU32: Uint32Array; // (flags|idx), then id, len per element
+  readonly #mask: number;
+  // Private driver state: never read back from shared memory.
+  readonly #next: Uint16Array; // free list and chain links
+  readonly #chainTail: Uint16Array;
+  readonly #chainLen: Uint16Array;
+  #freeHead = 0;
+  #numFree: number;
+  #availIdx = 0; // next avail index to publish (mod 2^16)
+  #kickedIdx = 0; // avail index at the last availNotifNeeded()
+  #lastUsed = 0; // next used index to consume (mod 2^16)
+  #usedPending = 0; // used elements known published and not yet consumed
+  // Chain under construction.
+  #building = false;
+  #head = 0;
+  #cursor = 0;
+  #last = 0;
+  #remaining = 0;
+  #count = 0;
+
+  /** @param options layout, memory, IOVA and features */
+  constructor(options: VirtqueueOptions) {
+    super(options);
+    const { layout, memory } = options;
+    if (layout.format !== "split") {
+      throw new InvalidArgumentError("SplitVirtqueue needs a split layout");
+    }
+    const q = layout.queueSize;
+    const buf = memory.buffer, base = memory.byteOffset;
+    if (base % 16 !== 0) throw new InvalidArgumentError("virtqueue memory must be 16-byte aligned");
+    this.#descU32 = new Uint32Array(buf, base + layout.descTableOffset, 4 * q);
+    this.#descU16 = new Uint16Array(buf, base + layout.descTableOffset, 8 * q);
+    this.#avail = new Uint16Array(buf, base + layout.driverAreaOffset, 3 + q);
+    this.#usedU16 = new Uint16Array(buf, base + layout.deviceAreaOffset, 3 + 4 * q);
+    this.#usedU32 = new Uint32Array(buf, base + layout.deviceAreaOffset, 1 + 2 * q);
+    this.#mask = q - 1;
+    this.#next = new Uint16Array(q);
+    for (let i = 0; i < q; i++) this.#next[i] = i + 1; // the last link is never followed
+    this.#chainTail = new Uint16Array(q);
+    this.#chainLen = new Uint16Array(q);
+    this.#numFree = q;
+    // A fresh ring: zero everything the device reads or the driver owns.
+    memory.fill(0, layout.descTableOffset, layout.reqOffset);
+  }
+
+  get freeDescriptors(): number {
+    return this.#numFree;
+  }
+
+  protected peekFreeId(): number {
+    return this.#numFree > 0 ? this.#freeHead : -1;
+  }
+
+  beginChain(count: number): number {
+    if (this.failure) throw this.failure;
+    if (this.#building) throw new Error(`${this.name}: a chain is already being built`);
+    if (count < 1 || count > this.#numFree) return -1;
+    this.#building = true;
+    this.#head = this.#cursor = this.#freeHead;
+    this.#remaining = this.#count = count;
+    this.writableBytes[this.#head] = 0;
+    return this.#head;
+  }
+
+  pushDesc(iova: number, length: number, fromDevice: boolean): void {
+    if (this.#remaining === 0) throw new Error(`${this.name}: more descriptors pushed than begun`);
+    const i = this.#cursor;
+    const d = i << 2;
+    this.#descU32[d] = iova >>> 0;
+    this.#descU32[d + 1] = (iova / 4294967296) >>> 0;
+    this.#descU32[d + 2] = length;
+    const more = --this.#remaining > 0;
+    const next = this.#next[i];
+    this.#descU16[(i << 3) + 6] = (fromDevice ? DESC_F_WRITE : 0) | (more ? DESC_F_NEXT : 0);
+    this.#descU16[(i << 3) + 7] = more ? next : 0;
+    if (fromDevice) this.writableBytes[this.#head] += length;
+    this.#last = i;
+    this.#cursor = next;
+  }
+
+  endChain(): number {
+    if (!this.#building || this.#remaining !== 0) {
+      throw new Error(`${this.name}: endChain without a complete chain`);
+    }
+    this.#building = false;
+    const head = this.#head, tail = this.#last;
+    const count = this.#count;
+    this.#freeHead = this.#next[tail];
+    this.#numFree -= count;
+    this.#chainTail[head] = tail;
+    this.#chainLen[head] = count;
+    this.inFlightMap[head] = 1;
+    this.numInFlight++;
+    const a = this.#availIdx;
+    this.#avail[2 + (a & this.#mask)] = head;
+    this.#availIdx = (a + 1) & 0xffff;
+    // Release: the descriptors and the ring entry written above must be
+    // visible to the device before the new index (store-store ordering).
+    Atomics.store(this.#avail, 1, this.#availIdx);
+    return head;
+  }
+
+  abortChain(): void {
+    this.#building = false;
+    this.#remaining = 0;
+  }
+
+  nextUsed(): number {
+    if (this.failure) throw this.failure;
+    if (this.#usedPending === 0) {
+      // Acquire: the used elements (and the data and status the device wrote)
+      // must not be read before the index that publishes them.
+      const idx = Atomics.load(this.#usedU16, 1);
+      const n = (idx - this.#lastUsed) & 0xffff;
+      if (n === 0) return -1;
+      if (n > this.numInFlight) {
+        this.violation(
+          "used-idx-jump",
+          `used index moved by ${n} with ${this.numInFlight} chains in flight`,
+        );
+      }
+      this.#usedPending = n;
+    }
+    const e = 1 + ((this.#lastUsed & this.#mask) << 1);
+    const id = this.#usedU32[e];
+    const len = this.#usedU32[e + 1];
+    if (id >= this.queueSize) {
+      this.violation("used-id-out-of-range", `used id ${id} is not below the queue size ${this.queueSize}`);
+    }
+    if (this.inFlightMap[id] !== 1) {
+      this.violation("used-id-not-in-flight", `used id ${id} is not in flight`);
+    }
+    if (len > this.writableBytes[id]) {
+      this.violation(
+        "used-len-too-large",
+        `used length ${len} of id ${id} exceeds its ${this.writableBytes[id]} device-writable bytes`,
+      );
+    }
+    this.#lastUsed = (this.#lastUsed + 1) & 0xffff;
+    this.#usedPending--;
+    this.inFlightMap[id] = 0;
+    this.numInFlight--;
+    // Return the chain to the free list in O(1): its private links are intact.
+    this.#next[this.#chainTail[id]] = this.#freeHead;
+    this.#freeHead = id;
+    this.#numFree += this.#chainLen[id];
+    this.lastUsedLen = len;
+    return id;
+  }
+
+  hasUsed(): boolean {
+    if (this.failure) throw this.failure;
+    // Sequentially consistent: after setUsedNotifEnabled(true) (a store), this
+    // load cannot be satisfied before that store is visible (store-load).
+    return this.#usedPending > 0 || Atomics.load(this.#usedU16, 1) !== this.#lastUsed;
+  }
+
+  availNotifNeeded(): boolean {
+    const newIdx = this.#availIdx, oldIdx = this.#kickedIdx;
+    this.#kickedIdx = newIdx;
+    if (newIdx === oldIdx) return false;
+    // Full barrier between endChain's index store and these loads (both
+    // seq_cst): without it we could read a stale NO_NOTIFY / avail_event the
+    // device wrote before it saw our new index, and skip a needed kick while
+    // the device goes to sleep (store-load reordering).
+    if (this.eventIdx) {
+      const event = Atomics.load(this.#usedU16, 2 + 4 * this.queueSize);
+      return vringNeedEvent(event, newIdx, oldIdx);
+    }
+    return (Atomics.load(this.#usedU16, 0) & VRING_USED_F_NO_NOTIFY) === 0;
+  }
+
+  setUsedNotifEnabled(enabled: boolean): void {
+    if (this.eventIdx) {
+      // used_event: interrupt once the device uses the entry at lastUsed
+      // (enabled), or only after a full wrap of the index (disabled).
+      const event = enabled ? this.#lastUsed : (this.#lastUsed - 1) & 0xffff;
+      Atomics.store(this.#avail, 2 + this.queueSize, event);
+    } else {
+      Atomics.store(this.#avail, 0, enabled ? 0 : VRING_AVAIL_F_NO_INTERRUPT);
+    }
+    // Callers then check hasUsed(): the seq_cst store above and the seq_cst
+    // load there keep the re-check after the flag update (store-load).
+  }
+}

@@ -1,0 +1,361 @@
+/**
+ * The virtqueue interface shared by the split and packed rings.
+ *
+ * @module
+ */
+
+import { DeviceProtocolError, InvalidArgumentError, QueueFullError, type VirtioError } from "../errors.ts";
+import type { VirtqueueFormat, VirtqueueLayout } from "./layout.ts";
+
+/** The per-request data slot of a chain: a view into shared memory. */
+export interface RequestSlot {
+  /** The chain id this slot belongs to. */
+  readonly id: number;
+  /** The slot's bytes (layout.reqSize of them). */
+  readonly bytes: Uint8Array;
+  /** The same bytes as a DataView (little-endian accessors). */
+  readonly view: DataView;
+  /** The IOVA of the slot's first byte. */
+  readonly iova: number;
+}
+
+/** A buffer given by address: `length` bytes at `iova`. */
+export interface DeviceBuffer {
+  /** I/O virtual address. */
+  readonly iova: number;
+  /** Length in bytes. */
+  readonly length: number;
+}
+
+/** Adds one buffer to the chain being prepared; `fromDevice` marks it device-writable. */
+export type AddDesc = (buffer: DeviceBuffer | Uint8Array, fromDevice: boolean) => void;
+
+/** One finished chain. */
+export interface Completion {
+  /** The chain id {@linkcode Virtqueue.addRequest} returned. */
+  readonly id: number;
+  /** Its request slot. */
+  readonly req: RequestSlot;
+  /** Bytes the device says it wrote (checked against the chain's writable bytes). */
+  readonly len: number;
+}
+
+/** Construction options shared by both ring formats. */
+export interface VirtqueueOptions {
+  /** The layout (format, queue size, slot size). */
+  layout: VirtqueueLayout;
+  /** This queue's block of shared memory (`layout.stride` bytes, or more). */
+  memory: Uint8Array<ArrayBuffer>;
+  /** The IOVA of `memory[0]`. */
+  iova: number;
+  /** Whether VIRTIO_F_EVENT_IDX was negotiated. */
+  eventIdx?: boolean;
+  /**
+   * Translates a Uint8Array passed to `addDesc` into an IOVA (-1 when it is
+   * not device-reachable). Without it, only {@linkcode DeviceBuffer}s work.
+   */
+  translate?: (buffer: Uint8Array) => number;
+  /** A name for error messages, e.g. `"queue 0"`. */
+  name?: string;
+}
+
+/** Descriptor flag: the chain continues in `next`. */
+export const DESC_F_NEXT = 1;
+/** Descriptor flag: device-writable buffer. */
+export const DESC_F_WRITE = 2;
+/** Descriptor flag: the buffer is a table of descriptors. */
+export const DESC_F_INDIRECT = 4;
+
+/**
+ * A virtqueue: the driver side of one ring in shared memory.
+ *
+ * Two APIs share the ring. The generic one mirrors the Rust crate
+ * `virtio-driver`: {@linkcode Virtqueue.addRequest} and
+ * {@linkcode Virtqueue.completions}. The allocation-free one is for hot paths:
+ * {@linkcode Virtqueue.beginChain} / {@linkcode Virtqueue.pushDesc} /
+ * {@linkcode Virtqueue.endChain} and {@linkcode Virtqueue.nextUsed}.
+ *
+ * The device is untrusted: every id and length it writes is checked before
+ * use, the free list lives in private memory, and a violation fails the
+ * queue with a {@linkcode DeviceProtocolError} that every later call rethrows.
+ *
+ * @example
+ * ```ts
+ * import { HeapRegion, SplitVirtqueue, VirtqueueLayout } from "./mod.ts";
+ * const layout = new VirtqueueLayout(1, 8);
+ * const mem = new HeapRegion("q", layout.totalSize);
+ * const vq = new SplitVirtqueue({ layout, memory: mem.bytes, iova: 0x10000 });
+ * const id = vq.addRequest((req, addDesc) => {
+ *   req.view.setUint32(0, 1, true);
+ *   addDesc({ iova: req.iova, length: 16 }, false);
+ *   addDesc({ iova: req.iova + 16, length: 1 }, true);
+ * });
+ * // ... the device processes the chain ...
+ * for (const c of vq.completions()) console.log(c.id === id, c.len);
+ * ```
+ */
+export abstract class Virtqueue {
+  /** Entries in the ring. */
+  readonly queueSize: number;
+  /** The ring format. */
+  abstract readonly format: VirtqueueFormat;
+  /** IOVA of the descriptor table (descriptor ring, when packed). */
+  readonly descTableIova: number;
+  /** IOVA of the driver area (split: available ring; packed: driver event suppression). */
+  readonly driverAreaIova: number;
+  /** IOVA of the device area (split: used ring; packed: device event suppression). */
+  readonly deviceAreaIova: number;
+  /** Whether VIRTIO_F_EVENT_IDX is in use. */
+  readonly eventIdx: boolean;
+  /** A name for messages. */
+  readonly name: string;
+  /** Bytes the device reported for the chain last returned by {@linkcode Virtqueue.nextUsed}. */
+  lastUsedLen = 0;
+
+  protected readonly slots: RequestSlot[];
+  /** Chains in flight, by id (1 = in flight). */
+  protected readonly inFlightMap: Uint8Array;
+  /** Device-writable bytes of each chain in flight, by id. */
+  protected readonly writableBytes: Float64Array;
+  protected numInFlight = 0;
+  protected failure: VirtioError | undefined;
+  protected readonly translate: ((buffer: Uint8Array) => number) | undefined;
+
+  // Scratch for the generic addRequest: descriptors collected before any is written.
+  #scratchIova: Float64Array;
+  #scratchLen: Float64Array;
+  #scratchWrite: Uint8Array;
+  #scratchCount = 0;
+  #addDesc: AddDesc;
+
+  /** @param options layout, memory and IOVA */
+  constructor(options: VirtqueueOptions) {
+    const { layout, memory, iova } = options;
+    if (memory.byteLength < layout.endOffset) {
+      throw new InvalidArgumentError(
+        `virtqueue memory is ${memory.byteLength} bytes, the layout needs ${layout.endOffset}`,
+      );
+    }
+    this.queueSize = layout.queueSize;
+    this.eventIdx = options.eventIdx ?? false;
+    this.name = options.name ?? "virtqueue";
+    this.translate = options.translate;
+    this.descTableIova = iova + layout.descTableOffset;
+    this.driverAreaIova = iova + layout.driverAreaOffset;
+    this.deviceAreaIova = iova + layout.deviceAreaOffset;
+    const q = layout.queueSize;
+    this.inFlightMap = new Uint8Array(q);
+    this.writableBytes = new Float64Array(q);
+    this.slots = new Array(q);
+    for (let id = 0; id < q; id++) {
+      const off = memory.byteOffset + layout.reqOffset + id * layout.reqSize;
+      this.slots[id] = Object.freeze({
+        id,
+        bytes: new Uint8Array(memory.buffer, off, layout.reqSize),
+        view: new DataView(memory.buffer, off, layout.reqSize),
+        iova: iova + layout.reqOffset + id * layout.reqSize,
+      });
+    }
+    this.#scratchIova = new Float64Array(q);
+    this.#scratchLen = new Float64Array(q);
+    this.#scratchWrite = new Uint8Array(q);
+    this.#addDesc = (buffer, fromDevice) => this.#collect(buffer, fromDevice);
+  }
+
+  /** Chains submitted and not yet completed. */
+  get inFlight(): number {
+    return this.numInFlight;
+  }
+
+  /** Descriptors free for new chains. */
+  abstract readonly freeDescriptors: number;
+
+  /** The error that failed this queue (a device violation or a lost connection), if any. */
+  get error(): VirtioError | undefined {
+    return this.failure;
+  }
+
+  /**
+   * The request slot of chain `id`.
+   *
+   * @param id a chain id
+   * @returns its slot
+   */
+  slot(id: number): RequestSlot {
+    return this.slots[id];
+  }
+
+  /**
+   * Whether chain `id` is in flight.
+   *
+   * @param id a chain id
+   * @returns true while the device owns it
+   */
+  isInFlight(id: number): boolean {
+    return this.inFlightMap[id] === 1;
+  }
+
+  /**
+   * Calls `fn` with the id of every chain in flight (e.g. to reject them all
+   * after a failure).
+   *
+   * @param fn called once per chain
+   */
+  forEachInFlight(fn: (id: number) => void): void {
+    for (let id = 0; id < this.queueSize; id++) if (this.inFlightMap[id] === 1) fn(id);
+  }
+
+  /**
+   * Marks the queue failed: every later call throws `error`. Chains in
+   * flight stay marked so that their owner can reject them.
+   *
+   * @param error the violation, or the loss of the device
+   */
+  fail(error: VirtioError): void {
+    this.failure ??= error;
+  }
+
+  /**
+   * Adds a chain, as `virtio-driver` does: `prepare(req, addDesc)` fills the
+   * request slot and calls `addDesc` once per buffer, in order (driver-readable
+   * buffers first, then device-writable ones). Nothing reaches the ring unless
+   * prepare returns normally and the whole chain fits.
+   *
+   * @param prepare fills the slot and lists the buffers
+   * @returns the chain id
+   * @throws {QueueFullError} when there are fewer free descriptors than buffers
+   * @throws {InvalidArgumentError} for no buffers, a bad buffer, or more than the queue can ever hold
+   */
+  addRequest(prepare: (req: RequestSlot, addDesc: AddDesc) => void): number {
+    if (this.failure) throw this.failure;
+    const head = this.peekFreeId();
+    if (head < 0) throw new QueueFullError(`${this.name} is full`);
+    this.#scratchCount = 0;
+    prepare(this.slots[head], this.#addDesc);
+    const n = this.#scratchCount;
+    if (n === 0) throw new InvalidArgumentError("a request needs at least one buffer");
+    if (this.beginChain(n) < 0) {
+      throw new QueueFullError(`${this.name}: ${n} descriptors needed, ${this.freeDescriptors} free`);
+    }
+    for (let i = 0; i < n; i++) {
+      this.pushDesc(this.#scratchIova[i], this.#scratchLen[i], this.#scratchWrite[i] === 1);
+    }
+    return this.endChain();
+  }
+
+  #collect(buffer: DeviceBuffer | Uint8Array, fromDevice: boolean): void {
+    let iova: number, length: number;
+    if (buffer instanceof Uint8Array) {
+      iova = this.translate ? this.translate(buffer) : -1;
+      length = buffer.byteLength;
+      if (iova < 0) throw new InvalidArgumentError("buffer is not in device-reachable memory");
+    } else {
+      iova = buffer.iova;
+      length = buffer.length;
+    }
+    checkDesc(iova, length);
+    if (this.#scratchCount === this.queueSize) {
+      throw new InvalidArgumentError(`a chain cannot have more than ${this.queueSize} buffers`);
+    }
+    const i = this.#scratchCount++;
+    this.#scratchIova[i] = iova;
+    this.#scratchLen[i] = length;
+    this.#scratchWrite[i] = fromDevice ? 1 : 0;
+  }
+
+  /**
+   * Yields every chain the device has finished since the last call. Each
+   * used element is validated first; a violation fails the queue and throws.
+   *
+   * @returns an iterator of completions
+   */
+  *completions(): IterableIterator<Completion> {
+    for (;;) {
+      const id = this.nextUsed();
+      if (id < 0) return;
+      yield { id, req: this.slots[id], len: this.lastUsedLen };
+    }
+  }
+
+  /** The id the next chain will get, or -1 when no descriptor is free. */
+  protected abstract peekFreeId(): number;
+
+  /**
+   * Starts a chain of exactly `count` descriptors.
+   *
+   * @param count descriptors in the chain
+   * @returns the chain id, or -1 when fewer than `count` descriptors are free
+   */
+  abstract beginChain(count: number): number;
+
+  /**
+   * Appends a descriptor to the chain begun by {@linkcode Virtqueue.beginChain}.
+   * The caller has validated `iova` and `length` (see {@linkcode checkDesc}).
+   *
+   * @param iova the buffer's IOVA
+   * @param length its length (1 to 2^32-1)
+   * @param fromDevice true for a device-writable buffer
+   */
+  abstract pushDesc(iova: number, length: number, fromDevice: boolean): void;
+
+  /**
+   * Makes the chain visible to the device (the notification is separate).
+   *
+   * @returns the chain id
+   */
+  abstract endChain(): number;
+
+  /** Drops a chain begun but not ended (nothing was made visible). */
+  abstract abortChain(): void;
+
+  /**
+   * The id of the next finished chain, or -1 when there is none. Sets
+   * {@linkcode Virtqueue.lastUsedLen}. Validates the used element.
+   *
+   * @returns a chain id or -1
+   * @throws {DeviceProtocolError} when the device broke the protocol (the queue is failed)
+   */
+  abstract nextUsed(): number;
+
+  /** Whether the device has finished a chain not yet taken by {@linkcode Virtqueue.nextUsed}. */
+  abstract hasUsed(): boolean;
+
+  /**
+   * Whether the device must be notified of chains added since the last call
+   * (honours VRING_USED_F_NO_NOTIFY, or avail_event with EVENT_IDX).
+   */
+  abstract availNotifNeeded(): boolean;
+
+  /**
+   * Asks the device for (or not for) a notification when it uses chains
+   * (VRING_AVAIL_F_NO_INTERRUPT, or used_event with EVENT_IDX). After enabling,
+   * check {@linkcode Virtqueue.hasUsed}: chains finished before the device saw
+   * the change will not be notified.
+   *
+   * @param enabled whether to be notified
+   */
+  abstract setUsedNotifEnabled(enabled: boolean): void;
+
+  /** Throws a {@linkcode DeviceProtocolError} after failing the queue. */
+  protected violation(kind: string, message: string): never {
+    const err = new DeviceProtocolError(kind, `${this.name}: ${message}`);
+    this.fail(err);
+    throw this.failure;
+  }
+}
+
+/**
+ * Checks a descriptor's address and length.
+ *
+ * @param iova the buffer's IOVA: a non-negative safe integer
+ * @param length its length: 1 to 2^32-1
+ * @throws {InvalidArgumentError} otherwise
+ */
+export function checkDesc(iova: number, length: number): void {
+  if (!(iova >= 0 && iova <= Number.MAX_SAFE_INTEGER && Math.floor(iova) === iova)) {
+    throw new InvalidArgumentError(`invalid buffer address ${iova}`);
+  }
+  if (!(length >= 1 && length <= 0xffffffff && Math.floor(length) === length)) {
+    throw new InvalidArgumentError(`a buffer must be 1 to 4294967295 bytes long, got ${length}`);
+  }
+}
