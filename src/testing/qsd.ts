@@ -127,7 +127,7 @@ export class QemuStorageDaemon implements AsyncDisposable {
         await f.truncate(size);
         f.close();
       }
-      blockdev = `driver=file,node-name=disk,filename=${imagePath},cache.direct=off`;
+      blockdev = `driver=file,node-name=disk,filename=${imagePath},cache.direct=off,discard=unmap`;
     } else {
       blockdev = `driver=null-co,node-name=disk,size=${size},read-zeroes=on`;
     }
@@ -161,11 +161,11 @@ export class QemuStorageDaemon implements AsyncDisposable {
       if (ownsDir) await Deno.remove(dir, { recursive: true }).catch(() => {});
       throw e;
     }
-    // Copy the daemon's output into the log file.
-    const pump = Promise.all([
-      child.stdout.pipeTo(log.writable, { preventClose: true }),
-      child.stderr.pipeTo(log.writable, { preventClose: true }),
-    ]).finally(() => log.close());
+    // Copy the daemon's output into the log file (a writable stream takes one pipe at a time).
+    const copy = async (stream: ReadableStream<Uint8Array>) => {
+      for await (const chunk of stream) await log.write(chunk);
+    };
+    const pump = Promise.all([copy(child.stdout), copy(child.stderr)]).finally(() => log.close());
     const daemon = new QemuStorageDaemon(child, dir, ownsDir, socketPath, imagePath, logPath);
     daemon.#status = Promise.all([child.status, pump.catch(() => {})]).then(([s]) => s);
     const deadline = performance.now() + 10_000;

@@ -176,6 +176,11 @@ export class MockBlkDevice {
   readonly trace: { queue: number; type: number; sector: number }[] = [];
   /** Record {@linkcode MockBlkDevice.trace}. */
   tracing = false;
+  /**
+   * Called for each request after it ran; a number returned replaces the
+   * status byte the device writes (e.g. 1 for IOERR). For fault injection.
+   */
+  statusHook: ((request: { queue: number; type: number; sector: number }) => number | undefined) | undefined;
   /** When requests are processed. */
   completion: MockCompletionMode;
   /** Queues offered. */
@@ -505,6 +510,8 @@ export class MockBlkDevice {
       default:
         status = VIRTIO_BLK_S_UNSUPP;
     }
+    const forced = this.statusHook?.({ queue, type, sector });
+    if (forced !== undefined) status = forced;
     statusAt.buf[statusAt.at] = status;
     this.stats.requests[type] = (this.stats.requests[type] ?? 0) + 1;
     if (this.tracing) this.trace.push({ queue, type, sector });

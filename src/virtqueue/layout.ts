@@ -45,7 +45,7 @@ export interface VirtqueueLayoutOptions {
  * ```ts
  * import { VirtqueueLayout } from "./mod.ts";
  * const layout = new VirtqueueLayout(2, 256);
- * layout.deviceAreaOffset; // 4612: the used ring of queue 0
+ * layout.deviceAreaOffset; // 4616: the used ring of queue 0
  * layout.totalSize;        // both queues, page-aligned
  * ```
  */

@@ -1,0 +1,63 @@
+/** Shared test helpers. */
+
+import { QemuStorageDaemon } from "../src/testing/qsd.ts";
+
+/** Whether qemu-storage-daemon can run here; when not, integration tests are skipped loudly. */
+export const HAVE_QSD = await QemuStorageDaemon.available();
+if (!HAVE_QSD) {
+  const msg = "qemu-storage-daemon not found: SKIPPING the integration tests (apt-get install qemu-system-common)";
+  if (Deno.env.get("VIRTIO_REQUIRE_QSD") === "1") throw new Error(msg);
+  console.warn(`\n*** ${msg} ***\n`);
+}
+
+/** Open descriptors of this process. */
+export function fdCount(): number {
+  let n = 0;
+  for (const _ of Deno.readDirSync("/proc/self/fd")) n++;
+  return n;
+}
+
+/** Mappings of this library's memfds in this process. */
+export function memfdMappings(): number {
+  return Deno.readTextFileSync("/proc/self/maps").split("\n").filter((l) => l.includes("memfd:virtio")).length;
+}
+
+/** A deterministic PRNG (xorshift32). */
+export class Rng {
+  #s: number;
+  constructor(seed: number) {
+    this.#s = seed >>> 0 || 1;
+  }
+  next(): number {
+    let x = this.#s;
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    this.#s = x;
+    return x;
+  }
+  /** An integer in [lo, hi]. */
+  int(lo: number, hi: number): number {
+    return lo + (this.next() % (hi - lo + 1));
+  }
+  fill(buf: Uint8Array): void {
+    let i = 0;
+    for (; i + 4 <= buf.length; i += 4) {
+      const v = this.next();
+      buf[i] = v;
+      buf[i + 1] = v >>> 8;
+      buf[i + 2] = v >>> 16;
+      buf[i + 3] = v >>> 24;
+    }
+    for (; i < buf.length; i++) buf[i] = this.next();
+  }
+}
+
+/** Finds the first differing byte of two arrays, or -1. */
+export function firstDifference(a: Uint8Array, b: Uint8Array): number {
+  if (a.length !== b.length) return Math.min(a.length, b.length);
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i;
+  return -1;
+}

@@ -1,0 +1,116 @@
+import assert from "node:assert/strict";
+import { loadShim } from "../mod.ts";
+import { requireShim } from "../ffi/loader.ts";
+import { closeFd, cString, eventfd } from "../ffi/syscalls.ts";
+import { Waker } from "../ffi/waker.ts";
+
+await loadShim();
+
+const ROOT = new URL("..", import.meta.url).pathname;
+
+Deno.test("waker: an eventfd signal wakes the event loop and names its token", async () => {
+  const waker = await Waker.create();
+  const efd = eventfd();
+  try {
+    waker.watchEventfd(efd, 3);
+    waker.watchEventfd(efd, 40); // same descriptor, second token: the waker holds its own duplicates
+    let woke = false;
+    const waiting = waker.wait().then(() => (woke = true));
+    await new Promise((r) => setTimeout(r, 10));
+    assert.equal(woke, false, "nothing fired yet");
+    requireShim().vd_eventfd_write(efd, 1n);
+    await waiting;
+    assert.equal(waker.takeFired(3) || waker.takeFired(40), true);
+    assert.equal(waker.hungUp, false);
+  } finally {
+    closeFd(efd); // closing our copy first is safe: the thread reads only its duplicates
+    await waker.close();
+  }
+});
+
+Deno.test("waker: a socket hang-up is seen without a system call", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/s`;
+  const listener = Deno.listen({ transport: "unix", path });
+  const waker = await Waker.create();
+  const p = cString(path);
+  const fd = requireShim().vd_unix_connect(p, p.byteLength - 1, 1);
+  assert.ok(fd >= 0);
+  try {
+    const peer = await listener.accept();
+    waker.watchHangup(fd, 100);
+    const waiting = waker.wait();
+    assert.equal(waker.hungUp, false);
+    peer.close();
+    await waiting;
+    assert.equal(waker.hungUp, true);
+  } finally {
+    closeFd(fd);
+    listener.close();
+    await waker.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+async function runLoader(env: Record<string, string>, dir: string): Promise<{ ok: boolean; out: string }> {
+  const script = `${dir}/probe.ts`;
+  await Deno.writeTextFile(
+    script,
+    `import { loadShim } from "./ffi/loader.ts";
+     try { const s = await loadShim(); console.log("ABI", s.vd_abi_version()); }
+     catch (e) { console.log(e.name, e.code, e.message); Deno.exit(3); }`,
+  );
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--no-lock", script],
+    env,
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { ok: out.success, out: new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr) };
+}
+
+Deno.test("loader: builds into the cache once, honours VIRTIO_SHIM_PATH, explains a missing compiler", async () => {
+  // A copy of the loader with no build folder beside it, as a registry import would be.
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.mkdir(`${dir}/ffi`);
+    await Deno.mkdir(`${dir}/src`);
+    for (const f of ["loader.ts", "symbols.ts", "shim.c"]) await Deno.copyFile(`${ROOT}ffi/${f}`, `${dir}/ffi/${f}`);
+    await Deno.copyFile(`${ROOT}src/errors.ts`, `${dir}/src/errors.ts`);
+    const base = {
+      PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
+      HOME: dir,
+      DENO_DIR: Deno.env.get("DENO_DIR") ?? `${Deno.env.get("HOME")}/.cache/deno`,
+    };
+
+    const first = await runLoader({ ...base, VIRTIO_SHIM_CACHE: `${dir}/cache` }, dir);
+    assert.ok(first.ok, first.out);
+    assert.match(first.out, /ABI 3/);
+    const built = [...Deno.readDirSync(`${dir}/cache`)];
+    assert.equal(built.length, 1, "one build, keyed by the source hash");
+    const so = `${dir}/cache/${built[0].name}/libvirtio_shim.so`;
+    const mtime = Deno.statSync(so).mtime!.getTime();
+    const second = await runLoader({ ...base, VIRTIO_SHIM_CACHE: `${dir}/cache` }, dir);
+    assert.ok(second.ok, second.out);
+    assert.equal(Deno.statSync(so).mtime!.getTime(), mtime, "the cached build is reused");
+
+    const explicit = await runLoader({ ...base, VIRTIO_SHIM_PATH: so }, dir);
+    assert.ok(explicit.ok, explicit.out);
+    const wrong = await runLoader({ ...base, VIRTIO_SHIM_PATH: `${dir}/nope.so` }, dir);
+    assert.equal(wrong.ok, false);
+    assert.match(wrong.out, /ShimLoadError ERR_SHIM_LOAD/);
+
+    const noCc = await runLoader({
+      PATH: "/nonexistent",
+      HOME: dir,
+      DENO_DIR: base.DENO_DIR,
+      VIRTIO_SHIM_CACHE: `${dir}/cache2`,
+    }, dir);
+    assert.equal(noCc.ok, false);
+    assert.match(noCc.out, /no C compiler/);
+    assert.match(noCc.out, /VIRTIO_SHIM_PATH/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1,0 +1,300 @@
+// Integration tests against a real qemu-storage-daemon (vhost-user-blk export)
+// started by each test on a temporary socket and image.
+import assert from "node:assert/strict";
+import {
+  type CompletionMode,
+  ConnectionLostError,
+  loadShim,
+  QemuStorageDaemon,
+  type QemuStorageDaemonOptions,
+  ReadOnlyError,
+  VirtioBlk,
+  type VirtioBlkConnectOptions,
+  VirtioError,
+} from "../mod.ts";
+import { fdCount, firstDifference, HAVE_QSD, memfdMappings, Rng } from "./_support.ts";
+
+await loadShim(); // process-wide; loaded outside the tests' resource accounting
+
+const MiB = 1 << 20;
+
+async function withDaemon(
+  options: QemuStorageDaemonOptions,
+  fn: (qsd: QemuStorageDaemon) => Promise<void>,
+): Promise<void> {
+  const qsd = await QemuStorageDaemon.start(options);
+  try {
+    await fn(qsd);
+  } catch (e) {
+    const log = await Deno.readTextFile(qsd.logPath).catch(() => "");
+    if (log.trim()) console.error(`qemu-storage-daemon log:\n${log}`);
+    throw e;
+  } finally {
+    await qsd.stop();
+  }
+}
+
+function connect(qsd: QemuStorageDaemon, options: Partial<VirtioBlkConnectOptions> = {}): Promise<VirtioBlk> {
+  return VirtioBlk.connect({ transport: "vhost-user", path: qsd.socketPath, requestTimeoutMs: 5000, ...options });
+}
+
+/** Random writes (sizes 512 B–128 KiB, 4 KiB-aligned offsets, some vectored, some bounced), mirrored in `model`. */
+async function randomWrites(blk: VirtioBlk, model: Uint8Array, count: number, rng: Rng): Promise<void> {
+  const cap = model.byteLength;
+  let done = 0;
+  while (done < count) {
+    const batch: Promise<void>[] = [];
+    const ranges: [number, number][] = [];
+    const pool: Uint8Array<ArrayBuffer>[] = [];
+    while (batch.length < 32 && done + batch.length < count) {
+      const size = 512 * rng.int(1, 256);
+      const offset = 4096 * rng.int(0, (cap - size) / 4096);
+      if (ranges.some(([s, e]) => offset < e && s < offset + size)) continue; // no overlap in flight
+      ranges.push([offset, offset + size]);
+      const data = new Uint8Array(size);
+      rng.fill(data);
+      model.set(data, offset);
+      const kind = rng.int(0, 9);
+      if (kind < 6) {
+        const buf = blk.allocBuffer(size);
+        buf.set(data);
+        pool.push(buf);
+        batch.push(blk.write(offset, buf));
+      } else if (kind < 8 && size >= 1024) {
+        // Vectored: 2–4 segments, each a multiple of 512, from the pool and plain memory.
+        const nsegs = Math.min(rng.int(2, 4), size / 512);
+        const segs: Uint8Array[] = [];
+        let at = 0;
+        for (let i = 0; i < nsegs; i++) {
+          const left = (size - at) / 512 - (nsegs - 1 - i);
+          const len = i === nsegs - 1 ? size - at : 512 * rng.int(1, left);
+          let seg: Uint8Array;
+          if (rng.int(0, 1) === 0) {
+            const b = blk.allocBuffer(len);
+            pool.push(b);
+            seg = b;
+          } else {
+            seg = new Uint8Array(len);
+          }
+          seg.set(data.subarray(at, at + len));
+          segs.push(seg);
+          at += len;
+        }
+        batch.push(blk.writev(offset, segs));
+      } else {
+        batch.push(blk.write(offset, data)); // plain memory: bounced
+      }
+    }
+    await Promise.all(batch);
+    for (const b of pool) blk.freeBuffer(b);
+    done += batch.length;
+  }
+}
+
+Deno.test({
+  name: "qsd: 10,000 random writes match an independent read of the image",
+  ignore: !HAVE_QSD,
+  fn: async () => {
+    const size = 64 * MiB;
+    await withDaemon({ size }, async (qsd) => {
+      const seed = 0x5eed_0001;
+      const rng = new Rng(seed);
+      const model = new Uint8Array(size);
+      const blk = await connect(qsd, { numQueues: 1, queueSize: 256 });
+      try {
+        assert.equal(blk.capacity, BigInt(size), "capacity equals the image size");
+        assert.equal(blk.blockSize, 512);
+        assert.equal(blk.readOnly, false);
+        await randomWrites(blk, model, 10_000, rng);
+        await blk.flush();
+        // Spot-check reads through the driver too (some vectored, some bounced).
+        for (let i = 0; i < 200; i++) {
+          const len = 512 * rng.int(1, 256);
+          const off = 512 * rng.int(0, (size - len) / 512);
+          const buf = i % 2 ? blk.allocBuffer(len) : new Uint8Array(len);
+          if (i % 3 === 0 && len >= 1024) {
+            const half = 512 * Math.floor(len / 1024);
+            await blk.readv(off, [buf.subarray(0, half), buf.subarray(half)]);
+          } else {
+            await blk.read(off, buf);
+          }
+          assert.equal(firstDifference(buf, model.subarray(off, off + len)), -1, `read at ${off} (seed ${seed})`);
+        }
+      } finally {
+        await blk.close();
+      }
+      const image = await Deno.readFile(qsd.imagePath!);
+      const diff = firstDifference(image, model);
+      assert.equal(diff, -1, `image differs from the model at byte ${diff} (seed ${seed})`);
+    });
+  },
+});
+
+for (const mode of ["poll", "eventfd"] as CompletionMode[]) {
+  Deno.test({
+    name: `qsd (${mode}): discard and write-zeroes leave zeroes an independent reader sees`,
+    ignore: !HAVE_QSD,
+    fn: async () => {
+      const size = 16 * MiB;
+      await withDaemon({ size }, async (qsd) => {
+        const blk = await connect(qsd, { mode });
+        try {
+          assert.ok(blk.features.discard && blk.features.writeZeroes);
+          const ones = blk.allocBuffer(4 * MiB);
+          ones.fill(0x11);
+          await blk.write(0, ones);
+          await blk.discard(MiB, MiB);
+          await blk.writeZeroes(2 * MiB, 512 * 1024, { unmap: true });
+          await blk.writeZeroes(3 * MiB, 4096);
+          await blk.flush();
+          const back = blk.allocBuffer(4 * MiB);
+          await blk.read(0, back);
+          assert.ok(back.subarray(MiB, 2 * MiB).every((b) => b === 0), "discarded range reads as zeroes");
+        } finally {
+          await blk.close();
+        }
+        const image = await Deno.readFile(qsd.imagePath!);
+        const zero = (a: number, b: number) => image.subarray(a, b).every((x) => x === 0);
+        const ones = (a: number, b: number) => image.subarray(a, b).every((x) => x === 0x11);
+        assert.ok(ones(0, MiB), "before the discard: intact");
+        assert.ok(zero(MiB, 2 * MiB), "discarded");
+        assert.ok(zero(2 * MiB, 2 * MiB + 512 * 1024), "write-zeroes (unmap)");
+        assert.ok(ones(2 * MiB + 512 * 1024, 3 * MiB), "between: intact");
+        assert.ok(zero(3 * MiB, 3 * MiB + 4096), "write-zeroes");
+        assert.ok(ones(3 * MiB + 4096, 4 * MiB), "after: intact");
+        assert.ok(zero(4 * MiB, 16 * MiB), "never written");
+      });
+    },
+  });
+}
+
+Deno.test({
+  name: "qsd: a num-queues=2 export, both queues used",
+  ignore: !HAVE_QSD,
+  fn: async () => {
+    const size = 8 * MiB;
+    await withDaemon({ size, numQueues: 2 }, async (qsd) => {
+      const blk = await connect(qsd, { numQueues: 2 });
+      try {
+        assert.equal(blk.numQueues, 2);
+        assert.equal(blk.config.numQueues, 2);
+        // Batch API, one queue each, 64 writes per queue.
+        for (const qi of [0, 1]) {
+          const q = blk.queue<number>(qi);
+          const bufs: Uint8Array<ArrayBuffer>[] = [];
+          for (let i = 0; i < 64; i++) {
+            const b = blk.allocBuffer(4096);
+            b.fill(qi * 64 + i + 1);
+            bufs.push(b);
+            q.write((qi * 64 + i) * 4096, b, i);
+          }
+          q.submit();
+          const seen = new Set<number>();
+          for await (const c of q.completions()) {
+            assert.equal(c.error, undefined);
+            seen.add(c.context);
+          }
+          assert.equal(seen.size, 64);
+          assert.equal(q.inFlight, 0);
+        }
+        // The promise API spreads over both queues.
+        const tail = blk.allocBuffer(4096);
+        tail.fill(0xee);
+        await Promise.all(Array.from({ length: 64 }, (_, i) => blk.write((128 + i) * 4096, tail)));
+        assert.ok(blk.queue(0).notifications > 1 && blk.queue(1).notifications > 1);
+      } finally {
+        await blk.close();
+      }
+      const image = await Deno.readFile(qsd.imagePath!);
+      for (let i = 0; i < 128; i++) assert.equal(image[i * 4096 + 100], i + 1, `block ${i}`);
+      for (let i = 128; i < 192; i++) assert.equal(image[i * 4096], 0xee);
+    });
+  },
+});
+
+Deno.test({
+  name: "qsd: a writable=off export is read-only and refuses writes",
+  ignore: !HAVE_QSD,
+  fn: async () => {
+    await withDaemon({ size: 4 * MiB, writable: false }, async (qsd) => {
+      const blk = await connect(qsd);
+      try {
+        assert.equal(blk.readOnly, true);
+        const buf = blk.allocBuffer(4096);
+        await blk.read(0, buf);
+        for (const p of [blk.write(0, buf), blk.writeZeroes(0, 4096), blk.discard(0, 4096)]) {
+          await assert.rejects(p, ReadOnlyError);
+        }
+      } finally {
+        await blk.close();
+      }
+    });
+  },
+});
+
+for (const mode of ["poll", "eventfd"] as CompletionMode[]) {
+  Deno.test({
+    name: `qsd (${mode}): daemon killed with 32 requests in flight: all reject within 1 s, close releases everything`,
+    ignore: !HAVE_QSD,
+    fn: async () => {
+      const fds = fdCount();
+      const maps = memfdMappings();
+      await withDaemon({ size: 8 * MiB }, async (qsd) => {
+        const blk = await connect(qsd, { mode });
+        try {
+          assert.ok(memfdMappings() > maps);
+          const buf = blk.allocBuffer(4096);
+          await blk.read(0, buf); // the connection works
+          await stopProcess(qsd.pid); // keep the requests in the ring
+          const results = Array.from({ length: 32 }, (_, i) =>
+            blk.read(i * 4096, buf).then(
+              () => "resolved",
+              (e) => e,
+            ));
+          await new Promise((r) => setTimeout(r, 20));
+          const t0 = performance.now();
+          await qsd.kill("SIGKILL");
+          const settled = await Promise.all(results);
+          const ms = performance.now() - t0;
+          assert.ok(ms < 1000, `took ${ms} ms`);
+          for (const r of settled) {
+            assert.ok(r instanceof ConnectionLostError, `expected ConnectionLostError, got ${r}`);
+            assert.equal((r as VirtioError).code, "ERR_CONNECTION_LOST");
+          }
+          // Later requests fail fast with the same kind of error.
+          await assert.rejects(blk.read(0, buf), ConnectionLostError);
+        } finally {
+          await blk.close();
+        }
+      });
+      assert.equal(fdCount(), fds, "every descriptor released");
+      assert.equal(memfdMappings(), maps, "every mapping released");
+    },
+  });
+}
+
+/** SIGSTOPs a process and waits until every one of its threads is stopped. */
+async function stopProcess(pid: number): Promise<void> {
+  Deno.kill(pid, "SIGSTOP");
+  const deadline = performance.now() + 5000;
+  for (;;) {
+    const states = [...Deno.readDirSync(`/proc/${pid}/task`)].map((t) => {
+      const stat = Deno.readTextFileSync(`/proc/${pid}/task/${t.name}/stat`);
+      return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+    });
+    if (states.every((s) => s === "T" || s === "t")) return;
+    if (performance.now() > deadline) throw new Error(`process ${pid} did not stop: ${states}`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+Deno.test({
+  name: "qsd: connecting to a missing socket is a typed error",
+  ignore: !HAVE_QSD,
+  fn: async () => {
+    await assert.rejects(
+      VirtioBlk.connect({ transport: "vhost-user", path: "/nonexistent/virtio.sock" }),
+      ConnectionLostError,
+    );
+  },
+});
