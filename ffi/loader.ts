@@ -194,16 +194,23 @@ async function locateAndLoad(): Promise<ShimLibrary> {
 }
 
 /**
- * Loads the shim once per process (building it into the cache if needed).
+ * Loads the native shim once per process, building it into the cache if
+ * needed. Every connect path calls it; call it yourself to load early (for
+ * example outside a test, so that the library does not count as a resource
+ * the test opened).
  *
- * @returns the shim's functions
+ * @example
+ * ```ts
+ * import { loadShim } from "./mod.ts";
+ * await loadShim();
+ * ```
  */
-export async function loadShim(): Promise<Shim> {
-  if (loaded) return loaded.symbols;
+export async function loadShim(): Promise<void> {
+  if (loaded) return;
   loading ??= locateAndLoad().then((lib) => (loaded = lib)).finally(() => {
     loading = undefined;
   });
-  return (await loading).symbols;
+  await loading;
 }
 
 /**

@@ -61,7 +61,11 @@ export class VirtioError extends Error {
 
 /** A caller passed an argument the library cannot use (nothing reached the device). */
 export class InvalidArgumentError extends VirtioError {
-  /** @param message which argument and why */
+  /**
+   * Creates the instance.
+   *
+   * @param message which argument and why
+   */
   constructor(message: string) {
     super("ERR_INVALID_ARGUMENT", message);
   }
@@ -69,7 +73,11 @@ export class InvalidArgumentError extends VirtioError {
 
 /** A write-type request was made on a read-only device (nothing reached the device). */
 export class ReadOnlyError extends VirtioError {
-  /** @param message which request */
+  /**
+   * Creates the instance.
+   *
+   * @param message which request
+   */
   constructor(message = "the device is read-only") {
     super("ERR_READ_ONLY", message);
   }
@@ -80,7 +88,11 @@ export class ReadOnlyError extends VirtioError {
  * completions and retry. The promise API queues such requests itself.
  */
 export class QueueFullError extends VirtioError {
-  /** @param message which queue */
+  /**
+   * Creates the instance.
+   *
+   * @param message which queue
+   */
   constructor(message = "the virtqueue is full") {
     super("ERR_QUEUE_FULL", message);
   }
@@ -88,7 +100,11 @@ export class QueueFullError extends VirtioError {
 
 /** The device completed a request with VIRTIO_BLK_S_IOERR. */
 export class DeviceIoError extends VirtioError {
-  /** @param message the request that failed */
+  /**
+   * Creates the instance.
+   *
+   * @param message the request that failed
+   */
   constructor(message = "the device reported an I/O error") {
     super("ERR_DEVICE_IO", message);
   }
@@ -96,7 +112,11 @@ export class DeviceIoError extends VirtioError {
 
 /** The device completed a request with VIRTIO_BLK_S_UNSUPP. */
 export class DeviceUnsupportedError extends VirtioError {
-  /** @param message the request that was refused */
+  /**
+   * Creates the instance.
+   *
+   * @param message the request that was refused
+   */
   constructor(message = "the device does not support this request") {
     super("ERR_DEVICE_UNSUPPORTED", message);
   }
@@ -113,6 +133,8 @@ export class DeviceProtocolError extends VirtioError {
   /** A stable name for the violation, e.g. `"used-id-out-of-range"`. */
   readonly violation: string;
   /**
+   * Creates the instance.
+   *
    * @param violation the stable violation name
    * @param message details for humans
    */
@@ -125,6 +147,8 @@ export class DeviceProtocolError extends VirtioError {
 /** The connection to the device was lost (the backend closed its socket or died). */
 export class ConnectionLostError extends VirtioError {
   /**
+   * Creates the instance.
+   *
    * @param message what was lost
    * @param options the underlying cause
    */
@@ -138,7 +162,11 @@ export class ConnectionLostError extends VirtioError {
 
 /** The handle was closed (or is closing); the operation did not reach the device. */
 export class ClosedError extends VirtioError {
-  /** @param message what was closed */
+  /**
+   * Creates the instance.
+   *
+   * @param message what was closed
+   */
   constructor(message = "the device handle is closed") {
     super("ERR_CLOSED", message);
   }
@@ -146,7 +174,11 @@ export class ClosedError extends VirtioError {
 
 /** The device did not answer in time. */
 export class TimeoutError extends VirtioError {
-  /** @param message what timed out */
+  /**
+   * Creates the instance.
+   *
+   * @param message what timed out
+   */
   constructor(message: string) {
     super("ERR_TIMEOUT", message);
   }
@@ -159,6 +191,8 @@ export class OsError extends VirtioError {
   /** The call that failed. */
   readonly syscall: string;
   /**
+   * Creates the instance.
+   *
    * @param syscall the call that failed
    * @param errno the positive errno value
    * @param detail extra context
@@ -176,6 +210,8 @@ export class OsError extends VirtioError {
 /** The native shim could not be found, built or loaded. */
 export class ShimLoadError extends VirtioError {
   /**
+   * Creates the instance.
+   *
    * @param message what was tried and what to do
    * @param options the underlying cause
    */
@@ -186,7 +222,11 @@ export class ShimLoadError extends VirtioError {
 
 /** The memory the device can reach is exhausted (see the `bufferPoolSize` option). */
 export class OutOfBufferMemoryError extends VirtioError {
-  /** @param message how much was asked and how much is left */
+  /**
+   * Creates the instance.
+   *
+   * @param message how much was asked and how much is left
+   */
   constructor(message: string) {
     super("ERR_OUT_OF_BUFFER_MEMORY", message);
   }
@@ -194,7 +234,11 @@ export class OutOfBufferMemoryError extends VirtioError {
 
 /** The device lacks a feature the driver requires, or refused the negotiated set. */
 export class FeatureNegotiationError extends VirtioError {
-  /** @param message which feature */
+  /**
+   * Creates the instance.
+   *
+   * @param message which feature
+   */
   constructor(message: string) {
     super("ERR_FEATURE_NEGOTIATION", message);
   }

@@ -56,8 +56,8 @@ async function runLoader(env: Record<string, string>, dir: string): Promise<{ ok
   const script = `${dir}/probe.ts`;
   await Deno.writeTextFile(
     script,
-    `import { loadShim } from "./ffi/loader.ts";
-     try { const s = await loadShim(); console.log("ABI", s.vd_abi_version()); }
+    `import { loadShim, requireShim } from "./ffi/loader.ts";
+     try { await loadShim(); console.log("ABI", requireShim().vd_abi_version()); }
      catch (e) { console.log(e.name, e.code, e.message); Deno.exit(3); }`,
   );
   const out = await new Deno.Command(Deno.execPath(), {

@@ -10,7 +10,7 @@ import {
   ReadOnlyError,
   VirtioBlk,
   type VirtioBlkConnectOptions,
-  VirtioError,
+  type VirtioError,
 } from "../mod.ts";
 import { fdCount, firstDifference, HAVE_QSD, memfdMappings, Rng } from "./_support.ts";
 

@@ -13,7 +13,7 @@ import {
   ReadOnlyError,
   VirtioBlk,
   type VirtioBlkConnectOptions,
-  VirtioError,
+  type VirtioError,
 } from "../mod.ts";
 import {
   VIRTIO_BLK_T_DISCARD,

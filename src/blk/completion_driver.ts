@@ -42,6 +42,8 @@ export class CompletionDriver {
   };
 
   /**
+   * Creates the instance.
+   *
    * @param queues the device's queues
    * @param interrupts wakes the loop in eventfd mode; reports hang-ups in both (owned: closed by {@linkcode CompletionDriver.close})
    * @param mode poll or eventfd

@@ -39,7 +39,11 @@ export class BufferPool {
   #bases = new WeakMap<ArrayBuffer, number>(); // caller ArrayBuffer -> region offset of its byte 0
   #available: number;
 
-  /** @param region the memory to allocate from (already mapped for the device) */
+  /**
+   * Creates the instance.
+   *
+   * @param region the memory to allocate from (already mapped for the device)
+   */
   constructor(region: SharedRegion) {
     this.region = region;
     this.#freeStart.push(0);
@@ -61,7 +65,7 @@ export class BufferPool {
    * @returns the offset in the region
    * @throws {OutOfBufferMemoryError} when no free extent fits
    */
-  allocOffset(size: number, align = bufferAlignment(size)): number {
+  allocOffset(size: number, align: number = bufferAlignment(size)): number {
     const starts = this.#freeStart, lens = this.#freeLen;
     for (let i = 0; i < starts.length; i++) {
       const s = starts[i], l = lens[i];

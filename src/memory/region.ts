@@ -65,10 +65,15 @@ function detach(buffer: ArrayBuffer): void {
  * touching unmapped memory.
  */
 export class MemfdRegion implements SharedRegion {
+  /** Name shown as memfd:NAME in /proc/PID/maps. */
   readonly name: string;
+  /** Length in bytes (a multiple of the page size). */
   readonly size: number;
+  /** Process virtual address of byte 0. */
   readonly addr: number;
-  iova = -1;
+  /** IOVA of byte 0 once mapped for the device, else -1. */
+  iova: number = -1;
+  /** The whole region, for the driver's own use. */
   readonly bytes: Uint8Array<ArrayBuffer>;
   #fd: number;
   #views = new Set<ArrayBuffer>();
@@ -135,15 +140,23 @@ export class MemfdRegion implements SharedRegion {
  * process and reads the same ArrayBuffer). Its views share one ArrayBuffer.
  */
 export class HeapRegion implements SharedRegion {
+  /** A name for diagnostics. */
   readonly name: string;
+  /** Length in bytes. */
   readonly size: number;
-  readonly addr = 0;
-  readonly fd = -1;
-  iova = -1;
+  /** Always 0: heap memory has no stable address. */
+  readonly addr: number = 0;
+  /** Always -1: there is no descriptor. */
+  readonly fd: number = -1;
+  /** IOVA of byte 0 once mapped for the mock device, else -1. */
+  iova: number = -1;
+  /** The whole region. */
   readonly bytes: Uint8Array<ArrayBuffer>;
   #closed = false;
 
   /**
+   * Creates the instance.
+   *
    * @param name for diagnostics
    * @param size the length (rounded up to a page)
    */

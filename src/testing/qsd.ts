@@ -91,7 +91,7 @@ export class QemuStorageDaemon implements AsyncDisposable {
    * @param binary the binary to try
    * @returns true when `--version` succeeds
    */
-  static async available(binary = defaultBinary()): Promise<boolean> {
+  static async available(binary: string = defaultBinary()): Promise<boolean> {
     try {
       const out = await new Deno.Command(binary, { args: ["--version"], stdout: "null", stderr: "null" }).output();
       return out.success;

@@ -75,7 +75,11 @@ export class MockTransport implements Transport {
   #notifiers: QueueNotifier[] = [];
   #closed = false;
 
-  /** @param device the device to drive */
+  /**
+   * Creates the instance.
+   *
+   * @param device the device to drive
+   */
   constructor(device: MockBlkDevice) {
     this.device = device;
   }

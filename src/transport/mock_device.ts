@@ -108,7 +108,11 @@ export interface MockRequest {
 
 /** An error in how the driver used the mock device (a driver bug). */
 export class MockDeviceError extends Error {
-  /** @param message what the driver did wrong */
+  /**
+   * Creates the instance.
+   *
+   * @param message what the driver did wrong
+   */
   constructor(message: string) {
     super(message);
     this.name = "MockDeviceError";
@@ -193,7 +197,11 @@ export class MockBlkDevice {
   #onInterrupt: ((queue: number) => void) | undefined;
   #disconnected = false;
 
-  /** @param options size, features and behaviour */
+  /**
+   * Creates the instance.
+   *
+   * @param options size, features and behaviour
+   */
   constructor(options: MockBlkDeviceOptions = {}) {
     const capacity = options.contents?.byteLength ?? options.capacity ?? 16 << 20;
     if (capacity % 512 !== 0) throw new RangeError("capacity must be a multiple of 512");

@@ -74,6 +74,8 @@ export class VirtqueueLayout {
   readonly totalSize: number;
 
   /**
+   * Creates the instance.
+   *
    * @param numQueues how many queues (at least 1)
    * @param queueSize entries per queue: a power of two from 1 to 32768
    * @param options format and per-request data size

@@ -37,6 +37,7 @@ export function vringNeedEvent(event: number, newIdx: number, oldIdx: number): b
  * x86, stlr+ldar on arm64). Each use below names the reordering it prevents.
  */
 export class SplitVirtqueue extends Virtqueue {
+  /** Always `"split"`. */
   readonly format: VirtqueueFormat = "split";
   // Shared memory, viewed once.
   readonly #descU32: Uint32Array; // [addr_lo, addr_hi, len, flags|next<<16] per descriptor
@@ -63,7 +64,11 @@ export class SplitVirtqueue extends Virtqueue {
   #remaining = 0;
   #count = 0;
 
-  /** @param options layout, memory, IOVA and features */
+  /**
+   * Creates the instance.
+   *
+   * @param options layout, memory, IOVA and features
+   */
   constructor(options: VirtqueueOptions) {
     super(options);
     const { layout, memory } = options;
@@ -88,14 +93,22 @@ export class SplitVirtqueue extends Virtqueue {
     memory.fill(0, layout.descTableOffset, layout.reqOffset);
   }
 
+  /** Descriptors free for new chains. */
   get freeDescriptors(): number {
     return this.#numFree;
   }
 
+  /** The head of the free list, or -1 when empty. */
   protected peekFreeId(): number {
     return this.#numFree > 0 ? this.#freeHead : -1;
   }
 
+  /**
+   * Starts a chain of exactly `count` descriptors from the private free list.
+   *
+   * @param count descriptors in the chain
+   * @returns the chain id, or -1 when fewer than `count` are free
+   */
   beginChain(count: number): number {
     if (this.failure) throw this.failure;
     if (this.#building) throw new Error(`${this.name}: a chain is already being built`);
@@ -107,6 +120,13 @@ export class SplitVirtqueue extends Virtqueue {
     return this.#head;
   }
 
+  /**
+   * Writes the next descriptor of the chain being built.
+   *
+   * @param iova the buffer's IOVA
+   * @param length its length
+   * @param fromDevice true for a device-writable buffer
+   */
   pushDesc(iova: number, length: number, fromDevice: boolean): void {
     if (this.#remaining === 0) throw new Error(`${this.name}: more descriptors pushed than begun`);
     const i = this.#cursor;
@@ -123,6 +143,11 @@ export class SplitVirtqueue extends Virtqueue {
     this.#cursor = next;
   }
 
+  /**
+   * Publishes the chain in the available ring.
+   *
+   * @returns the chain id
+   */
   endChain(): number {
     if (!this.#building || this.#remaining !== 0) {
       throw new Error(`${this.name}: endChain without a complete chain`);
@@ -145,11 +170,17 @@ export class SplitVirtqueue extends Virtqueue {
     return head;
   }
 
+  /** Drops the chain being built; nothing was published. */
   abortChain(): void {
     this.#building = false;
     this.#remaining = 0;
   }
 
+  /**
+   * Takes the next used element, after checking its id and length.
+   *
+   * @returns the chain id, or -1 when the device has finished nothing new
+   */
   nextUsed(): number {
     if (this.failure) throw this.failure;
     if (this.#usedPending === 0) {
@@ -193,6 +224,7 @@ export class SplitVirtqueue extends Virtqueue {
     return id;
   }
 
+  /** Whether a used element is waiting. */
   hasUsed(): boolean {
     if (this.failure) throw this.failure;
     // Sequentially consistent: after setUsedNotifEnabled(true) (a store), this
@@ -200,6 +232,7 @@ export class SplitVirtqueue extends Virtqueue {
     return this.#usedPending > 0 || Atomics.load(this.#usedU16, 1) !== this.#lastUsed;
   }
 
+  /** Whether the device wants a notification for the chains published since the last call. */
   availNotifNeeded(): boolean {
     const newIdx = this.#availIdx, oldIdx = this.#kickedIdx;
     this.#kickedIdx = newIdx;
@@ -215,6 +248,11 @@ export class SplitVirtqueue extends Virtqueue {
     return (Atomics.load(this.#usedU16, 0) & VRING_USED_F_NO_NOTIFY) === 0;
   }
 
+  /**
+   * Asks for (or not for) interrupts when chains are used.
+   *
+   * @param enabled whether to be interrupted
+   */
   setUsedNotifEnabled(enabled: boolean): void {
     if (this.eventIdx) {
       // used_event: interrupt once the device uses the entry at lastUsed

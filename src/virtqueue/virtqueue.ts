@@ -112,13 +112,17 @@ export abstract class Virtqueue {
   /** Bytes the device reported for the chain last returned by {@linkcode Virtqueue.nextUsed}. */
   lastUsedLen = 0;
 
+  /** The request slot of each chain id. */
   protected readonly slots: RequestSlot[];
   /** Chains in flight, by id (1 = in flight). */
   protected readonly inFlightMap: Uint8Array;
   /** Device-writable bytes of each chain in flight, by id. */
   protected readonly writableBytes: Float64Array;
+  /** Number of chains in flight. */
   protected numInFlight = 0;
+  /** Set once the queue has failed. */
   protected failure: VirtioError | undefined;
+  /** Turns caller Uint8Arrays into IOVAs (-1 when not device-reachable). */
   protected readonly translate: ((buffer: Uint8Array) => number) | undefined;
 
   // Scratch for the generic addRequest: descriptors collected before any is written.
@@ -128,7 +132,11 @@ export abstract class Virtqueue {
   #scratchCount = 0;
   #addDesc: AddDesc;
 
-  /** @param options layout, memory and IOVA */
+  /**
+   * Creates the instance.
+   *
+   * @param options layout, memory and IOVA
+   */
   constructor(options: VirtqueueOptions) {
     const { layout, memory, iova } = options;
     if (memory.byteLength < layout.endOffset) {

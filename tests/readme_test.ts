@@ -1,0 +1,34 @@
+// Every TypeScript example in README.md runs as written (each in its own process).
+import assert from "node:assert/strict";
+import { HAVE_QSD } from "./_support.ts";
+
+const root = new URL("..", import.meta.url);
+const readme = await Deno.readTextFile(new URL("README.md", root));
+const blocks = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
+
+Deno.test("README has TypeScript examples", () => {
+  assert.ok(blocks.length >= 3);
+});
+
+blocks.forEach((code, i) => {
+  const needsDaemon = code.includes("QemuStorageDaemon");
+  Deno.test({
+    name: `README example ${i + 1} runs as written${needsDaemon ? " (qemu-storage-daemon)" : ""}`,
+    ignore: needsDaemon && !HAVE_QSD,
+    fn: async () => {
+      const file = await Deno.makeTempFile({ dir: root.pathname, prefix: ".readme-example-", suffix: ".ts" });
+      try {
+        await Deno.writeTextFile(file, code);
+        const out = await new Deno.Command(Deno.execPath(), {
+          args: ["run", "-A", file],
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+        assert.ok(out.success, `example ${i + 1} failed:\n${text}`);
+      } finally {
+        await Deno.remove(file);
+      }
+    },
+  });
+});
