@@ -35,7 +35,7 @@
 #define VD_API __attribute__((visibility("default")))
 
 /* Version of this ABI; the loader refuses a library that reports another. */
-VD_API uint32_t vd_abi_version(void) { return 3; }
+VD_API uint32_t vd_abi_version(void) { return 4; }
 
 /* ------------------------------------------------------------------ memory */
 
@@ -196,6 +196,31 @@ VD_API int32_t vd_unix_connect(const char *path, uint32_t path_len,
     }
   }
   return fd;
+}
+
+/* Creates a listening, non-blocking, close-on-exec SOCK_STREAM Unix socket
+ * at `path` (for in-process test back-ends). */
+VD_API int32_t vd_unix_listen(const char *path, uint32_t path_len) {
+  struct sockaddr_un addr;
+  memset(&addr, 0, sizeof addr);
+  addr.sun_family = AF_UNIX;
+  if (path_len == 0 || path_len >= sizeof addr.sun_path) return -ENAMETOOLONG;
+  memcpy(addr.sun_path, path, path_len);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return -errno;
+  socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + path_len);
+  if (bind(fd, (struct sockaddr *)&addr, len) < 0 || listen(fd, 4) < 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  return fd;
+}
+
+/* Accepts a connection (non-blocking, close-on-exec); -EAGAIN when none waits. */
+VD_API int32_t vd_accept(int32_t fd) {
+  int c = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  return c < 0 ? -errno : c;
 }
 
 /* Sends `len` bytes with up to 16 descriptors attached (SCM_RIGHTS).

@@ -10,7 +10,7 @@
  */
 
 /** The ABI version `vd_abi_version()` must report. */
-export const SHIM_ABI_VERSION = 3;
+export const SHIM_ABI_VERSION = 4;
 
 /** `Deno.dlopen` symbol definitions for the shim. */
 export const SHIM_SYMBOLS = {
@@ -170,6 +170,19 @@ export const SHIM_SYMBOLS = {
       "buffer", // const char *path
       "u32", // uint32_t path_len
       "i32", // int nonblock
+    ],
+    result: "i32",
+  },
+  vd_unix_listen: {
+    parameters: [
+      "buffer", // const char *path
+      "u32", // uint32_t path_len
+    ],
+    result: "i32",
+  },
+  vd_accept: {
+    parameters: [
+      "i32", // int listen_fd
     ],
     result: "i32",
   },

@@ -1,0 +1,217 @@
+/**
+ * Test helper: a scripted vhost-user back-end in this process. It speaks the
+ * control protocol well by default (enough for a virtio-blk handshake) and
+ * can be told to misbehave per message. It never touches the rings.
+ */
+
+import { requireShim } from "../ffi/loader.ts";
+import { cString, eventfd, LINUX } from "../ffi/syscalls.ts";
+import { MockBlkDevice } from "../src/transport/mock_device.ts";
+import {
+  decodeHeader,
+  encodeU64,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VHOST_USER_REPLY_MASK,
+  VhostUserProtocolFeature as PF,
+  VhostUserRequest as R,
+} from "../src/transport/vhost_user/protocol.ts";
+
+/** A message the back-end received. */
+export interface FakeMessage {
+  request: number;
+  flags: number;
+  payload: Uint8Array;
+  /** Descriptors that came with it (already closed by the back-end). */
+  fdCount: number;
+}
+
+/** What to do about one message. */
+export interface FakeAction {
+  /** Exact bytes to send instead of a normal reply. */
+  raw?: Uint8Array;
+  /** Descriptors to attach to the reply. */
+  fds?: number[];
+  /** Close the connection instead of answering. */
+  close?: boolean;
+  /** Send nothing at all (never answer). */
+  silent?: boolean;
+}
+
+/** Decides the fate of a message; return undefined for the default behaviour. */
+export type FakeHook = (msg: FakeMessage) => FakeAction | undefined;
+
+/** Options of the fake back-end. */
+export interface FakeBackendOptions {
+  features?: bigint;
+  protocolFeatures?: bigint;
+  queueNum?: number;
+  maxMemSlots?: number;
+  config?: Uint8Array;
+  hook?: FakeHook;
+}
+
+function reply(request: number, payload: Uint8Array): Uint8Array<ArrayBuffer> {
+  const b = new Uint8Array(12 + payload.byteLength);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, request, true);
+  v.setUint32(4, 1 | VHOST_USER_REPLY_MASK, true);
+  v.setUint32(8, payload.byteLength, true);
+  b.set(payload, 12);
+  return b;
+}
+
+/** A vhost-user back-end on a temporary socket, served by this process. */
+export class FakeVhostUserBackend {
+  readonly path: string;
+  readonly received: FakeMessage[] = [];
+  readonly #dir: string;
+  readonly #listenFd: number;
+  readonly #cancelFd: number;
+  #connFd = -1;
+  #serving: Promise<void>;
+  #closed = false;
+  readonly #opts: Required<Omit<FakeBackendOptions, "hook">> & { hook?: FakeHook };
+
+  private constructor(dir: string, listenFd: number, options: FakeBackendOptions) {
+    this.#dir = dir;
+    this.path = `${dir}/vhost.sock`;
+    this.#listenFd = listenFd;
+    this.#cancelFd = eventfd();
+    this.#opts = {
+      features: options.features ?? ((new MockBlkDevice().features) | VHOST_USER_F_PROTOCOL_FEATURES),
+      protocolFeatures: options.protocolFeatures ?? (PF.MQ | PF.REPLY_ACK | PF.CONFIG | PF.CONFIGURE_MEM_SLOTS),
+      queueNum: options.queueNum ?? 1,
+      maxMemSlots: options.maxMemSlots ?? 32,
+      config: options.config ?? new MockBlkDevice({ capacity: 1 << 20, numQueues: 1 }).config,
+      hook: options.hook,
+    };
+    this.#serving = this.#serve().catch(() => {});
+  }
+
+  /** Starts listening. */
+  static async start(options: FakeBackendOptions = {}): Promise<FakeVhostUserBackend> {
+    const dir = await Deno.makeTempDir({ prefix: "virtio-fake-" });
+    const p = cString(`${dir}/vhost.sock`);
+    const fd = requireShim().vd_unix_listen(p, p.byteLength - 1);
+    if (fd < 0) throw new Error(`listen failed: ${-fd}`);
+    return new FakeVhostUserBackend(dir, fd, options);
+  }
+
+  /** Request codes received, in order. */
+  get requests(): number[] {
+    return this.received.map((m) => m.request);
+  }
+
+  async #waitReadable(fd: number): Promise<boolean> {
+    const r = await requireShim().vd_poll2(fd, LINUX.POLLIN, this.#cancelFd, LINUX.POLLIN, 10_000);
+    return r > 0 && (r >>> 16) === 0 && !this.#closed;
+  }
+
+  async #readExact(n: number, fds: number[]): Promise<Uint8Array<ArrayBuffer> | undefined> {
+    const shim = requireShim();
+    const buf = new Uint8Array(n);
+    const fdOut = new Int32Array(8), info = new Int32Array(3);
+    let at = 0;
+    while (at < n) {
+      const view = buf.subarray(at);
+      const r = Number(shim.vd_recvmsg(
+        this.#connFd,
+        view,
+        BigInt(view.byteLength),
+        new Uint8Array(fdOut.buffer),
+        8,
+        new Uint8Array(info.buffer),
+      ));
+      if (r > 0) {
+        for (let i = 0; i < info[0]; i++) fds.push(fdOut[i]);
+        at += r;
+      } else if (r === -LINUX.EAGAIN) {
+        if (!(await this.#waitReadable(this.#connFd))) return undefined;
+      } else {
+        return undefined; // EOF or error: the driver hung up
+      }
+    }
+    return buf;
+  }
+
+  #send(bytes: Uint8Array<ArrayBuffer>, fds: number[] = []): void {
+    const fdBuf = new Int32Array(fds);
+    requireShim().vd_sendmsg(this.#connFd, bytes, BigInt(bytes.byteLength), new Uint8Array(fdBuf.buffer), fds.length);
+  }
+
+  #defaultReply(m: FakeMessage): Uint8Array<ArrayBuffer> | undefined {
+    const o = this.#opts;
+    switch (m.request) {
+      case R.GET_FEATURES:
+        return reply(m.request, encodeU64(o.features));
+      case R.GET_PROTOCOL_FEATURES:
+        return reply(m.request, encodeU64(o.protocolFeatures));
+      case R.GET_QUEUE_NUM:
+        return reply(m.request, encodeU64(o.queueNum));
+      case R.GET_MAX_MEM_SLOTS:
+        return reply(m.request, encodeU64(o.maxMemSlots));
+      case R.GET_CONFIG: {
+        const v = new DataView(m.payload.buffer, m.payload.byteOffset);
+        const off = v.getUint32(0, true), size = v.getUint32(4, true);
+        const out = m.payload.slice();
+        out.set(o.config.subarray(off, off + size), 12);
+        return reply(m.request, out);
+      }
+      case R.GET_VRING_BASE:
+        return reply(m.request, m.payload.slice(0, 8));
+      default:
+        return (m.flags & 0x8) ? reply(m.request, encodeU64(0)) : undefined;
+    }
+  }
+
+  async #serve(): Promise<void> {
+    const shim = requireShim();
+    for (;;) {
+      if (!(await this.#waitReadable(this.#listenFd))) return;
+      const c = shim.vd_accept(this.#listenFd);
+      if (c >= 0) {
+        this.#connFd = c;
+        break;
+      }
+    }
+    for (;;) {
+      const fds: number[] = [];
+      const hdr = await this.#readExact(12, fds);
+      if (!hdr) return;
+      const h = decodeHeader(hdr);
+      const payload = h.size > 0 ? await this.#readExact(h.size, fds) : new Uint8Array(0);
+      if (!payload) return;
+      for (const fd of fds) shim.vd_close(fd);
+      const msg: FakeMessage = { request: h.request, flags: h.flags, payload, fdCount: fds.length };
+      this.received.push(msg);
+      const action = this.#opts.hook?.(msg);
+      if (action?.close) {
+        shim.vd_close(this.#connFd);
+        this.#connFd = -1;
+        return;
+      }
+      if (action?.silent) continue;
+      if (action?.raw) {
+        this.#send(action.raw as Uint8Array<ArrayBuffer>, action.fds);
+        continue;
+      }
+      const r = this.#defaultReply(msg);
+      if (r) this.#send(r, action?.fds);
+    }
+  }
+
+  /** Stops serving and releases everything. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const shim = requireShim();
+    shim.vd_eventfd_write(this.#cancelFd, 1n);
+    await this.#serving;
+    if (this.#connFd >= 0) shim.vd_close(this.#connFd);
+    shim.vd_close(this.#listenFd);
+    shim.vd_close(this.#cancelFd);
+    await Deno.remove(this.#dir, { recursive: true });
+  }
+}
+
+export { reply as fakeReply };

@@ -1,0 +1,151 @@
+// The vhost-user handshake, message by message, against a scripted back-end.
+import assert from "node:assert/strict";
+import {
+  ConnectionLostError,
+  DeviceProtocolError,
+  FeatureNegotiationError,
+  loadShim,
+  TimeoutError,
+  VirtioBlk,
+} from "../mod.ts";
+import {
+  decodeU64,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VHOST_USER_NEED_REPLY_MASK,
+  VhostUserProtocolFeature as PF,
+  VhostUserRequest as R,
+} from "../src/transport/vhost_user/protocol.ts";
+import { type FakeBackendOptions, fakeReply, FakeVhostUserBackend } from "./_fake_vhost_user.ts";
+import { fdCount } from "./_support.ts";
+
+await loadShim();
+
+async function withBackend(
+  options: FakeBackendOptions,
+  fn: (b: FakeVhostUserBackend) => Promise<void>,
+): Promise<void> {
+  const fds = fdCount();
+  const backend = await FakeVhostUserBackend.start(options);
+  try {
+    await fn(backend);
+  } finally {
+    await backend.close();
+  }
+  assert.equal(fdCount(), fds, "no descriptor leaked");
+}
+
+function connect(b: FakeVhostUserBackend, timeout = 2000): Promise<VirtioBlk> {
+  return VirtioBlk.connect({
+    transport: "vhost-user",
+    path: b.path,
+    requestTimeoutMs: timeout,
+    bufferPoolSize: 1 << 20,
+  });
+}
+
+Deno.test("handshake with every protocol feature: ADD_MEM_REG, REPLY_ACK, vring setup, GET_VRING_BASE on close", async () => {
+  await withBackend({}, async (b) => {
+    const blk = await connect(b);
+    assert.equal(blk.capacity, 1n << 20n);
+    await blk.close();
+    const names = b.received.map((m) => m.request);
+    assert.deepEqual(names, [
+      R.SET_OWNER,
+      R.GET_FEATURES,
+      R.GET_PROTOCOL_FEATURES,
+      R.SET_PROTOCOL_FEATURES,
+      R.GET_QUEUE_NUM,
+      R.GET_MAX_MEM_SLOTS,
+      R.SET_FEATURES,
+      R.GET_CONFIG,
+      R.ADD_MEM_REG,
+      R.ADD_MEM_REG,
+      R.SET_VRING_NUM,
+      R.SET_VRING_BASE,
+      R.SET_VRING_ADDR,
+      R.SET_VRING_CALL,
+      R.SET_VRING_KICK,
+      R.SET_VRING_ENABLE,
+      R.GET_VRING_BASE,
+    ]);
+    const by = (r: number) => b.received.filter((m) => m.request === r);
+    assert.equal(
+      decodeU64(by(R.SET_PROTOCOL_FEATURES)[0].payload),
+      PF.MQ | PF.REPLY_ACK | PF.CONFIG | PF.CONFIGURE_MEM_SLOTS,
+    );
+    const setFeatures = by(R.SET_FEATURES)[0];
+    assert.ok(decodeU64(setFeatures.payload) & VHOST_USER_F_PROTOCOL_FEATURES, "acks the protocol-features bit");
+    assert.ok(setFeatures.flags & VHOST_USER_NEED_REPLY_MASK, "asks for an ack");
+    for (const m of [...by(R.ADD_MEM_REG), ...by(R.SET_VRING_CALL), ...by(R.SET_VRING_KICK)]) {
+      assert.equal(m.fdCount, 1);
+    }
+    assert.equal(by(R.GET_FEATURES)[0].flags & VHOST_USER_NEED_REPLY_MASK, 0, "GET_* never asks for an ack");
+  });
+});
+
+Deno.test("without CONFIGURE_MEM_SLOTS the memory table goes by SET_MEM_TABLE", async () => {
+  await withBackend({ protocolFeatures: PF.REPLY_ACK | PF.CONFIG }, async (b) => {
+    const blk = await connect(b);
+    await blk.close();
+    const tables = b.received.filter((m) => m.request === R.SET_MEM_TABLE);
+    assert.equal(tables.length, 2);
+    const regions = (m: { payload: Uint8Array }) =>
+      new DataView(m.payload.buffer, m.payload.byteOffset).getUint32(0, true);
+    assert.deepEqual(tables.map(regions), [1, 2], "the whole table each time");
+    assert.deepEqual(tables.map((m) => m.fdCount), [1, 2]);
+    assert.equal(tables[1].payload.byteLength, 8 + 2 * 32);
+    assert.ok(!b.requests.includes(R.ADD_MEM_REG));
+    assert.ok(!b.requests.includes(R.GET_MAX_MEM_SLOTS));
+    assert.ok(!b.requests.includes(R.GET_QUEUE_NUM));
+  });
+});
+
+Deno.test("without REPLY_ACK nothing asks for an ack", async () => {
+  await withBackend({ protocolFeatures: PF.CONFIG | PF.CONFIGURE_MEM_SLOTS }, async (b) => {
+    const blk = await connect(b);
+    await blk.close();
+    assert.ok(b.received.every((m) => (m.flags & VHOST_USER_NEED_REPLY_MASK) === 0));
+  });
+});
+
+Deno.test("a back-end without the CONFIG protocol feature is refused with a typed error", async () => {
+  await withBackend({ protocolFeatures: PF.REPLY_ACK }, async (b) => {
+    await assert.rejects(connect(b), FeatureNegotiationError);
+  });
+});
+
+Deno.test("malformed or missing replies are typed errors, never hangs", async () => {
+  const cases: [string, FakeBackendOptions["hook"], (e: unknown) => boolean][] = [
+    [
+      "wrong request code",
+      (m) => (m.request === R.GET_FEATURES ? { raw: fakeReply(R.GET_QUEUE_NUM, new Uint8Array(8)) } : undefined),
+      (e) => e instanceof DeviceProtocolError && e.violation === "reply-wrong-request",
+    ],
+    [
+      "closed mid-handshake",
+      (m) => (m.request === R.GET_PROTOCOL_FEATURES ? { close: true } : undefined),
+      (e) => e instanceof ConnectionLostError,
+    ],
+    [
+      "never answers",
+      (m) => (m.request === R.GET_CONFIG ? { silent: true } : undefined),
+      (e) => e instanceof TimeoutError,
+    ],
+    [
+      "refuses SET_FEATURES",
+      (
+        m,
+      ) => (m.request === R.SET_FEATURES
+        ? { raw: fakeReply(R.SET_FEATURES, new Uint8Array([1, 0, 0, 0, 0, 0, 0, 0])) }
+        : undefined),
+      (e) => e instanceof FeatureNegotiationError,
+    ],
+  ];
+  for (const [what, hook, check] of cases) {
+    await withBackend({ hook }, async (b) => {
+      const t0 = performance.now();
+      await assert.rejects(connect(b, 300), check, what);
+      assert.ok(performance.now() - t0 < 2000, `${what}: failed fast`);
+    });
+  }
+});
