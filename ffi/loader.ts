@@ -213,6 +213,11 @@ export async function loadShim(): Promise<void> {
   await loading;
 }
 
+/** Whether the shim is loaded (the mock transport works without it). */
+export function isShimLoaded(): boolean {
+  return loaded !== undefined;
+}
+
 /**
  * The shim's functions, for code that runs after {@linkcode loadShim} has
  * resolved (every connect path awaits it first).

@@ -30,6 +30,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define VD_API __attribute__((visibility("default")))
@@ -63,6 +64,15 @@ VD_API int32_t vd_munmap(uint64_t addr, uint64_t len) {
 VD_API int32_t vd_fallocate(int32_t fd, int32_t mode, uint64_t offset,
                             uint64_t len) {
   return fallocate(fd, mode, (off_t)offset, (off_t)len) < 0 ? -errno : 0;
+}
+
+/* CLOCK_MONOTONIC in nanoseconds, as a double (exact to the nanosecond for
+ * the first 104 days of uptime, to 2 ns after that). A fast call: ~25 ns,
+ * where performance.now() costs ~100 ns here. */
+VD_API double vd_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
 
 /* A full (sequentially consistent) memory fence: orders every earlier load

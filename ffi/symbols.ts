@@ -57,6 +57,7 @@ export const SHIM_SYMBOLS = {
     result: "i32",
   },
   vd_fence: { parameters: [], result: "void" },
+  vd_now_ns: { parameters: [], result: "f64" },
   vd_close: {
     parameters: [
       "i32", // int fd

@@ -1,7 +1,7 @@
 /**
- * Drives completions for the promise API and the async iterators: reaps the
- * used rings while anything waits on them, by polling or by sleeping on the
- * device's interrupts.
+ * Drives completions for the promise API and for waiters of the batch API:
+ * reaps the used rings while anything waits on them, by polling or by
+ * sleeping on the device's interrupts.
  *
  * @module
  */
@@ -11,10 +11,10 @@ import type { VirtioBlkQueue } from "./queue.ts";
 
 /**
  * How completions are noticed.
- * - `"poll"`: interrupts off; the used rings are checked on every turn of
- *   the event loop while requests are in flight (lowest latency, one busy core).
- * - `"eventfd"`: interrupts on; the driver sleeps until the device signals
- *   (no CPU while waiting).
+ * - `"poll"`: interrupts off; the used rings are checked continuously while
+ *   requests are in flight (lowest latency; one core busy while I/O is pending).
+ * - `"eventfd"`: interrupts on; after an optional short spin the driver sleeps
+ *   until the device signals (no CPU while waiting).
  */
 export type CompletionMode = "poll" | "eventfd";
 
@@ -23,44 +23,53 @@ function nextTurn(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }
 
-/** Turns of back-to-back reaping before yielding a macrotask anyway. */
-const MAX_MICROTASK_TURNS = 32;
+/** While spinning on microtasks, yield a macrotask at least this often (ns). */
+const MACROTASK_INTERVAL_NS = 50_000;
+/** Microtask turns to linger once idle, so a caller's next request finds the loop running. */
+const LINGER_TURNS = 8;
 
 /** The completion loop of one device. */
 export class CompletionDriver {
   readonly #queues: readonly VirtioBlkQueue<unknown>[];
   readonly #interrupts: InterruptSource;
   readonly #mode: CompletionMode;
-  readonly #spinMicros: number;
+  readonly #spinNs: number;
+  readonly #now: () => number;
   #running = false;
   #closed = false;
   #flushScheduled = false;
   #loop: Promise<void> = Promise.resolve();
+  #sleeps = 0;
   readonly #flush = () => {
     this.#flushScheduled = false;
     for (const q of this.#queues) if (q.pendingSubmit) q.submit();
   };
 
   /**
-   * Creates the instance.
+   * Creates the driver; it runs only while something waits.
    *
    * @param queues the device's queues
    * @param interrupts wakes the loop in eventfd mode; reports hang-ups in both (owned: closed by {@linkcode CompletionDriver.close})
    * @param mode poll or eventfd
    * @param spinMicros eventfd mode: poll this long before sleeping
+   * @param now a monotonic clock in nanoseconds
    */
   constructor(
     queues: readonly VirtioBlkQueue<unknown>[],
     interrupts: InterruptSource,
     mode: CompletionMode,
     spinMicros: number,
+    now: () => number,
   ) {
     this.#queues = queues;
     this.#interrupts = interrupts;
     this.#mode = mode;
-    this.#spinMicros = spinMicros;
-    interrupts.unref();
-    for (const q of queues) q.setInterruptsEnabled(mode === "eventfd");
+    this.#spinNs = spinMicros * 1000;
+    this.#now = now;
+    // Interrupts stay off while the loop polls or spins (the device then
+    // skips its eventfd writes and the waker thread stays asleep); they are
+    // armed only for the time the loop sleeps.
+    for (const q of queues) q.setInterruptsEnabled(false);
   }
 
   /** The completion mode. */
@@ -68,8 +77,13 @@ export class CompletionDriver {
     return this.#mode;
   }
 
+  /** Times the loop went to sleep on interrupts (a statistic). */
+  get sleeps(): number {
+    return this.#sleeps;
+  }
+
   /**
-   * Called when a promise request was enqueued or an iterator waits:
+   * Called when a promise request was enqueued or a batch waiter waits:
    * schedules one notification for everything enqueued in this tick and
    * starts the loop if it is not running.
    */
@@ -105,46 +119,53 @@ export class CompletionDriver {
     // Start after the current tick so that one notification covers every
     // request enqueued in it (the flush microtask runs first).
     await null;
-    this.#interrupts.ref();
     try {
-      let turns = 0;
-      let idleSince = 0;
-      while (!this.#closed && this.#needsDriving()) {
-        if (this.#drainAll() > 0) {
-          idleSince = 0;
-          // Let the settled promises' continuations run (and submit more);
-          // yield a macrotask now and then so timers and I/O are not starved.
-          if (++turns < MAX_MICROTASK_TURNS) await null;
-          else {
-            turns = 0;
-            await nextTurn();
-          }
+      const now = this.#now;
+      let lastYield = now();
+      let spinStart = -1;
+      let idleTurns = 0;
+      for (;;) {
+        if (this.#closed) return;
+        if (!this.#needsDriving()) {
+          // Linger a few microtask turns: the caller's continuation usually
+          // submits the next request right away.
+          if (++idleTurns > LINGER_TURNS) return;
+          await null;
           continue;
         }
-        turns = 0;
-        if (this.#mode === "poll") {
+        idleTurns = 0;
+        const reaped = this.#drainAll();
+        const t = now();
+        if (t - lastYield > MACROTASK_INTERVAL_NS) {
+          // Microtask spinning starves timers and I/O: yield now and then.
           await nextTurn();
+          lastYield = now();
           continue;
         }
-        if (this.#spinMicros > 0) {
-          const now = performance.now();
-          if (idleSince === 0) idleSince = now;
-          if ((now - idleSince) * 1000 < this.#spinMicros) {
-            await nextTurn();
-            continue;
-          }
+        if (reaped > 0 || this.#mode === "poll") {
+          spinStart = -1;
+          await null; // settled promises' continuations run (and may submit more)
+          continue;
         }
-        idleSince = 0;
-        // Re-arm interrupts (with EVENT_IDX, used_event must move to the next
-        // index), then look once more: a completion that landed before the
-        // device saw the re-arm would not be signalled. One that lands after
-        // is signalled, and the wake byte waits in the socket for wait().
+        if (spinStart < 0) spinStart = t;
+        if (t - spinStart < this.#spinNs) {
+          await null;
+          continue;
+        }
+        spinStart = -1;
+        // Sleep. Re-arm interrupts first (with EVENT_IDX, used_event moves to
+        // the next index), then look once more: a completion that landed
+        // before the device saw the re-arm is not signalled; one that lands
+        // after is, and its wake byte waits in the socket for wait().
         for (const q of this.#queues) q.setInterruptsEnabled(true);
-        if (this.#anyUsed()) continue;
-        await this.#interrupts.wait();
+        if (!this.#anyUsed()) {
+          this.#sleeps++;
+          await this.#interrupts.wait();
+          lastYield = now();
+        }
+        for (const q of this.#queues) q.setInterruptsEnabled(false);
       }
     } finally {
-      this.#interrupts.unref();
       this.#running = false;
     }
   }

@@ -139,8 +139,8 @@ export class VirtioBlkQueue<T = unknown> {
   readonly #readyErr: (VirtioError | undefined)[];
   #readyHead = 0;
   #readyCount = 0;
-  #iteratorWake: (() => void) | undefined;
-  #iterating = 0;
+  #waiting: Promise<void> | undefined;
+  #wake: (() => void) | undefined;
   // Requests added and not yet delivered (settled, handed over, or put in the ready list).
   #outstanding = 0;
   // Promise API.
@@ -343,6 +343,29 @@ export class VirtioBlkQueue<T = unknown> {
   }
 
   /**
+   * Resolves once {@linkcode VirtioBlkQueue.poll} has something to return,
+   * or nothing is in flight, or the queue failed. Waits by polling or on the
+   * device's interrupts, per the connect mode. Concurrent calls share one wait.
+   *
+   * @example A queue-depth-1 loop without allocation per request but the wait
+   * ```ts ignore
+   * q.read(0, buf, 0);
+   * q.submit();
+   * while (q.poll(onDone) === 0) await q.wait();
+   * ```
+   */
+  wait(): Promise<void> {
+    if (this.#readyCount > 0 || this.#batchInFlight() === 0 || this.#failure || this.hasUsed()) {
+      return Promise.resolve();
+    }
+    if (this.#waiting === undefined) {
+      this.#waiting = new Promise<void>((resolve) => (this.#wake = resolve));
+      this.#host.requestDriving();
+    }
+    return this.#waiting;
+  }
+
+  /**
    * Yields the batch completions of this queue as they arrive, waiting on
    * the device (by polling or on its interrupts, per the connect mode), and
    * returns once nothing is left in flight.
@@ -350,27 +373,19 @@ export class VirtioBlkQueue<T = unknown> {
    * @returns an async iterator of completions
    */
   async *completions(): AsyncIterableIterator<BlkCompletion<T>> {
-    this.#iterating++;
-    try {
-      for (;;) {
-        if (this.#readyCount === 0) this.#reap(undefined, Infinity);
-        while (this.#readyCount > 0) {
-          const h = this.#readyHead;
-          const c = { context: this.#readyCtx[h] as T, error: this.#readyErr[h] };
-          this.#readyCtx[h] = undefined;
-          this.#readyErr[h] = undefined;
-          this.#readyHead = (h + 1) & (this.#queueSize - 1);
-          this.#readyCount--;
-          yield c;
-        }
-        if (this.#batchInFlight() === 0) return;
-        await new Promise<void>((resolve) => {
-          this.#iteratorWake = resolve;
-          this.#host.requestDriving();
-        });
+    for (;;) {
+      if (this.#readyCount === 0) this.#reap(undefined, Infinity);
+      while (this.#readyCount > 0) {
+        const h = this.#readyHead;
+        const c = { context: this.#readyCtx[h] as T, error: this.#readyErr[h] };
+        this.#readyCtx[h] = undefined;
+        this.#readyErr[h] = undefined;
+        this.#readyHead = (h + 1) & (this.#queueSize - 1);
+        this.#readyCount--;
+        yield c;
       }
-    } finally {
-      this.#iterating--;
+      if (this.#batchInFlight() === 0) return;
+      await this.wait();
     }
   }
 
@@ -406,7 +421,7 @@ export class VirtioBlkQueue<T = unknown> {
   /** Whether the completion driver has work here. @internal */
   needsDriving(): boolean {
     return this.#promiseInFlight > 0 || this.#backlog.length > 0 ||
-      (this.#iterating > 0 && this.#iteratorWake !== undefined);
+      this.#wake !== undefined;
   }
 
   /** Whether a notification is owed for requests enqueued by the promise API. @internal */
@@ -422,9 +437,10 @@ export class VirtioBlkQueue<T = unknown> {
    */
   drain(): number {
     const n = this.#reap(undefined, Infinity);
-    if (this.#iteratorWake && (this.#readyCount > 0 || this.#batchInFlight() === 0 || this.#failure)) {
-      const wake = this.#iteratorWake;
-      this.#iteratorWake = undefined;
+    if (this.#wake && (this.#readyCount > 0 || this.#batchInFlight() === 0 || this.#failure)) {
+      const wake = this.#wake;
+      this.#wake = undefined;
+      this.#waiting = undefined;
       wake();
     }
     return n;

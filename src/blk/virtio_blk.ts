@@ -5,6 +5,7 @@
  */
 
 import { loadShim } from "../../ffi/loader.ts";
+import { monotonicClock } from "../../ffi/syscalls.ts";
 import {
   ClosedError,
   ConnectionLostError,
@@ -267,7 +268,7 @@ export class VirtioBlk implements AsyncDisposable {
         requestAreaIova: init.queueRegion.iova + base,
       });
     });
-    this.#driver = new CompletionDriver(this.#queues, init.interrupts, init.mode, init.spinMicros);
+    this.#driver = new CompletionDriver(this.#queues, init.interrupts, init.mode, init.spinMicros, monotonicClock());
   }
 
   /**

@@ -1,0 +1,113 @@
+/**
+ * A latency histogram with log-linear buckets (32 per power of two, ~3%
+ * precision) over nanoseconds: recording allocates nothing.
+ *
+ * @module
+ */
+
+const SUB_BITS = 5;
+const SUB = 1 << SUB_BITS; // 32
+const LINEAR = 2 * SUB; // values below 64 ns get a bucket each
+const BUCKETS = LINEAR + (32 - SUB_BITS - 1) * SUB;
+
+function bucketOf(ns: number): number {
+  if (ns < LINEAR) return ns < 0 ? 0 : Math.floor(ns);
+  const v = ns >= 4294967295 ? 4294967295 : Math.floor(ns);
+  const msb = 31 - Math.clz32(v);
+  const shift = msb - SUB_BITS;
+  return LINEAR + (msb - SUB_BITS - 1) * SUB + ((v >>> shift) - SUB);
+}
+
+function bucketMid(i: number): number {
+  if (i < LINEAR) return i;
+  const k = i - LINEAR;
+  const msb = Math.floor(k / SUB) + SUB_BITS + 1;
+  const shift = msb - SUB_BITS;
+  const lo = ((k % SUB) + SUB) * 2 ** shift;
+  return lo + 2 ** shift / 2;
+}
+
+/** Latency statistics in microseconds. */
+export interface LatencySummary {
+  /** Samples. */
+  count: number;
+  /** Mean (exact). */
+  mean: number;
+  /** Minimum (exact). */
+  min: number;
+  /** Median (bucket precision). */
+  p50: number;
+  /** 99th percentile. */
+  p99: number;
+  /** 99.9th percentile. */
+  p999: number;
+  /** Maximum (exact). */
+  max: number;
+}
+
+/** Records latencies in nanoseconds. */
+export class LatencyHistogram {
+  readonly #counts = new Float64Array(BUCKETS);
+  #count = 0;
+  #sum = 0;
+  #min = Infinity;
+  #max = 0;
+
+  /**
+   * Adds one sample.
+   *
+   * @param ns latency in nanoseconds
+   */
+  record(ns: number): void {
+    this.#counts[bucketOf(ns)]++;
+    this.#count++;
+    this.#sum += ns;
+    if (ns < this.#min) this.#min = ns;
+    if (ns > this.#max) this.#max = ns;
+  }
+
+  /** Samples recorded. */
+  get count(): number {
+    return this.#count;
+  }
+
+  /**
+   * The value below which `p` percent of samples fall (bucket midpoint).
+   *
+   * @param p a percentage from 0 to 100
+   * @returns nanoseconds
+   */
+  percentile(p: number): number {
+    if (this.#count === 0) return 0;
+    const rank = Math.max(1, Math.ceil((p / 100) * this.#count));
+    let seen = 0;
+    for (let i = 0; i < BUCKETS; i++) {
+      seen += this.#counts[i];
+      if (seen >= rank) return Math.min(Math.max(bucketMid(i), this.#min), this.#max);
+    }
+    return this.#max;
+  }
+
+  /** Mean, percentiles and extremes, in microseconds. */
+  summary(): LatencySummary {
+    const us = (ns: number) => ns / 1000;
+    return {
+      count: this.#count,
+      mean: this.#count ? us(this.#sum / this.#count) : 0,
+      min: this.#count ? us(this.#min) : 0,
+      p50: us(this.percentile(50)),
+      p99: us(this.percentile(99)),
+      p999: us(this.percentile(99.9)),
+      max: us(this.#max),
+    };
+  }
+
+  /** Forgets every sample. */
+  reset(): void {
+    this.#counts.fill(0);
+    this.#count = 0;
+    this.#sum = 0;
+    this.#min = Infinity;
+    this.#max = 0;
+  }
+}
