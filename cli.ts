@@ -14,7 +14,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { type FioJob, type FioResult, type RwPattern, runFio } from "./src/cli/fio.ts";
+import { type FioJob, type FioResult, runFio, type RwPattern } from "./src/cli/fio.ts";
 import type { CompletionMode } from "./src/blk/completion_driver.ts";
 import { VirtioBlk } from "./src/blk/virtio_blk.ts";
 import { QemuStorageDaemon } from "./src/testing/qsd.ts";
@@ -64,7 +64,9 @@ export function parseSize(s: string | undefined, what: string): number {
 function parseNumber(s: string | undefined, what: string, min: number, max = Infinity): number {
   const n = Number(s);
   if (s === undefined || s.trim() === "" || !Number.isFinite(n) || n < min || n > max) {
-    throw new UsageError(`${what} must be a number from ${min}${max === Infinity ? "" : ` to ${max}`}, got ${JSON.stringify(s)}`);
+    throw new UsageError(
+      `${what} must be a number from ${min}${max === Infinity ? "" : ` to ${max}`}, got ${JSON.stringify(s)}`,
+    );
   }
   return n;
 }
@@ -226,7 +228,9 @@ export function printResult(r: FioResult, mode: CompletionMode): void {
   const l = r.latency;
   console.log(
     `${j.rw} bs=${j.bs} iodepth=${j.iodepth} queues=${j.queues} mode=${mode} api=${j.api ?? "batch"}: ` +
-      `${fmtInt(r.iops)} IOPS, ${r.mbps.toFixed(1)} MB/s over ${r.seconds.toFixed(2)} s (${fmtInt(r.ios)} I/Os, ${r.errors} errors)`,
+      `${fmtInt(r.iops)} IOPS, ${r.mbps.toFixed(1)} MB/s over ${r.seconds.toFixed(2)} s (${
+        fmtInt(r.ios)
+      } I/Os, ${r.errors} errors)`,
   );
   console.log(
     `  latency (µs): mean ${l.mean.toFixed(2)}  min ${l.min.toFixed(2)}  p50 ${l.p50.toFixed(2)}  ` +
@@ -267,7 +271,9 @@ async function bench(flags: Flags): Promise<void> {
   try {
     await using blk = await open({ ...flags, queues: String(queues) }, mode, daemon?.socketPath);
     const depthNeeded = job.iodepth;
-    if (depthNeeded > blk.queueSize) throw new UsageError(`--iodepth ${depthNeeded} is above --queue-size ${blk.queueSize}`);
+    if (depthNeeded > blk.queueSize) {
+      throw new UsageError(`--iodepth ${depthNeeded} is above --queue-size ${blk.queueSize}`);
+    }
     const tty = Deno.stderr.isTerminal();
     job.onProgress = (p) => {
       const line = `[${p.elapsed.toFixed(0).padStart(3)}s${p.ramping ? " ramp" : ""}] ${fmtInt(p.iops)} IOPS, ${

@@ -95,6 +95,8 @@ interface Bounce {
 const OWNER_BATCH = 0;
 const OWNER_PROMISE = 1;
 const NO_BUFFERS: readonly Uint8Array[] = [];
+/** "No limit" for reaping: a small integer, since Infinity would be boxed on every call. */
+const NO_LIMIT = 0x3fff_ffff;
 
 /**
  * One request queue of a virtio-blk device.
@@ -126,14 +128,15 @@ export class VirtioBlkQueue<T = unknown> {
   readonly #host: QueueHost;
   readonly #reqU32: Uint32Array;
   readonly #reqU8: Uint8Array;
-  readonly #reqIova: number;
+  readonly #reqBase: number; // address base of the request area in the virtqueue
+  readonly #poolBase: number; // address base of the buffer pool
   readonly #queueSize: number;
   // Per chain id.
   readonly #ctx: unknown[];
   readonly #owner: Uint8Array;
   readonly #op: Uint8Array;
   readonly #bounce: (Bounce | undefined)[];
-  readonly #segIova: Float64Array;
+  readonly #segOffset: Float64Array;
   // Batch completions reaped by the driver, waiting for poll() or the iterator.
   readonly #readyCtx: unknown[];
   readonly #readyErr: (VirtioError | undefined)[];
@@ -178,13 +181,14 @@ export class VirtioBlkQueue<T = unknown> {
     const area = init.requestArea;
     this.#reqU8 = area;
     this.#reqU32 = new Uint32Array(area.buffer, area.byteOffset, area.byteLength >> 2);
-    this.#reqIova = init.requestAreaIova;
+    this.#reqBase = this.#vq.addressBase(init.requestAreaIova);
+    this.#poolBase = this.#vq.addressBase(init.pool.region.iova);
     const q = this.#queueSize = this.#vq.queueSize;
     this.#ctx = new Array(q).fill(undefined);
     this.#owner = new Uint8Array(q);
     this.#op = new Uint8Array(q);
     this.#bounce = new Array(q).fill(undefined);
-    this.#segIova = new Float64Array(Math.max(1, this.#limits.maxSegments));
+    this.#segOffset = new Float64Array(Math.max(1, this.#limits.maxSegments));
     this.#readyCtx = new Array(q).fill(undefined);
     this.#readyErr = new Array(q).fill(undefined);
   }
@@ -326,7 +330,7 @@ export class VirtioBlkQueue<T = unknown> {
    * @param max reap at most this many
    * @returns the number of batch completions handed to `handler`
    */
-  poll(handler: CompletionHandler<T>, max = Infinity): number {
+  poll(handler: CompletionHandler<T>, max: number = NO_LIMIT): number {
     let n = 0;
     while (this.#readyCount > 0 && n < max) {
       const h = this.#readyHead;
@@ -374,7 +378,7 @@ export class VirtioBlkQueue<T = unknown> {
    */
   async *completions(): AsyncIterableIterator<BlkCompletion<T>> {
     for (;;) {
-      if (this.#readyCount === 0) this.#reap(undefined, Infinity);
+      if (this.#readyCount === 0) this.#reap(undefined, NO_LIMIT);
       while (this.#readyCount > 0) {
         const h = this.#readyHead;
         const c = { context: this.#readyCtx[h] as T, error: this.#readyErr[h] };
@@ -436,7 +440,7 @@ export class VirtioBlkQueue<T = unknown> {
    * @internal
    */
   drain(): number {
-    const n = this.#reap(undefined, Infinity);
+    const n = this.#reap(undefined, NO_LIMIT);
     if (this.#wake && (this.#readyCount > 0 || this.#batchInFlight() === 0 || this.#failure)) {
       const wake = this.#wake;
       this.#wake = undefined;
@@ -624,17 +628,22 @@ export class VirtioBlkQueue<T = unknown> {
       case OP_WRITE: {
         if (op === OP_WRITE && limits.readOnly) throw new ReadOnlyError("write on a read-only device");
         type = op === OP_READ ? VIRTIO_BLK_T_IN : VIRTIO_BLK_T_OUT;
-        off = toByteOffset(offset);
+        // Checks written out here, not in helpers: numbers above 2^30 passed
+        // to a call that is not inlined are boxed (an allocation each).
+        off = typeof offset === "number" && Number.isSafeInteger(offset) && offset >= 0 ? offset : toByteOffset(offset);
         if (buffers instanceof Uint8Array) {
           single = buffers;
-          total = this.#checkSegment(single, 0);
+          total = single.byteLength;
+          if (total === 0 || total > limits.maxSegmentSize) this.#checkSegment(single, 0);
           nsegs = 1;
         } else {
           segs = buffers ?? NO_BUFFERS;
           total = this.#checkSegments(segs);
           nsegs = segs.length;
         }
-        checkRange(limits, off, total, op === OP_READ ? "read" : "write");
+        if (off % limits.alignment !== 0 || total % limits.alignment !== 0 || off + total > limits.capacity) {
+          checkRange(limits, off, total, op === OP_READ ? "read" : "write");
+        }
         break;
       }
       case OP_FLUSH:
@@ -663,24 +672,24 @@ export class VirtioBlkQueue<T = unknown> {
     // reaped: keep requests not yet handed back within that bound.
     if (this.#outstanding + this.#readyCount >= this.#queueSize) return -1;
 
-    // Translate data buffers; foreign ones go through bounce buffers.
+    // Translate data buffers to pool offsets; foreign ones are bounced.
     let bounce: Bounce | undefined;
-    let iova0 = 0;
+    let off0 = 0;
     if (single !== undefined) {
-      iova0 = this.#pool.iovaOf(single);
-      if (iova0 < 0) {
+      off0 = this.#pool.offsetOf(single);
+      if (off0 < 0) {
         bounce = { offsets: [], lengths: [], targets: [] };
-        iova0 = this.#bounceIn(bounce, single, op === OP_WRITE);
+        off0 = this.#bounceIn(bounce, single, op === OP_WRITE);
       }
     } else if (segs !== undefined) {
       for (let i = 0; i < nsegs; i++) {
         const s = segs[i];
-        let iova = this.#pool.iovaOf(s);
-        if (iova < 0) {
+        let o = this.#pool.offsetOf(s);
+        if (o < 0) {
           bounce ??= { offsets: [], lengths: [], targets: [] };
-          iova = this.#bounceIn(bounce, s, op === OP_WRITE);
+          o = this.#bounceIn(bounce, s, op === OP_WRITE);
         }
-        this.#segIova[i] = iova;
+        this.#segOffset[i] = o;
       }
     }
 
@@ -698,13 +707,14 @@ export class VirtioBlkQueue<T = unknown> {
     u32[w + 2] = sector >>> 0;
     u32[w + 3] = (sector / 4294967296) >>> 0;
     this.#reqU8[id * SLOT.SIZE + SLOT.STATUS] = STATUS_UNSET;
-    const slotIova = this.#reqIova + id * SLOT.SIZE;
-    vq.pushDesc(slotIova + SLOT.HEADER, SLOT.HEADER_SIZE, false);
+    const slot = id * SLOT.SIZE; // offset of the slot from the request area's base
+    const REQ = this.#reqBase, POOL = this.#poolBase;
+    vq.pushDescAt(REQ, slot + SLOT.HEADER, SLOT.HEADER_SIZE, false);
     const fromDevice = op === OP_READ;
     if (single !== undefined) {
-      vq.pushDesc(iova0, total, fromDevice);
+      vq.pushDescAt(POOL, off0, total, fromDevice);
     } else if (segs !== undefined) {
-      for (let i = 0; i < nsegs; i++) vq.pushDesc(this.#segIova[i], segs[i].byteLength, fromDevice);
+      for (let i = 0; i < nsegs; i++) vq.pushDescAt(POOL, this.#segOffset[i], segs[i].byteLength, fromDevice);
     } else if (op === OP_DISCARD || op === OP_WRITE_ZEROES) {
       // struct virtio_blk_discard_write_zeroes: le64 sector, le32 num_sectors, le32 flags.
       const s = (id * SLOT.SIZE + SLOT.SEGMENT) >> 2;
@@ -714,11 +724,11 @@ export class VirtioBlkQueue<T = unknown> {
       u32[s + 3] = op === OP_WRITE_ZEROES && unmap && limits.writeZeroes!.mayUnmap
         ? VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
         : 0;
-      vq.pushDesc(slotIova + SLOT.SEGMENT, SLOT.SEGMENT_SIZE, false);
+      vq.pushDescAt(REQ, slot + SLOT.SEGMENT, SLOT.SEGMENT_SIZE, false);
     } else if (op === OP_GET_ID) {
-      vq.pushDesc(slotIova + SLOT.ID, VIRTIO_BLK_ID_BYTES, true);
+      vq.pushDescAt(REQ, slot + SLOT.ID, VIRTIO_BLK_ID_BYTES, true);
     }
-    vq.pushDesc(slotIova + SLOT.STATUS, 1, true);
+    vq.pushDescAt(REQ, slot + SLOT.STATUS, 1, true);
     vq.endChain();
     this.#ctx[id] = context;
     this.#owner[id] = owner;
@@ -757,7 +767,7 @@ export class VirtioBlkQueue<T = unknown> {
     bounce.lengths.push(buf.byteLength);
     bounce.targets.push(buf);
     if (copyIn) pool.region.bytes.set(buf, offset);
-    return pool.region.iova + offset;
+    return offset;
   }
 
   #freeBounce(bounce: Bounce | undefined): void {

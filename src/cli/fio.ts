@@ -96,7 +96,9 @@ export function validateJob(blk: VirtioBlk, job: FioJob): string | undefined {
     return `--queues must be from 1 to ${blk.numQueues}`;
   }
   if (!(job.runtime > 0)) return "--runtime must be positive";
-  if (!(size >= job.bs && size <= Number(blk.capacity))) return `--size must be from --bs to the capacity ${blk.capacity}`;
+  if (!(size >= job.bs && size <= Number(blk.capacity))) {
+    return `--size must be from --bs to the capacity ${blk.capacity}`;
+  }
   if (job.rw !== "read" && job.rw !== "randread" && blk.readOnly) return "the device is read-only";
   return undefined;
 }
@@ -231,7 +233,7 @@ export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
       for (;;) {
         let n = 0;
         for (const q of queues) n += q.poll(onDone);
-        if (n > 0) for (const q of queues) q.submit();
+        if (n > 0) { for (const q of queues) q.submit(); }
         const t = now();
         if (!measured && t >= rampEnd) {
           counting = measured = true;

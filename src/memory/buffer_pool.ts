@@ -167,6 +167,19 @@ export class BufferPool {
   }
 
   /**
+   * The region offset of a caller buffer's first byte, or -1 when the buffer
+   * is not from this pool (or was freed). A small integer for pools below
+   * 1 GiB, so passing it around allocates nothing.
+   *
+   * @param view any Uint8Array
+   * @returns the offset or -1
+   */
+  offsetOf(view: Uint8Array): number {
+    const base = this.#bases.get(view.buffer as ArrayBuffer);
+    return base === undefined ? -1 : base + view.byteOffset;
+  }
+
+  /**
    * The I/O virtual address of a caller buffer's first byte, or -1 when the
    * buffer is not from this pool (or was freed).
    *

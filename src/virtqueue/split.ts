@@ -121,14 +121,16 @@ export class SplitVirtqueue extends Virtqueue {
   }
 
   /**
-   * Writes the next descriptor of the chain being built.
+   * Writes the next descriptor of the chain being built, at `base + offset`.
    *
-   * @param iova the buffer's IOVA
-   * @param length its length
+   * @param base an address-base index
+   * @param offset bytes from that base
+   * @param length the buffer's length
    * @param fromDevice true for a device-writable buffer
    */
-  pushDesc(iova: number, length: number, fromDevice: boolean): void {
+  pushDescAt(base: number, offset: number, length: number, fromDevice: boolean): void {
     if (this.#remaining === 0) throw new Error(`${this.name}: more descriptors pushed than begun`);
+    const iova = this.bases[base] + offset; // a double kept unboxed in this frame
     const i = this.#cursor;
     const d = i << 2;
     this.#descU32[d] = iova >>> 0;

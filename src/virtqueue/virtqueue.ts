@@ -59,6 +59,9 @@ export interface VirtqueueOptions {
   name?: string;
 }
 
+/** The address-base slot {@linkcode Virtqueue.pushDesc} uses. */
+const SCRATCH_BASE = 7;
+
 /** Descriptor flag: the chain continues in `next`. */
 export const DESC_F_NEXT = 1;
 /** Descriptor flag: device-writable buffer. */
@@ -124,6 +127,9 @@ export abstract class Virtqueue {
   protected failure: VirtioError | undefined;
   /** Turns caller Uint8Arrays into IOVAs (-1 when not device-reachable). */
   protected readonly translate: ((buffer: Uint8Array) => number) | undefined;
+  /** Base IOVAs for {@linkcode Virtqueue.pushDescAt}; the last one is scratch for pushDesc. */
+  protected readonly bases: Float64Array = new Float64Array(SCRATCH_BASE + 1);
+  #numBases = 0;
 
   // Scratch for the generic addRequest: descriptors collected before any is written.
   #scratchIova: Float64Array;
@@ -300,11 +306,41 @@ export abstract class Virtqueue {
    * Appends a descriptor to the chain begun by {@linkcode Virtqueue.beginChain}.
    * The caller has validated `iova` and `length` (see {@linkcode checkDesc}).
    *
+   * IOVAs are usually above 2^30, where V8 boxes a number passed to a call
+   * that is not inlined (one allocation per descriptor); hot paths use
+   * {@linkcode Virtqueue.pushDescAt} with small offsets instead.
+   *
    * @param iova the buffer's IOVA
    * @param length its length (1 to 2^32-1)
    * @param fromDevice true for a device-writable buffer
    */
-  abstract pushDesc(iova: number, length: number, fromDevice: boolean): void;
+  pushDesc(iova: number, length: number, fromDevice: boolean): void {
+    this.bases[SCRATCH_BASE] = iova;
+    this.pushDescAt(SCRATCH_BASE, 0, length, fromDevice);
+  }
+
+  /**
+   * Registers a base IOVA for {@linkcode Virtqueue.pushDescAt} (up to 7).
+   *
+   * @param iova the base address
+   * @returns its index
+   */
+  addressBase(iova: number): number {
+    if (this.#numBases === SCRATCH_BASE) throw new RangeError("at most 7 address bases");
+    this.bases[this.#numBases] = iova;
+    return this.#numBases++;
+  }
+
+  /**
+   * Appends a descriptor at `base + offset`: the allocation-free form of
+   * {@linkcode Virtqueue.pushDesc} (offsets below 2^30 are small integers).
+   *
+   * @param base an index from {@linkcode Virtqueue.addressBase}
+   * @param offset bytes from that base
+   * @param length the buffer's length (1 to 2^32-1)
+   * @param fromDevice true for a device-writable buffer
+   */
+  abstract pushDescAt(base: number, offset: number, length: number, fromDevice: boolean): void;
 
   /**
    * Makes the chain visible to the device (the notification is separate).
