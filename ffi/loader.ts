@@ -19,7 +19,12 @@ import { type Shim, SHIM_ABI_VERSION, SHIM_SYMBOLS, type ShimLibrary } from "./s
 /** File name of the built shim. */
 export const SHIM_FILE_NAME = "libvirtio_shim.so";
 
-/** Compiler flags used for every build of the shim (extra ones come from `$VIRTIO_SHIM_CFLAGS`). */
+/**
+ * Compiler flags used for every build of the shim (extra ones come from
+ * `$VIRTIO_SHIM_CFLAGS`). `-z nodelete` keeps the code mapped even when Deno
+ * unloads the library (it does when an isolate is torn down): a waker thread
+ * of a device the program never closed must not return into unmapped code.
+ */
 export const SHIM_CFLAGS: readonly string[] = [
   "-O2",
   "-g",
@@ -28,6 +33,7 @@ export const SHIM_CFLAGS: readonly string[] = [
   "-Wall",
   "-Wextra",
   "-fvisibility=hidden",
+  "-Wl,-z,nodelete",
 ];
 
 let loaded: ShimLibrary | undefined;

@@ -17,6 +17,10 @@ export interface QemuStorageDaemonOptions {
   numQueues?: number;
   /** Whether the export accepts writes; default true. */
   writable?: boolean;
+  /** File driver: bypass the page cache (O_DIRECT); default false. */
+  cacheDirect?: boolean;
+  /** File driver: the AIO engine; default QEMU's ("threads"). `"native"` needs `cacheDirect`. */
+  aio?: "threads" | "native" | "io_uring";
   /** Logical block size of the export; default 512. */
   logicalBlockSize?: number;
   /** Run the export in its own iothread; default true. */
@@ -127,7 +131,9 @@ export class QemuStorageDaemon implements AsyncDisposable {
         await f.truncate(size);
         f.close();
       }
-      blockdev = `driver=file,node-name=disk,filename=${imagePath},cache.direct=off,discard=unmap`;
+      blockdev = `driver=file,node-name=disk,filename=${imagePath},cache.direct=${
+        options.cacheDirect ? "on" : "off"
+      },discard=unmap${options.aio ? `,aio=${options.aio}` : ""}`;
     } else {
       blockdev = `driver=null-co,node-name=disk,size=${size},read-zeroes=on`;
     }
