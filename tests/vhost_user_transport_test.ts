@@ -10,6 +10,7 @@ import {
 } from "../mod.ts";
 import {
   decodeU64,
+  encodeU64,
   VHOST_USER_F_PROTOCOL_FEATURES,
   VHOST_USER_NEED_REPLY_MASK,
   VhostUserProtocolFeature as PF,
@@ -114,38 +115,144 @@ Deno.test("a back-end without the CONFIG protocol feature is refused with a type
   });
 });
 
-Deno.test("malformed or missing replies are typed errors, never hangs", async () => {
-  const cases: [string, FakeBackendOptions["hook"], (e: unknown) => boolean][] = [
-    [
-      "wrong request code",
-      (m) => (m.request === R.GET_FEATURES ? { raw: fakeReply(R.GET_QUEUE_NUM, new Uint8Array(8)) } : undefined),
-      (e) => e instanceof DeviceProtocolError && e.violation === "reply-wrong-request",
-    ],
-    [
-      "closed mid-handshake",
-      (m) => (m.request === R.GET_PROTOCOL_FEATURES ? { close: true } : undefined),
-      (e) => e instanceof ConnectionLostError,
-    ],
-    [
-      "never answers",
-      (m) => (m.request === R.GET_CONFIG ? { silent: true } : undefined),
-      (e) => e instanceof TimeoutError,
-    ],
-    [
-      "refuses SET_FEATURES",
-      (
-        m,
-      ) => (m.request === R.SET_FEATURES
-        ? { raw: fakeReply(R.SET_FEATURES, new Uint8Array([1, 0, 0, 0, 0, 0, 0, 0])) }
-        : undefined),
-      (e) => e instanceof FeatureNegotiationError,
-    ],
-  ];
-  for (const [what, hook, check] of cases) {
+function header(request: number, flags: number, size: number): Uint8Array<ArrayBuffer> {
+  const b = new Uint8Array(12);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, request, true);
+  v.setUint32(4, flags, true);
+  v.setUint32(8, size, true);
+  return b;
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
+const protocolError = (violation: string) => (e: unknown) =>
+  e instanceof DeviceProtocolError && e.violation === violation;
+
+/** A hostile back-end: [what, hook, expected error]. Each hits GET_FEATURES unless said otherwise. */
+const HOSTILE: [string, FakeBackendOptions["hook"], (e: unknown) => boolean][] = [
+  [
+    "wrong request code",
+    (m) => (m.request === R.GET_FEATURES ? { raw: fakeReply(R.GET_QUEUE_NUM, new Uint8Array(8)) } : undefined),
+    protocolError("reply-wrong-request"),
+  ],
+  [
+    "missing REPLY flag",
+    (
+      m,
+    ) => (m.request === R.GET_FEATURES ? { raw: concat(header(R.GET_FEATURES, 1, 8), new Uint8Array(8)) } : undefined),
+    protocolError("reply-missing-reply-flag"),
+  ],
+  [
+    "wrong protocol version",
+    (
+      m,
+    ) => (m.request === R.GET_FEATURES
+      ? { raw: concat(header(R.GET_FEATURES, 2 | 4, 8), new Uint8Array(8)) }
+      : undefined),
+    protocolError("reply-bad-version"),
+  ],
+  [
+    "oversized payload",
+    (
+      m,
+    ) => (m.request === R.GET_FEATURES
+      ? { raw: concat(header(R.GET_FEATURES, 5, 1 << 20), new Uint8Array(64)) }
+      : undefined),
+    protocolError("reply-oversized"),
+  ],
+  [
+    "truncated reply (payload shorter than a u64)",
+    (
+      m,
+    ) => (m.request === R.GET_FEATURES ? { raw: concat(header(R.GET_FEATURES, 5, 4), new Uint8Array(4)) } : undefined),
+    protocolError("reply-bad-size"),
+  ],
+  [
+    "truncated reply, then silence",
+    (m) => (m.request === R.GET_FEATURES ? { raw: header(R.GET_FEATURES, 5, 8).subarray(0, 7) } : undefined),
+    (e) => e instanceof TimeoutError,
+  ],
+  [
+    "truncated reply, then hang-up",
+    (
+      m,
+    ) => (m.request === R.GET_FEATURES
+      ? { raw: concat(header(R.GET_FEATURES, 5, 8), new Uint8Array(3)), close: true }
+      : undefined),
+    (e) => e instanceof ConnectionLostError,
+  ],
+  [
+    "extra file descriptors on a reply",
+    (
+      m,
+    ) => (m.request === R.GET_FEATURES
+      ? { raw: fakeReply(R.GET_FEATURES, encodeU64(1n << 32n)), fds: [0, 1, 2] }
+      : undefined),
+    protocolError("reply-unexpected-fds"),
+  ],
+  [
+    "closes mid-handshake",
+    (m) => (m.request === R.GET_PROTOCOL_FEATURES ? { close: true } : undefined),
+    (e) => e instanceof ConnectionLostError,
+  ],
+  [
+    "never answers",
+    (m) => (m.request === R.GET_CONFIG ? { silent: true } : undefined),
+    (e) => e instanceof TimeoutError,
+  ],
+  [
+    "refuses SET_FEATURES",
+    (m) => (m.request === R.SET_FEATURES ? { raw: fakeReply(R.SET_FEATURES, encodeU64(1)) } : undefined),
+    (e) => e instanceof FeatureNegotiationError,
+  ],
+  [
+    "refuses ADD_MEM_REG",
+    (m) => (m.request === R.ADD_MEM_REG ? { raw: fakeReply(R.ADD_MEM_REG, encodeU64(22)) } : undefined),
+    protocolError("request-refused"),
+  ],
+  [
+    "returns an empty config",
+    (m) => (m.request === R.GET_CONFIG ? { raw: header(R.GET_CONFIG, 5, 0) } : undefined),
+    protocolError("config-refused"),
+  ],
+  [
+    "returns a config for another range",
+    (m) => {
+      if (m.request !== R.GET_CONFIG) return undefined;
+      const p = m.payload.slice();
+      p[0] = 4; // offset 4 instead of 0
+      return { raw: fakeReply(R.GET_CONFIG, p) };
+    },
+    protocolError("reply-bad-config"),
+  ],
+  [
+    "claims 0 queues",
+    (m) => (m.request === R.GET_QUEUE_NUM ? { raw: fakeReply(R.GET_QUEUE_NUM, encodeU64(0)) } : undefined),
+    protocolError("bad-queue-num"),
+  ],
+];
+
+for (const [what, hook, check] of HOSTILE) {
+  Deno.test(`hostile back-end: ${what} is a typed error, fast, and leaks nothing`, async () => {
     await withBackend({ hook }, async (b) => {
       const t0 = performance.now();
       await assert.rejects(connect(b, 300), check, what);
       assert.ok(performance.now() - t0 < 2000, `${what}: failed fast`);
     });
-  }
+  });
+}
+
+Deno.test("hostile back-end: one that never answers GET_VRING_BASE cannot stop close() from releasing everything", async () => {
+  await withBackend({ hook: (m) => (m.request === R.GET_VRING_BASE ? { silent: true } : undefined) }, async (b) => {
+    const blk = await connect(b, 200);
+    const t0 = performance.now();
+    await blk.close();
+    assert.ok(performance.now() - t0 < 2000);
+  });
 });

@@ -222,7 +222,13 @@ Deno.test("device status IOERR and UNSUPP become typed errors", async () => {
 });
 
 Deno.test("bad caller input is refused before anything reaches the device", async () => {
-  const device = new MockBlkDevice({ capacity: 1 << 20, segMax: 4, maxDiscardSectors: 16, maxWriteZeroesSectors: 16 });
+  const device = new MockBlkDevice({
+    capacity: 1 << 20,
+    segMax: 4,
+    sizeMax: 8192,
+    maxDiscardSectors: 16,
+    maxWriteZeroesSectors: 16,
+  });
   await using blk = await open(device);
   const buf = blk.allocBuffer(4096);
   const bad: [string, () => Promise<unknown>][] = [
@@ -242,6 +248,15 @@ Deno.test("bad caller input is refused before anything reaches the device", asyn
     ["write-zeroes above limit", () => blk.writeZeroes(0, 32 * 512)],
     ["discard zero length", () => blk.discard(0, 0)],
     ["discard unaligned", () => blk.discard(512, 700)],
+    ["discard negative length", () => blk.discard(0, -512)],
+    ["discard NaN length", () => blk.discard(0, NaN)],
+    ["discard fractional length", () => blk.discard(0, 512.5)],
+    ["write-zeroes past capacity", () => blk.writeZeroes((1 << 20) - 512, 1024)],
+    ["segment above size_max", () => blk.write(0, blk.allocBuffer(16384))],
+    ["vector segment above size_max", () => blk.writev(0, [buf, blk.allocBuffer(16384)])],
+    ["negative bigint offset", () => blk.read(-512n, buf)],
+    ["string offset", () => blk.read("0" as unknown as number, buf)],
+    ["vector with a non-buffer", () => blk.writev(0, [buf, "x" as unknown as Uint8Array])],
   ];
   for (const [what, fn] of bad) {
     const e = await rejectsWith(fn(), InvalidArgumentError).catch((err) => {

@@ -14,6 +14,7 @@ import {
   InvalidArgumentError,
   QueueFullError,
   ReadOnlyError,
+  TimeoutError,
   type VirtioError,
 } from "../errors.ts";
 import type { BufferPool } from "../memory/buffer_pool.ts";
@@ -153,6 +154,9 @@ export class VirtioBlkQueue<T = unknown> {
   #failure: VirtioError | undefined;
   #closed = false;
   #notifications = 0;
+  #reaped = 0; // chains reaped so far (watchdog progress)
+  #watchReaped = 0;
+  #stalledMs = 0;
 
   /**
    * Built by {@linkcode VirtioBlk}; not for direct use.
@@ -835,8 +839,32 @@ export class VirtioBlkQueue<T = unknown> {
       }
       this.#deliver(id, error, value, handler);
     }
+    this.#reaped += n;
     if (n > 0 && this.#backlog.length > 0) this.#pumpBacklog();
     return n;
+  }
+
+  /**
+   * Stall watchdog tick: fails the queue with {@linkcode TimeoutError} once
+   * the device has completed nothing for `timeoutMs` while requests are in
+   * flight. A completion waiting in the used ring counts as progress.
+   *
+   * @internal
+   */
+  watchdogTick(elapsedMs: number, timeoutMs: number): void {
+    if (this.#failure || this.#vq.inFlight === 0 || this.#reaped !== this.#watchReaped || this.hasUsed()) {
+      this.#watchReaped = this.#reaped;
+      this.#stalledMs = 0;
+      return;
+    }
+    this.#stalledMs += elapsedMs;
+    if (this.#stalledMs >= timeoutMs) {
+      this.fail(
+        new TimeoutError(
+          `queue ${this.index}: the device completed nothing for ${this.#stalledMs} ms with ${this.#vq.inFlight} requests in flight (stalled)`,
+        ),
+      );
+    }
   }
 
   #deliver(

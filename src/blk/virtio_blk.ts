@@ -80,6 +80,13 @@ export interface VirtioBlkConnectOptions {
   requestTimeoutMs?: number;
   /** How long {@linkcode VirtioBlk.close} waits for requests in flight; default 5000 ms. */
   closeTimeoutMs?: number;
+  /**
+   * Fail a queue with {@linkcode TimeoutError} when the device completes
+   * nothing for this long while requests are in flight (a stalled device).
+   * Its requests reject, later ones fail fast. Default: no limit (a request
+   * to a slow device is never abandoned, as with libblkio).
+   */
+  stallTimeoutMs?: number;
   /** Optional ring features; each is used only when the device offers it too. */
   features?: {
     /** VIRTIO_F_EVENT_IDX (default true). */
@@ -192,6 +199,8 @@ export class VirtioBlk implements AsyncDisposable {
   readonly #interrupts: InterruptSource;
   readonly #closeTimeoutMs: number;
   #nextQueue = 0;
+  #watchdog: ReturnType<typeof setInterval> | undefined;
+  #watchdogRefed = false;
   #lost: VirtioError | undefined;
   #closing: Promise<void> | undefined;
 
@@ -208,6 +217,7 @@ export class VirtioBlk implements AsyncDisposable {
     mode: CompletionMode;
     spinMicros: number;
     closeTimeoutMs: number;
+    stallTimeoutMs: number | undefined;
   }) {
     const { config, features, layout } = init;
     this.#transport = init.transport;
@@ -259,7 +269,13 @@ export class VirtioBlk implements AsyncDisposable {
       },
     };
     const host: QueueHost = {
-      requestDriving: () => this.#driver.requestDriving(),
+      requestDriving: () => {
+        if (this.#watchdog !== undefined && !this.#watchdogRefed) {
+          this.#watchdogRefed = true;
+          Deno.refTimer(this.#watchdog);
+        }
+        this.#driver.requestDriving();
+      },
       connectionError: () => this.#connectionError(),
     };
     this.#queues = init.virtqueues.map((vq, i) => {
@@ -276,6 +292,25 @@ export class VirtioBlk implements AsyncDisposable {
       });
     });
     this.#driver = new CompletionDriver(this.#queues, init.interrupts, init.mode, init.spinMicros, monotonicClock());
+    const stall = init.stallTimeoutMs;
+    if (stall !== undefined) {
+      const tick = Math.max(1, Math.min(1000, Math.floor(stall / 4)));
+      const timer = setInterval(() => {
+        let busy = false;
+        for (const q of this.#queues) {
+          q.watchdogTick(tick, stall);
+          if (q.virtqueue.inFlight > 0 && q.error === undefined) busy = true;
+        }
+        // While something waits on the device the watchdog keeps the process
+        // alive (it will end the wait one way or the other); idle, it does not.
+        if (!busy && this.#watchdogRefed) {
+          this.#watchdogRefed = false;
+          Deno.unrefTimer(timer);
+        }
+      }, tick);
+      Deno.unrefTimer(timer);
+      this.#watchdog = timer;
+    }
   }
 
   /**
@@ -294,6 +329,8 @@ export class VirtioBlk implements AsyncDisposable {
     checkPositiveInt("numQueues", options.numQueues, 65535);
     checkPositiveInt("queueSize", options.queueSize, 32768);
     checkPositiveInt("bufferPoolSize", options.bufferPoolSize, 2 ** 40);
+    checkPositiveInt("stallTimeoutMs", options.stallTimeoutMs, 2 ** 31);
+    checkPositiveInt("closeTimeoutMs", options.closeTimeoutMs, 2 ** 31);
     const mode = options.mode ?? "eventfd";
     if (mode !== "poll" && mode !== "eventfd") {
       throw new InvalidArgumentError(`mode must be "poll" or "eventfd", got ${JSON.stringify(mode)}`);
@@ -375,6 +412,7 @@ export class VirtioBlk implements AsyncDisposable {
         mode,
         spinMicros,
         closeTimeoutMs: options.closeTimeoutMs ?? 5000,
+        stallTimeoutMs: options.stallTimeoutMs,
       });
     } catch (e) {
       await interrupts?.close().catch(() => {});
@@ -565,6 +603,7 @@ export class VirtioBlk implements AsyncDisposable {
       q.drain();
       if (q.virtqueue.inFlight > 0) q.fail(closed);
     }
+    if (this.#watchdog !== undefined) clearInterval(this.#watchdog);
     await this.#driver.close();
     try {
       await this.#transport.close();

@@ -67,21 +67,24 @@ export class QemuStorageDaemon implements AsyncDisposable {
   readonly logPath: string;
   /** The folder holding socket, log (and a created image). */
   readonly dir: string;
-  readonly #child: Deno.ChildProcess;
   readonly #ownsDir: boolean;
-  #status: Promise<Deno.CommandStatus>;
+  readonly #binary: string;
+  readonly #args: string[];
+  #child: Deno.ChildProcess | undefined;
+  #status: Promise<Deno.CommandStatus | undefined> = Promise.resolve(undefined);
   #stopped = false;
 
   private constructor(
-    child: Deno.ChildProcess,
+    binary: string,
+    args: string[],
     dir: string,
     ownsDir: boolean,
     socketPath: string,
     imagePath: string | undefined,
     logPath: string,
   ) {
-    this.#child = child;
-    this.#status = child.status;
+    this.#binary = binary;
+    this.#args = args;
     this.dir = dir;
     this.#ownsDir = ownsDir;
     this.socketPath = socketPath;
@@ -104,8 +107,9 @@ export class QemuStorageDaemon implements AsyncDisposable {
     }
   }
 
-  /** The process id. */
+  /** The process id (of the current run). */
   get pid(): number {
+    if (!this.#child) throw new Error("qemu-storage-daemon is not running");
     return this.#child.pid;
   }
 
@@ -153,39 +157,68 @@ export class QemuStorageDaemon implements AsyncDisposable {
       exportArgs.push("iothread=iothread0");
     }
     args.push("--export", exportArgs.join(","));
-    const log = await Deno.open(logPath, { create: true, write: true, truncate: true });
+    const daemon = new QemuStorageDaemon(
+      options.binary ?? defaultBinary(),
+      args,
+      dir,
+      ownsDir,
+      socketPath,
+      imagePath,
+      logPath,
+    );
+    try {
+      await daemon.#spawn();
+    } catch (e) {
+      if (ownsDir) await Deno.remove(dir, { recursive: true }).catch(() => {});
+      throw e;
+    }
+    return daemon;
+  }
+
+  /** Starts the process and waits for its socket. */
+  async #spawn(): Promise<void> {
+    await Deno.remove(this.socketPath).catch(() => {}); // a stale socket of a killed run
+    const log = await Deno.open(this.logPath, { create: true, append: true });
     let child: Deno.ChildProcess;
     try {
-      child = new Deno.Command(options.binary ?? defaultBinary(), {
-        args,
+      child = new Deno.Command(this.#binary, {
+        args: this.#args,
         stdin: "null",
         stdout: "piped",
         stderr: "piped",
       }).spawn();
     } catch (e) {
       log.close();
-      if (ownsDir) await Deno.remove(dir, { recursive: true }).catch(() => {});
       throw e;
     }
+    this.#child = child;
     // Copy the daemon's output into the log file (a writable stream takes one pipe at a time).
     const copy = async (stream: ReadableStream<Uint8Array>) => {
       for await (const chunk of stream) await log.write(chunk);
     };
     const pump = Promise.all([copy(child.stdout), copy(child.stderr)]).finally(() => log.close());
-    const daemon = new QemuStorageDaemon(child, dir, ownsDir, socketPath, imagePath, logPath);
-    daemon.#status = Promise.all([child.status, pump.catch(() => {})]).then(([s]) => s);
+    this.#status = Promise.all([child.status, pump.catch(() => {})]).then(([s]) => s);
     const deadline = performance.now() + 10_000;
     let exited = false;
-    daemon.#status.then(() => (exited = true));
-    while (!(await exists(socketPath))) {
+    this.#status.then(() => (exited = true));
+    while (!(await exists(this.socketPath))) {
       if (exited || performance.now() > deadline) {
-        await daemon.stop();
-        const text = await Deno.readTextFile(logPath).catch(() => "");
-        throw new Error(`qemu-storage-daemon did not start (${args.join(" ")}):\n${text}`);
+        await this.kill();
+        const text = await Deno.readTextFile(this.logPath).catch(() => "");
+        throw new Error(`qemu-storage-daemon did not start (${this.#args.join(" ")}):\n${text}`);
       }
       await new Promise((r) => setTimeout(r, 10));
     }
-    return daemon;
+  }
+
+  /**
+   * Kills the daemon if it runs (SIGKILL) and starts it again on the same
+   * socket and image, as after a crash.
+   */
+  async restart(): Promise<void> {
+    if (this.#stopped) throw new Error("qemu-storage-daemon was stopped");
+    await this.kill();
+    await this.#spawn();
   }
 
   /**
@@ -196,7 +229,7 @@ export class QemuStorageDaemon implements AsyncDisposable {
    */
   async kill(signal: Deno.Signal = "SIGKILL"): Promise<void> {
     try {
-      this.#child.kill(signal);
+      this.#child?.kill(signal);
     } catch {
       // already exited
     }
@@ -210,14 +243,14 @@ export class QemuStorageDaemon implements AsyncDisposable {
     let done = false;
     const status = this.#status.then(() => (done = true));
     try {
-      this.#child.kill("SIGTERM");
+      this.#child?.kill("SIGTERM");
     } catch {
       // already exited
     }
     const t = setTimeout(() => {
       if (!done) {
         try {
-          this.#child.kill("SIGKILL");
+          this.#child?.kill("SIGKILL");
         } catch { /* exited */ }
       }
     }, 5000);

@@ -449,6 +449,109 @@ export class MockBlkDevice {
     return n;
   }
 
+  // ------------------------------------------------- a hostile device
+
+  /**
+   * Hostile-device primitive: takes every head the driver made available on
+   * queue `index` without processing it.
+   *
+   * @param index queue index
+   * @returns the heads, in ring order
+   */
+  hostileTake(index: number): number[] {
+    const q = this.#queue(index);
+    const heads: number[] = [];
+    const availIdx = Atomics.load(q.avail, 1);
+    while (q.lastAvail !== availIdx) {
+      heads.push(q.avail[2 + (q.lastAvail & (q.size - 1))]);
+      q.lastAvail = (q.lastAvail + 1) & 0xffff;
+    }
+    if (this.#eventIdx) Atomics.store(q.usedU16, 2 + 4 * q.size, q.lastAvail);
+    return heads;
+  }
+
+  /**
+   * Hostile-device primitive: writes any used element, moves the used index
+   * by `advance` (which may exceed what is in flight) and interrupts.
+   *
+   * @param index queue index
+   * @param id the id to report (need not be valid)
+   * @param len the length to report (need not be plausible)
+   * @param advance how far to move the used index; default 1
+   */
+  hostilePushUsed(index: number, id: number, len: number, advance = 1): void {
+    const q = this.#queue(index);
+    const e = 1 + 2 * (q.usedIdx & (q.size - 1));
+    q.usedU32[e] = id >>> 0;
+    q.usedU32[e + 1] = len >>> 0;
+    q.usedIdx = (q.usedIdx + advance) & 0xffff;
+    Atomics.store(q.usedU16, 1, q.usedIdx);
+    this.stats.interrupts++;
+    this.#onInterrupt?.(index);
+  }
+
+  /**
+   * Hostile-device primitive: completes head `id` properly (status OK written
+   * in its last buffer, used length 1) but without doing its I/O.
+   *
+   * @param index queue index
+   * @param id a head the device took
+   */
+  hostileCompleteEmpty(index: number, id: number): void {
+    const segs = this.#readChain(this.#queue(index), id);
+    const last = segs[segs.length - 1].bytes;
+    last[last.byteLength - 1] = VIRTIO_BLK_S_OK;
+    this.hostilePushUsed(index, id, 1);
+  }
+
+  /**
+   * Hostile-device primitive: overwrites descriptor `desc` of queue `index`
+   * (address, length, flags, next), e.g. after the driver submitted it.
+   *
+   * @param index queue index
+   * @param desc descriptor index
+   * @param fields the values to write
+   */
+  hostileRewriteDesc(
+    index: number,
+    desc: number,
+    fields: { addr?: number; len?: number; flags?: number; next?: number },
+  ): void {
+    const q = this.#queue(index);
+    const at = 16 * desc;
+    if (fields.addr !== undefined) q.desc.setBigUint64(at, BigInt(fields.addr), true);
+    if (fields.len !== undefined) q.desc.setUint32(at + 8, fields.len, true);
+    if (fields.flags !== undefined) q.desc.setUint16(at + 12, fields.flags, true);
+    if (fields.next !== undefined) q.desc.setUint16(at + 14, fields.next, true);
+  }
+
+  /**
+   * Hostile-device primitive: writes driver memory at `iova` (for example a
+   * status byte after completion).
+   *
+   * @param iova where
+   * @param bytes what
+   */
+  hostileWrite(iova: number, bytes: Uint8Array): void {
+    this.translate(iova, bytes.byteLength).set(bytes);
+  }
+
+  /**
+   * The IOVA of the status byte of chain `id` on queue `index` (its last buffer's last byte).
+   *
+   * @param index queue index
+   * @param id chain head
+   * @returns the address
+   */
+  statusAddress(index: number, id: number): number {
+    const q = this.#queue(index);
+    let i = id;
+    for (let hops = 0; hops < q.size && (q.desc.getUint16(16 * i + 12, true) & DESC_F_NEXT); hops++) {
+      i = q.desc.getUint16(16 * i + 14, true);
+    }
+    return Number(q.desc.getBigUint64(16 * i, true)) + q.desc.getUint32(16 * i + 8, true) - 1;
+  }
+
   #queue(index: number): DeviceQueue {
     const q = this.#queues[index];
     if (!q) throw new MockDeviceError(`queue ${index} is not set up`);

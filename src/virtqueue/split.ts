@@ -178,6 +178,42 @@ export class SplitVirtqueue extends Virtqueue {
     this.#remaining = 0;
   }
 
+  /** Checks that free and in-flight descriptors partition the table (private state only). */
+  assertConsistent(): void {
+    const q = this.queueSize;
+    const owner = new Int32Array(q).fill(-2); // -2 unseen, -1 free, else the head in flight
+    let i = this.#freeHead;
+    for (let n = 0; n < this.#numFree; n++) {
+      if (i >= q) throw new Error(`free list leaves the table at step ${n} (index ${i})`);
+      if (owner[i] !== -2) throw new Error(`descriptor ${i} is twice on the free list`);
+      owner[i] = -1;
+      i = this.#next[i];
+    }
+    let inFlight = 0, used = 0;
+    for (let head = 0; head < q; head++) {
+      if (this.inFlightMap[head] !== 1) continue;
+      inFlight++;
+      if (owner[head] === -1) throw new Error(`chain ${head} is in flight and free`);
+      let d = head;
+      for (let n = 0; n < this.#chainLen[head]; n++) {
+        if (d >= q) throw new Error(`chain ${head} leaves the table`);
+        if (owner[d] !== -2) {
+          throw new Error(
+            `descriptor ${d} of chain ${head} is also ${owner[d] === -1 ? "free" : `in chain ${owner[d]}`}`,
+          );
+        }
+        owner[d] = head;
+        used++;
+        if (n + 1 < this.#chainLen[head]) d = this.#next[d];
+      }
+      if (d !== this.#chainTail[head]) throw new Error(`chain ${head} does not end at its recorded tail`);
+    }
+    if (inFlight !== this.numInFlight) {
+      throw new Error(`${inFlight} chains marked in flight, counter says ${this.numInFlight}`);
+    }
+    if (used + this.#numFree !== q) throw new Error(`${used} descriptors in flight + ${this.#numFree} free != ${q}`);
+  }
+
   /**
    * Takes the next used element, after checking its id and length.
    *

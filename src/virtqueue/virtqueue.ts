@@ -353,6 +353,15 @@ export abstract class Virtqueue {
   abstract abortChain(): void;
 
   /**
+   * Checks the driver-private bookkeeping (for tests and the fuzzer): every
+   * descriptor is either free or in exactly one chain in flight, and the
+   * counters agree. Reads nothing from shared memory.
+   *
+   * @throws {Error} describing the first inconsistency
+   */
+  abstract assertConsistent(): void;
+
+  /**
    * The id of the next finished chain, or -1 when there is none. Sets
    * {@linkcode Virtqueue.lastUsedLen}. Validates the used element.
    *
