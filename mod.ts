@@ -41,11 +41,13 @@ export {
   type AddDesc,
   type Completion,
   type DeviceBuffer,
+  type IndirectOptions,
   type RequestSlot,
   Virtqueue,
   type VirtqueueOptions,
 } from "./src/virtqueue/virtqueue.ts";
 export { SplitVirtqueue } from "./src/virtqueue/split.ts";
+export { PackedVirtqueue } from "./src/virtqueue/packed.ts";
 export type {
   InterruptSource,
   QueueConfig,

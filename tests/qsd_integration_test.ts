@@ -12,6 +12,7 @@ import {
   type VirtioBlkConnectOptions,
   type VirtioError,
 } from "../mod.ts";
+import { randomWrites } from "./_matrix.ts";
 import { fdCount, firstDifference, HAVE_QSD, memfdMappings, Rng } from "./_support.ts";
 
 await loadShim(); // process-wide; loaded outside the tests' resource accounting
@@ -36,59 +37,6 @@ async function withDaemon(
 
 function connect(qsd: QemuStorageDaemon, options: Partial<VirtioBlkConnectOptions> = {}): Promise<VirtioBlk> {
   return VirtioBlk.connect({ transport: "vhost-user", path: qsd.socketPath, requestTimeoutMs: 5000, ...options });
-}
-
-/** Random writes (sizes 512 B–128 KiB, 4 KiB-aligned offsets, some vectored, some bounced), mirrored in `model`. */
-async function randomWrites(blk: VirtioBlk, model: Uint8Array, count: number, rng: Rng): Promise<void> {
-  const cap = model.byteLength;
-  let done = 0;
-  while (done < count) {
-    const batch: Promise<void>[] = [];
-    const ranges: [number, number][] = [];
-    const pool: Uint8Array<ArrayBuffer>[] = [];
-    while (batch.length < 32 && done + batch.length < count) {
-      const size = 512 * rng.int(1, 256);
-      const offset = 4096 * rng.int(0, (cap - size) / 4096);
-      if (ranges.some(([s, e]) => offset < e && s < offset + size)) continue; // no overlap in flight
-      ranges.push([offset, offset + size]);
-      const data = new Uint8Array(size);
-      rng.fill(data);
-      model.set(data, offset);
-      const kind = rng.int(0, 9);
-      if (kind < 6) {
-        const buf = blk.allocBuffer(size);
-        buf.set(data);
-        pool.push(buf);
-        batch.push(blk.write(offset, buf));
-      } else if (kind < 8 && size >= 1024) {
-        // Vectored: 2–4 segments, each a multiple of 512, from the pool and plain memory.
-        const nsegs = Math.min(rng.int(2, 4), size / 512);
-        const segs: Uint8Array[] = [];
-        let at = 0;
-        for (let i = 0; i < nsegs; i++) {
-          const left = (size - at) / 512 - (nsegs - 1 - i);
-          const len = i === nsegs - 1 ? size - at : 512 * rng.int(1, left);
-          let seg: Uint8Array;
-          if (rng.int(0, 1) === 0) {
-            const b = blk.allocBuffer(len);
-            pool.push(b);
-            seg = b;
-          } else {
-            seg = new Uint8Array(len);
-          }
-          seg.set(data.subarray(at, at + len));
-          segs.push(seg);
-          at += len;
-        }
-        batch.push(blk.writev(offset, segs));
-      } else {
-        batch.push(blk.write(offset, data)); // plain memory: bounced
-      }
-    }
-    await Promise.all(batch);
-    for (const b of pool) blk.freeBuffer(b);
-    done += batch.length;
-  }
 }
 
 Deno.test({

@@ -132,6 +132,7 @@ export class VirtioBlkQueue<T = unknown> {
   readonly #reqBase: number; // address base of the request area in the virtqueue
   readonly #poolBase: number; // address base of the buffer pool
   readonly #queueSize: number;
+  readonly #slotSize: number;
   // Per chain id.
   readonly #ctx: unknown[];
   readonly #owner: Uint8Array;
@@ -175,6 +176,8 @@ export class VirtioBlkQueue<T = unknown> {
     requestArea: Uint8Array<ArrayBuffer>;
     /** The IOVA of requestArea[0]. */
     requestAreaIova: number;
+    /** Bytes per request slot (header, status, id, and the indirect table). */
+    slotSize: number;
   }) {
     this.index = init.index;
     this.#vq = init.virtqueue;
@@ -184,6 +187,7 @@ export class VirtioBlkQueue<T = unknown> {
     this.#host = init.host;
     const area = init.requestArea;
     this.#reqU8 = area;
+    this.#slotSize = init.slotSize;
     this.#reqU32 = new Uint32Array(area.buffer, area.byteOffset, area.byteLength >> 2);
     this.#reqBase = this.#vq.addressBase(init.requestAreaIova);
     this.#poolBase = this.#vq.addressBase(init.pool.region.iova);
@@ -671,7 +675,7 @@ export class VirtioBlkQueue<T = unknown> {
         throw new InvalidArgumentError(`unknown operation ${op}`);
     }
     const count = op === OP_FLUSH ? 2 : op === OP_READ || op === OP_WRITE ? nsegs + 2 : 3;
-    if (count > vq.freeDescriptors) return -1;
+    if (!vq.fits(count)) return -1;
     // Batch completions wait in a ready list of queueSize entries until
     // reaped: keep requests not yet handed back within that bound.
     if (this.#outstanding + this.#readyCount >= this.#queueSize) return -1;
@@ -703,15 +707,15 @@ export class VirtioBlkQueue<T = unknown> {
       return -1;
     }
     // Header: le32 type, le32 reserved, le64 sector.
-    const w = (id * SLOT.SIZE) >> 2;
+    const w = (id * this.#slotSize) >> 2;
     const sector = off / 512;
     const u32 = this.#reqU32;
     u32[w] = type;
     u32[w + 1] = 0;
     u32[w + 2] = sector >>> 0;
     u32[w + 3] = (sector / 4294967296) >>> 0;
-    this.#reqU8[id * SLOT.SIZE + SLOT.STATUS] = STATUS_UNSET;
-    const slot = id * SLOT.SIZE; // offset of the slot from the request area's base
+    this.#reqU8[id * this.#slotSize + SLOT.STATUS] = STATUS_UNSET;
+    const slot = id * this.#slotSize; // offset of the slot from the request area's base
     const REQ = this.#reqBase, POOL = this.#poolBase;
     vq.pushDescAt(REQ, slot + SLOT.HEADER, SLOT.HEADER_SIZE, false);
     const fromDevice = op === OP_READ;
@@ -721,7 +725,7 @@ export class VirtioBlkQueue<T = unknown> {
       for (let i = 0; i < nsegs; i++) vq.pushDescAt(POOL, this.#segOffset[i], segs[i].byteLength, fromDevice);
     } else if (op === OP_DISCARD || op === OP_WRITE_ZEROES) {
       // struct virtio_blk_discard_write_zeroes: le64 sector, le32 num_sectors, le32 flags.
-      const s = (id * SLOT.SIZE + SLOT.SEGMENT) >> 2;
+      const s = (id * this.#slotSize + SLOT.SEGMENT) >> 2;
       u32[s] = sector >>> 0;
       u32[s + 1] = (sector / 4294967296) >>> 0;
       u32[s + 2] = total / 512;
@@ -815,13 +819,13 @@ export class VirtioBlkQueue<T = unknown> {
       }
       if (id < 0) break;
       n++;
-      const status = u8[id * SLOT.SIZE + SLOT.STATUS];
+      const status = u8[id * this.#slotSize + SLOT.STATUS];
       let error: VirtioError | undefined;
       let value: unknown;
       if (status === VIRTIO_BLK_S_OK) {
         this.#release(id, true);
         if (this.#op[id] === OP_GET_ID) {
-          const at = id * SLOT.SIZE + SLOT.ID;
+          const at = id * this.#slotSize + SLOT.ID;
           value = decodeDeviceId(u8.subarray(at, at + VIRTIO_BLK_ID_BYTES));
         }
       } else {

@@ -27,6 +27,7 @@ import { MockTransport } from "../transport/mock.ts";
 import type { InterruptSource, QueueConfig, Transport, TransportType } from "../transport/transport.ts";
 import { VhostUserTransport } from "../transport/vhost_user/transport.ts";
 import { VirtqueueLayout } from "../virtqueue/layout.ts";
+import { PackedVirtqueue } from "../virtqueue/packed.ts";
 import { SplitVirtqueue } from "../virtqueue/split.ts";
 import type { Virtqueue } from "../virtqueue/virtqueue.ts";
 import { CompletionDriver, type CompletionMode } from "./completion_driver.ts";
@@ -87,11 +88,25 @@ export interface VirtioBlkConnectOptions {
    * to a slow device is never abandoned, as with libblkio).
    */
   stallTimeoutMs?: number;
+  /**
+   * Ring format: `"split"` (default) or `"packed"` (VIRTIO_F_RING_PACKED; the
+   * connect fails with {@linkcode FeatureNegotiationError} when the device
+   * does not offer it).
+   */
+  ring?: "split" | "packed";
   /** Optional ring features; each is used only when the device offers it too. */
   features?: {
     /** VIRTIO_F_EVENT_IDX (default true). */
     eventIdx?: boolean;
+    /** VIRTIO_F_INDIRECT_DESC (default true). */
+    indirect?: boolean;
   };
+  /**
+   * With indirect descriptors: chains of at least this many descriptors go
+   * through a table (shorter ones only when the ring lacks room). Default 4,
+   * so a plain read or write (header, data, status) stays direct.
+   */
+  indirectThreshold?: number;
 }
 
 /** The features negotiated with the device. */
@@ -289,6 +304,7 @@ export class VirtioBlk implements AsyncDisposable {
         host,
         requestArea: init.queueRegion.bytes.subarray(base, base + layout.reqSize * layout.queueSize),
         requestAreaIova: init.queueRegion.iova + base,
+        slotSize: layout.reqSize,
       });
     });
     this.#driver = new CompletionDriver(this.#queues, init.interrupts, init.mode, init.spinMicros, monotonicClock());
@@ -331,6 +347,10 @@ export class VirtioBlk implements AsyncDisposable {
     checkPositiveInt("bufferPoolSize", options.bufferPoolSize, 2 ** 40);
     checkPositiveInt("stallTimeoutMs", options.stallTimeoutMs, 2 ** 31);
     checkPositiveInt("closeTimeoutMs", options.closeTimeoutMs, 2 ** 31);
+    checkPositiveInt("indirectThreshold", options.indirectThreshold, 32768);
+    if (options.ring !== undefined && options.ring !== "split" && options.ring !== "packed") {
+      throw new InvalidArgumentError(`ring must be "split" or "packed", got ${JSON.stringify(options.ring)}`);
+    }
     const mode = options.mode ?? "eventfd";
     if (mode !== "poll" && mode !== "eventfd") {
       throw new InvalidArgumentError(`mode must be "poll" or "eventfd", got ${JSON.stringify(mode)}`);
@@ -341,7 +361,7 @@ export class VirtioBlk implements AsyncDisposable {
     }
     const queueSize = options.queueSize ?? 256;
     // Validates the power of two before anything is opened.
-    new VirtqueueLayout(options.numQueues ?? 1, queueSize);
+    new VirtqueueLayout(options.numQueues ?? 1, queueSize, { format: options.ring ?? "split" });
 
     const transport = await openTransport(options);
     const regions: SharedRegion[] = [];
@@ -349,6 +369,16 @@ export class VirtioBlk implements AsyncDisposable {
     try {
       let wanted = DRIVER_FEATURES;
       if (options.features?.eventIdx ?? true) wanted |= VIRTIO_F_EVENT_IDX;
+      if (options.features?.indirect ?? true) wanted |= VIRTIO_F_INDIRECT_DESC;
+      const ring = options.ring ?? "split";
+      if (ring === "packed") {
+        if ((transport.deviceFeatures & VIRTIO_F_RING_PACKED) === 0n) {
+          throw new FeatureNegotiationError(
+            "packed rings were asked for, but the device does not offer VIRTIO_F_RING_PACKED",
+          );
+        }
+        wanted |= VIRTIO_F_RING_PACKED;
+      }
       if ((transport.deviceFeatures & VIRTIO_F_VERSION_1) === 0n) {
         throw new FeatureNegotiationError(
           "the device does not offer VIRTIO_F_VERSION_1 (legacy devices are not supported)",
@@ -366,7 +396,12 @@ export class VirtioBlk implements AsyncDisposable {
           `queueSize ${queueSize} is above the device's maximum ${transport.maxQueueSize}`,
         );
       }
-      const layout = new VirtqueueLayout(numQueues, queueSize, { reqSize: SLOT.SIZE });
+      const indirect = (features & VIRTIO_F_INDIRECT_DESC) !== 0n;
+      // A chain is header + data segments + status, never longer than the ring.
+      const maxSegments = Math.max(1, Math.min(config.segMax ?? Infinity, queueSize - 2));
+      const tableEntries = Math.min(queueSize, maxSegments + 2);
+      const slotSize = SLOT.SIZE + (indirect ? Math.ceil((16 * tableEntries) / 64) * 64 : 0);
+      const layout = new VirtqueueLayout(numQueues, queueSize, { reqSize: slotSize, format: ring });
       const queueRegion = transport.createRegion(layout.totalSize, "virtio-blk-queues");
       regions.push(queueRegion);
       const poolRegion = transport.createRegion(options.bufferPoolSize ?? DEFAULT_POOL, "virtio-blk-buffers");
@@ -379,19 +414,23 @@ export class VirtioBlk implements AsyncDisposable {
       const queueConfigs: QueueConfig[] = [];
       for (let i = 0; i < numQueues; i++) {
         const off = layout.queueOffset(i);
-        const vq = new SplitVirtqueue({
+        const vqOptions = {
           layout,
           memory: queueRegion.bytes.subarray(off, off + layout.stride),
           iova: queueRegion.iova + off,
           eventIdx,
-          translate: (b) => pool.iovaOf(b),
+          translate: (b: Uint8Array) => pool.iovaOf(b),
           name: `queue ${i}`,
-        });
+          indirect: indirect
+            ? { slotOffset: SLOT.SIZE, maxDescriptors: tableEntries, threshold: options.indirectThreshold }
+            : undefined,
+        };
+        const vq = ring === "packed" ? new PackedVirtqueue(vqOptions) : new SplitVirtqueue(vqOptions);
         virtqueues.push(vq);
         queueConfigs.push({
           index: i,
           size: queueSize,
-          format: "split",
+          format: ring,
           descIova: vq.descTableIova,
           driverIova: vq.driverAreaIova,
           deviceIova: vq.deviceAreaIova,
@@ -460,6 +499,11 @@ export class VirtioBlk implements AsyncDisposable {
     if (!this.#pool.free(buf)) {
       throw new InvalidArgumentError("freeBuffer: not a buffer from this device's allocBuffer (or already freed)");
     }
+  }
+
+  /** Times the completion loop went to sleep on the device's interrupts (eventfd mode; a statistic). */
+  get completionSleeps(): number {
+    return this.#driver.sleeps;
   }
 
   /** Bytes of the buffer pool not allocated. */

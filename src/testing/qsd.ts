@@ -236,7 +236,10 @@ export class QemuStorageDaemon implements AsyncDisposable {
     await this.#status;
   }
 
-  /** Stops the daemon (SIGTERM, then SIGKILL after 5 s) and removes the folder it created. */
+  /**
+   * Stops the daemon (SIGTERM, then SIGKILL after 1 s: qemu-storage-daemon 7.2 occasionally hangs in its
+   * graceful shutdown right after a front-end disconnected) and removes the folder it created.
+   */
   async stop(): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
@@ -253,7 +256,7 @@ export class QemuStorageDaemon implements AsyncDisposable {
           this.#child?.kill("SIGKILL");
         } catch { /* exited */ }
       }
-    }, 5000);
+    }, 1000);
     await status;
     clearTimeout(t);
     if (this.#ownsDir) await Deno.remove(this.dir, { recursive: true }).catch(() => {});

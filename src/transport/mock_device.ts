@@ -8,7 +8,7 @@
  * @module
  */
 
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_VERSION_1 } from "../features.ts";
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1 } from "../features.ts";
 import {
   VIRTIO_BLK_F_BLK_SIZE,
   VIRTIO_BLK_F_DISCARD,
@@ -33,8 +33,7 @@ import {
   VIRTIO_BLK_T_WRITE_ZEROES,
   VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 } from "../blk/request.ts";
-import { vringNeedEvent } from "../virtqueue/split.ts";
-import { DESC_F_NEXT, DESC_F_WRITE } from "../virtqueue/virtqueue.ts";
+import { type DeviceChain, DevicePackedRing, type DeviceRing, DeviceSplitRing } from "./mock_rings.ts";
 import type { QueueConfig } from "./transport.ts";
 
 /** When the mock device processes what the driver made available. */
@@ -74,6 +73,10 @@ export interface MockBlkDeviceOptions {
   writeZeroesMayUnmap?: boolean;
   /** Offer VIRTIO_F_EVENT_IDX (default true). */
   eventIdx?: boolean;
+  /** Offer VIRTIO_F_INDIRECT_DESC (default true). */
+  indirect?: boolean;
+  /** Offer VIRTIO_F_RING_PACKED (default true). */
+  packed?: boolean;
   /** The GET_ID string; default "mock-virtio-blk". */
   id?: string;
   /** When requests are processed; default "microtask". */
@@ -129,28 +132,6 @@ interface Segment {
   write: boolean;
 }
 
-/** Device side of one split ring. */
-class DeviceQueue {
-  readonly size: number;
-  readonly desc: DataView;
-  readonly avail: Uint16Array; // flags, idx, ring[size], used_event
-  readonly usedU16: Uint16Array; // flags, idx, ..., avail_event at 2 + 4*size
-  readonly usedU32: Uint32Array;
-  lastAvail = 0;
-  usedIdx = 0;
-  lastSignalled = 0;
-  pending: { id: number; segs: Segment[] }[] = [];
-  scheduled = false;
-
-  constructor(size: number, desc: Uint8Array, avail: Uint8Array, used: Uint8Array) {
-    this.size = size;
-    this.desc = new DataView(desc.buffer, desc.byteOffset, 16 * size);
-    this.avail = new Uint16Array(avail.buffer, avail.byteOffset, 3 + size);
-    this.usedU16 = new Uint16Array(used.buffer, used.byteOffset, 3 + 4 * size);
-    this.usedU32 = new Uint32Array(used.buffer, used.byteOffset, 1 + 2 * size);
-  }
-}
-
 /**
  * An in-memory virtio-blk device.
  *
@@ -193,7 +174,9 @@ export class MockBlkDevice {
   readonly maxQueueSize: number;
   #id: string;
   #mem: MemMapping[] = [];
-  #queues: (DeviceQueue | undefined)[] = [];
+  #queues: (DeviceRing | undefined)[] = [];
+  #pending: Map<number, { segs: Segment[]; ringLen: number }>[] = [];
+  #scheduled: boolean[] = [];
   #onInterrupt: ((queue: number) => void) | undefined;
   #disconnected = false;
 
@@ -219,6 +202,8 @@ export class MockBlkDevice {
     if (options.discard ?? true) f |= VIRTIO_BLK_F_DISCARD;
     if (options.writeZeroes ?? true) f |= VIRTIO_BLK_F_WRITE_ZEROES;
     if (options.eventIdx ?? true) f |= VIRTIO_F_EVENT_IDX;
+    if (options.indirect ?? true) f |= VIRTIO_F_INDIRECT_DESC;
+    if (options.packed ?? true) f |= VIRTIO_F_RING_PACKED;
     this.features = options.features ?? f;
     if (options.config) {
       this.config = options.config.slice();
@@ -298,28 +283,30 @@ export class MockBlkDevice {
 
   /** Sets up the device side of the queues. @internal */
   setupQueues(queues: readonly QueueConfig[]): void {
+    const mem = { view: (iova: number, len: number) => this.translate(iova, len) };
+    const eventIdx = () => this.#eventIdx;
     for (const q of queues) {
-      if (q.format !== "split") throw new MockDeviceError(`the mock device has no ${q.format} rings yet`);
       if (q.size > this.maxQueueSize) throw new MockDeviceError(`queue size ${q.size} above ${this.maxQueueSize}`);
-      this.#queues[q.index] = new DeviceQueue(
-        q.size,
-        this.translate(q.descIova, 16 * q.size),
-        this.translate(q.driverIova, 6 + 2 * q.size),
-        this.translate(q.deviceIova, 6 + 8 * q.size),
-      );
+      if (q.format === "packed" && !(this.#negotiated & VIRTIO_F_RING_PACKED)) {
+        throw new MockDeviceError("a packed ring without VIRTIO_F_RING_PACKED");
+      }
+      this.#queues[q.index] = q.format === "packed"
+        ? new DevicePackedRing(q, mem, eventIdx)
+        : new DeviceSplitRing(q, mem, eventIdx);
+      this.#pending[q.index] = new Map();
+      this.#scheduled[q.index] = false;
     }
   }
 
   /** A notification for queue `index` (the driver's kick). @internal */
   notify(index: number): void {
     this.stats.notifications++;
-    const q = this.#queues[index];
-    if (!q || this.#disconnected) return;
+    if (!this.#queues[index] || this.#disconnected) return;
     if (this.completion === "immediate") this.process(index);
-    else if (this.completion === "microtask" && !q.scheduled) {
-      q.scheduled = true;
+    else if (this.completion === "microtask" && !this.#scheduled[index]) {
+      this.#scheduled[index] = true;
       queueMicrotask(() => {
-        q.scheduled = false;
+        this.#scheduled[index] = false;
         if (!this.#disconnected) this.process(index);
       });
     }
@@ -334,27 +321,21 @@ export class MockBlkDevice {
    * @returns the chains taken
    */
   fetch(index: number): MockRequest[] {
-    const q = this.#queue(index);
+    const ring = this.#ring(index);
     const out: MockRequest[] = [];
-    const availIdx = Atomics.load(q.avail, 1);
-    while (q.lastAvail !== availIdx) {
-      const head = q.avail[2 + (q.lastAvail & (q.size - 1))];
-      q.lastAvail = (q.lastAvail + 1) & 0xffff;
-      const segs = this.#readChain(q, head);
-      q.pending.push({ id: head, segs });
+    for (let c = ring.take(); c !== undefined; c = ring.take()) {
+      const segs = this.#segments(c);
+      this.#pending[index].set(c.id, { segs, ringLen: c.ringLen });
       const hdr = segs[0]?.bytes;
       const hv = hdr && hdr.byteLength >= 16 ? new DataView(hdr.buffer, hdr.byteOffset, 16) : undefined;
       out.push({
         queue: index,
-        id: head,
+        id: c.id,
         type: hv ? hv.getUint32(0, true) : -1,
         sector: hv ? Number(hv.getBigUint64(8, true)) : -1,
       });
     }
-    if (this.#eventIdx) {
-      // avail_event: ask for a notification when the driver passes lastAvail.
-      Atomics.store(q.usedU16, 2 + 4 * q.size, q.lastAvail);
-    }
+    ring.publishAvailEvent();
     return out;
   }
 
@@ -366,17 +347,11 @@ export class MockBlkDevice {
   complete(requests: readonly MockRequest[]): void {
     const touched = new Set<number>();
     for (const r of requests) {
-      const q = this.#queue(r.queue);
-      const i = q.pending.findIndex((p) => p.id === r.id);
-      if (i < 0) throw new MockDeviceError(`request ${r.id} on queue ${r.queue} is not pending`);
-      const [p] = q.pending.splice(i, 1);
+      const p = this.#pending[r.queue]?.get(r.id);
+      if (!p) throw new MockDeviceError(`request ${r.id} on queue ${r.queue} is not pending`);
+      this.#pending[r.queue].delete(r.id);
       const written = this.#execute(r.queue, p.segs);
-      const e = 1 + 2 * (q.usedIdx & (q.size - 1));
-      q.usedU32[e] = p.id;
-      q.usedU32[e + 1] = written;
-      q.usedIdx = (q.usedIdx + 1) & 0xffff;
-      // Publish: the element and the data must be visible before the index.
-      Atomics.store(q.usedU16, 1, q.usedIdx);
+      this.#ring(r.queue).pushUsed(r.id, written, p.ringLen);
       touched.add(r.queue);
     }
     for (const index of touched) this.#maybeInterrupt(index);
@@ -408,22 +383,12 @@ export class MockBlkDevice {
    * @returns the number of chains completed
    */
   echo(index: number): number {
-    const q = this.#queue(index);
-    const availIdx = Atomics.load(q.avail, 1);
-    const mask = q.size - 1;
+    const ring = this.#ring(index);
     let n = 0;
-    while (q.lastAvail !== availIdx) {
-      const head = q.avail[2 + (q.lastAvail & mask)];
-      q.lastAvail = (q.lastAvail + 1) & 0xffff;
-      let i = head;
-      for (let hops = 0; hops < q.size && (q.desc.getUint16(16 * i + 12, true) & DESC_F_NEXT); hops++) {
-        i = q.desc.getUint16(16 * i + 14, true);
-      }
-      const at = 16 * i;
+    for (let id = ring.takeFast(); id >= 0; id = ring.takeFast()) {
       // The status byte is the last byte of the last buffer (found inline:
       // a large address passed to a call would be boxed).
-      const addr = q.desc.getUint32(at, true) + q.desc.getUint32(at + 4, true) * 4294967296 +
-        q.desc.getUint32(at + 8, true) - 1;
+      const addr = ring.statusAddr;
       let written = false;
       for (let k = 0; k < this.#mem.length; k++) {
         const m = this.#mem[k];
@@ -434,16 +399,11 @@ export class MockBlkDevice {
         }
       }
       if (!written) throw new MockDeviceError(`the driver gave an unmapped status address ${addr.toString(16)}`);
-      const e = 1 + 2 * (q.usedIdx & mask);
-      q.usedU32[e] = head;
-      q.usedU32[e + 1] = 1;
-      q.usedIdx = (q.usedIdx + 1) & 0xffff;
+      ring.pushUsed(id, 1, ring.ringLen);
       n++;
     }
     if (n > 0) {
-      if (this.#eventIdx) Atomics.store(q.usedU16, 2 + 4 * q.size, q.lastAvail);
-      // Publish: the elements and status bytes before the index.
-      Atomics.store(q.usedU16, 1, q.usedIdx);
+      ring.publishAvailEvent();
       this.#maybeInterrupt(index);
     }
     return n;
@@ -452,61 +412,51 @@ export class MockBlkDevice {
   // ------------------------------------------------- a hostile device
 
   /**
-   * Hostile-device primitive: takes every head the driver made available on
+   * Hostile-device primitive: takes every chain the driver made available on
    * queue `index` without processing it.
    *
    * @param index queue index
-   * @returns the heads, in ring order
+   * @returns their ids (split: head indices; packed: buffer ids), in ring order
    */
   hostileTake(index: number): number[] {
-    const q = this.#queue(index);
-    const heads: number[] = [];
-    const availIdx = Atomics.load(q.avail, 1);
-    while (q.lastAvail !== availIdx) {
-      heads.push(q.avail[2 + (q.lastAvail & (q.size - 1))]);
-      q.lastAvail = (q.lastAvail + 1) & 0xffff;
-    }
-    if (this.#eventIdx) Atomics.store(q.usedU16, 2 + 4 * q.size, q.lastAvail);
-    return heads;
+    const ring = this.#ring(index);
+    const ids: number[] = [];
+    for (let c = ring.take(); c !== undefined; c = ring.take()) ids.push(c.id);
+    ring.publishAvailEvent();
+    return ids;
   }
 
   /**
-   * Hostile-device primitive: writes any used element, moves the used index
-   * by `advance` (which may exceed what is in flight) and interrupts.
+   * Hostile-device primitive: writes any used element, moves the used
+   * position by `advance` (which may exceed what is in flight) and interrupts.
    *
    * @param index queue index
    * @param id the id to report (need not be valid)
    * @param len the length to report (need not be plausible)
-   * @param advance how far to move the used index; default 1
+   * @param advance how far to move the used position; default 1 (split) or the chain's ring length (packed)
    */
-  hostilePushUsed(index: number, id: number, len: number, advance = 1): void {
-    const q = this.#queue(index);
-    const e = 1 + 2 * (q.usedIdx & (q.size - 1));
-    q.usedU32[e] = id >>> 0;
-    q.usedU32[e + 1] = len >>> 0;
-    q.usedIdx = (q.usedIdx + advance) & 0xffff;
-    Atomics.store(q.usedU16, 1, q.usedIdx);
+  hostilePushUsed(index: number, id: number, len: number, advance?: number): void {
+    const ring = this.#ring(index);
+    ring.pushUsedRaw(id, len, advance ?? ring.chainOf(id)?.ringLen ?? 1);
     this.stats.interrupts++;
     this.#onInterrupt?.(index);
   }
 
   /**
-   * Hostile-device primitive: completes head `id` properly (status OK written
-   * in its last buffer, used length 1) but without doing its I/O.
+   * Hostile-device primitive: completes chain `id` properly (status OK in its
+   * last buffer, used length 1) but without doing its I/O.
    *
    * @param index queue index
-   * @param id a head the device took
+   * @param id a chain the device took
    */
   hostileCompleteEmpty(index: number, id: number): void {
-    const segs = this.#readChain(this.#queue(index), id);
-    const last = segs[segs.length - 1].bytes;
-    last[last.byteLength - 1] = VIRTIO_BLK_S_OK;
+    this.hostileWrite(this.statusAddress(index, id), new Uint8Array([VIRTIO_BLK_S_OK]));
     this.hostilePushUsed(index, id, 1);
   }
 
   /**
    * Hostile-device primitive: overwrites descriptor `desc` of queue `index`
-   * (address, length, flags, next), e.g. after the driver submitted it.
+   * (address, length, flags, and `next` — the id field in a packed ring).
    *
    * @param index queue index
    * @param desc descriptor index
@@ -517,12 +467,7 @@ export class MockBlkDevice {
     desc: number,
     fields: { addr?: number; len?: number; flags?: number; next?: number },
   ): void {
-    const q = this.#queue(index);
-    const at = 16 * desc;
-    if (fields.addr !== undefined) q.desc.setBigUint64(at, BigInt(fields.addr), true);
-    if (fields.len !== undefined) q.desc.setUint32(at + 8, fields.len, true);
-    if (fields.flags !== undefined) q.desc.setUint16(at + 12, fields.flags, true);
-    if (fields.next !== undefined) q.desc.setUint16(at + 14, fields.next, true);
+    this.#ring(index).rewriteDesc(desc, fields);
   }
 
   /**
@@ -537,60 +482,39 @@ export class MockBlkDevice {
   }
 
   /**
-   * The IOVA of the status byte of chain `id` on queue `index` (its last buffer's last byte).
+   * The IOVA of the status byte of a chain taken on queue `index` (its last buffer's last byte).
    *
    * @param index queue index
-   * @param id chain head
+   * @param id chain id
    * @returns the address
    */
   statusAddress(index: number, id: number): number {
-    const q = this.#queue(index);
-    let i = id;
-    for (let hops = 0; hops < q.size && (q.desc.getUint16(16 * i + 12, true) & DESC_F_NEXT); hops++) {
-      i = q.desc.getUint16(16 * i + 14, true);
-    }
-    return Number(q.desc.getBigUint64(16 * i, true)) + q.desc.getUint32(16 * i + 8, true) - 1;
+    const c = this.#ring(index).chainOf(id);
+    if (!c) throw new MockDeviceError(`chain ${id} was not taken on queue ${index}`);
+    const last = c.descs[c.descs.length - 1];
+    return last.addr + last.len - 1;
   }
 
-  #queue(index: number): DeviceQueue {
+  #ring(index: number): DeviceRing {
     const q = this.#queues[index];
     if (!q) throw new MockDeviceError(`queue ${index} is not set up`);
     return q;
   }
 
   #maybeInterrupt(index: number): void {
-    const q = this.#queue(index);
-    let due: boolean;
-    if (this.#eventIdx) {
-      const event = Atomics.load(q.avail, 2 + q.size);
-      due = vringNeedEvent(event, q.usedIdx, q.lastSignalled);
-    } else {
-      due = (Atomics.load(q.avail, 0) & 1) === 0;
-    }
-    q.lastSignalled = q.usedIdx;
-    if (due) {
+    if (this.#ring(index).interruptDue()) {
       this.stats.interrupts++;
       this.#onInterrupt?.(index);
     }
   }
 
-  #readChain(q: DeviceQueue, head: number): Segment[] {
+  #segments(c: DeviceChain): Segment[] {
     const segs: Segment[] = [];
-    let i = head;
-    for (let hops = 0;; hops++) {
-      if (i >= q.size) throw new MockDeviceError(`descriptor index ${i} out of range`);
-      if (hops >= q.size) throw new MockDeviceError("descriptor chain loops");
-      const at = 16 * i;
-      const addr = Number(q.desc.getBigUint64(at, true));
-      const len = q.desc.getUint32(at + 8, true);
-      const flags = q.desc.getUint16(at + 12, true);
-      const write = (flags & DESC_F_WRITE) !== 0;
-      if (!write && segs.length > 0 && segs[segs.length - 1].write) {
+    for (const d of c.descs) {
+      if (!d.write && segs.length > 0 && segs[segs.length - 1].write) {
         throw new MockDeviceError("a driver-readable descriptor follows a device-writable one");
       }
-      segs.push({ bytes: this.translate(addr, len), write });
-      if ((flags & DESC_F_NEXT) === 0) break;
-      i = q.desc.getUint16(at + 14, true);
+      segs.push({ bytes: this.translate(d.addr, d.len), write: d.write });
     }
     return segs;
   }

@@ -6,7 +6,7 @@
 
 import { InvalidArgumentError } from "../errors.ts";
 import type { VirtqueueFormat } from "./layout.ts";
-import { DESC_F_NEXT, DESC_F_WRITE, Virtqueue, type VirtqueueOptions } from "./virtqueue.ts";
+import { DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, Virtqueue, type VirtqueueOptions } from "./virtqueue.ts";
 
 /** VRING_USED_F_NO_NOTIFY: the device does not need notifications. */
 export const VRING_USED_F_NO_NOTIFY = 1;
@@ -62,7 +62,10 @@ export class SplitVirtqueue extends Virtqueue {
   #cursor = 0;
   #last = 0;
   #remaining = 0;
-  #count = 0;
+  #count = 0; // ring descriptors the chain takes (1 when indirect)
+  #indirect = false; // the chain being built goes through its slot's table
+  #table = 0; // u32 index of that table in the request area
+  #tableLen = 0; // entries written so far
 
   /**
    * Creates the instance.
@@ -112,10 +115,21 @@ export class SplitVirtqueue extends Virtqueue {
   beginChain(count: number): number {
     if (this.failure) throw this.failure;
     if (this.#building) throw new Error(`${this.name}: a chain is already being built`);
-    if (count < 1 || count > this.#numFree) return -1;
+    if (count < 1) return -1;
+    // Indirect: long chains always, shorter ones when the ring lacks room.
+    const indirect = this.indirectMax > 0 && count > 1 && count <= this.indirectMax &&
+      (count >= this.indirectThreshold || count > this.#numFree);
+    const need = indirect ? 1 : count;
+    if (need > this.#numFree) return -1;
     this.#building = true;
     this.#head = this.#cursor = this.#freeHead;
-    this.#remaining = this.#count = count;
+    this.#remaining = count;
+    this.#count = need;
+    this.#indirect = indirect;
+    if (indirect) {
+      this.#table = (this.#head * this.reqSize + this.indirectOffset) >> 2;
+      this.#tableLen = 0;
+    }
     this.writableBytes[this.#head] = 0;
     return this.#head;
   }
@@ -131,6 +145,19 @@ export class SplitVirtqueue extends Virtqueue {
   pushDescAt(base: number, offset: number, length: number, fromDevice: boolean): void {
     if (this.#remaining === 0) throw new Error(`${this.name}: more descriptors pushed than begun`);
     const iova = this.bases[base] + offset; // a double kept unboxed in this frame
+    if (this.#indirect) {
+      // An entry of the slot's indirect table: next links index the table.
+      const j = this.#tableLen++;
+      const w = this.#table + (j << 2);
+      this.reqU32[w] = iova >>> 0;
+      this.reqU32[w + 1] = (iova / 4294967296) >>> 0;
+      this.reqU32[w + 2] = length;
+      const more = --this.#remaining > 0;
+      this.reqU16[(w << 1) + 6] = (fromDevice ? DESC_F_WRITE : 0) | (more ? DESC_F_NEXT : 0);
+      this.reqU16[(w << 1) + 7] = more ? j + 1 : 0;
+      if (fromDevice) this.writableBytes[this.#head] += length;
+      return;
+    }
     const i = this.#cursor;
     const d = i << 2;
     this.#descU32[d] = iova >>> 0;
@@ -155,7 +182,19 @@ export class SplitVirtqueue extends Virtqueue {
       throw new Error(`${this.name}: endChain without a complete chain`);
     }
     this.#building = false;
-    const head = this.#head, tail = this.#last;
+    const head = this.#head;
+    if (this.#indirect) {
+      // One ring descriptor pointing at the table.
+      const iova = this.reqIova + (this.#table << 2);
+      const d = head << 2;
+      this.#descU32[d] = iova >>> 0;
+      this.#descU32[d + 1] = (iova / 4294967296) >>> 0;
+      this.#descU32[d + 2] = this.#tableLen << 4;
+      this.#descU16[(head << 3) + 6] = DESC_F_INDIRECT;
+      this.#descU16[(head << 3) + 7] = 0;
+      this.#last = head;
+    }
+    const tail = this.#last;
     const count = this.#count;
     this.#freeHead = this.#next[tail];
     this.#numFree -= count;

@@ -57,6 +57,26 @@ export interface VirtqueueOptions {
   translate?: (buffer: Uint8Array) => number;
   /** A name for error messages, e.g. `"queue 0"`. */
   name?: string;
+  /**
+   * VIRTIO_F_INDIRECT_DESC: where each request slot keeps its indirect
+   * descriptor table, and when to use it. Tables are preallocated (one per
+   * slot), so using them allocates nothing.
+   */
+  indirect?: IndirectOptions;
+}
+
+/** Indirect descriptor tables, one per request slot. */
+export interface IndirectOptions {
+  /** Byte offset of the table inside each request slot (16-byte aligned). */
+  slotOffset: number;
+  /** Entries per table (the longest chain that can go indirect). */
+  maxDescriptors: number;
+  /**
+   * Chains of at least this many descriptors go indirect; shorter ones go
+   * indirect only when there are fewer free descriptors than they need.
+   * Default 4 (so a plain header + data + status request stays direct).
+   */
+  threshold?: number;
 }
 
 /** The address-base slot {@linkcode Virtqueue.pushDesc} uses. */
@@ -127,6 +147,20 @@ export abstract class Virtqueue {
   protected failure: VirtioError | undefined;
   /** Turns caller Uint8Arrays into IOVAs (-1 when not device-reachable). */
   protected readonly translate: ((buffer: Uint8Array) => number) | undefined;
+  /** Indirect tables: byte offset in a slot, entries, threshold; maxDescriptors 0 = off. */
+  protected readonly indirectOffset: number;
+  /** Entries per indirect table (0 when indirect descriptors are off). */
+  protected readonly indirectMax: number;
+  /** Chains this long or longer go indirect. */
+  protected readonly indirectThreshold: number;
+  /** Bytes per request slot. */
+  protected readonly reqSize: number;
+  /** IOVA of the request area (slot 0). */
+  protected readonly reqIova: number;
+  /** The request area as 32-bit words (indirect tables are written through it). */
+  protected readonly reqU32: Uint32Array;
+  /** The request area as 16-bit words. */
+  protected readonly reqU16: Uint16Array;
   /** Base IOVAs for {@linkcode Virtqueue.pushDescAt}; the last one is scratch for pushDesc. */
   protected readonly bases: Float64Array = new Float64Array(SCRATCH_BASE + 1);
   #numBases = 0;
@@ -169,6 +203,23 @@ export abstract class Virtqueue {
         view: new DataView(memory.buffer, off, layout.reqSize),
         iova: iova + layout.reqOffset + id * layout.reqSize,
       });
+    }
+    const ind = options.indirect;
+    this.indirectMax = ind ? ind.maxDescriptors : 0;
+    this.indirectOffset = ind ? ind.slotOffset : 0;
+    this.indirectThreshold = ind?.threshold ?? 4;
+    this.reqSize = layout.reqSize;
+    this.reqIova = iova + layout.reqOffset;
+    const reqBytes = layout.reqSize * q;
+    this.reqU32 = new Uint32Array(memory.buffer, memory.byteOffset + layout.reqOffset, reqBytes >> 2);
+    this.reqU16 = new Uint16Array(memory.buffer, memory.byteOffset + layout.reqOffset, reqBytes >> 1);
+    if (ind) {
+      if (ind.maxDescriptors < 1 || ind.maxDescriptors > q) {
+        throw new InvalidArgumentError(`an indirect table holds 1 to ${q} descriptors, got ${ind.maxDescriptors}`);
+      }
+      if (ind.slotOffset % 16 !== 0 || ind.slotOffset + 16 * ind.maxDescriptors > layout.reqSize) {
+        throw new InvalidArgumentError("the indirect table does not fit 16-byte aligned in the request slot");
+      }
     }
     this.#scratchIova = new Float64Array(q);
     this.#scratchLen = new Float64Array(q);
@@ -293,6 +344,21 @@ export abstract class Virtqueue {
 
   /** The id the next chain will get, or -1 when no descriptor is free. */
   protected abstract peekFreeId(): number;
+
+  /**
+   * Whether a chain of `count` descriptors fits now (directly, or through an
+   * indirect table when those are on).
+   *
+   * @param count descriptors in the chain
+   * @returns true when {@linkcode Virtqueue.beginChain} would succeed
+   */
+  fits(count: number): boolean {
+    if (count < 1) return false;
+    if (this.indirectMax > 0 && count > 1 && count <= this.indirectMax) {
+      return this.freeDescriptors >= 1 && this.peekFreeId() >= 0;
+    }
+    return count <= this.freeDescriptors && this.peekFreeId() >= 0;
+  }
 
   /**
    * Starts a chain of exactly `count` descriptors.

@@ -241,16 +241,14 @@ export class VhostUserTransport implements Transport {
   async setupQueues(queues: readonly QueueConfig[]): Promise<void> {
     const shim = requireShim();
     for (const q of queues) {
-      if (q.format !== "split") {
-        throw new FeatureNegotiationError(`${q.format} rings are not supported by this vhost-user path yet`);
-      }
       if (q.index > 255) throw new InvalidArgumentError("vhost-user addresses queues 0 to 255 in kick/call messages");
       const kick = eventfd();
       this.#kickFds[q.index] = kick;
       const call = eventfd();
       this.#callFds[q.index] = call;
       await this.#set(R.SET_VRING_NUM, encodeVringState(q.index, q.size));
-      await this.#set(R.SET_VRING_BASE, encodeVringState(q.index, 0));
+      // Packed rings: bits 0-14 the next available index, bit 15 its wrap counter (1 at start).
+      await this.#set(R.SET_VRING_BASE, encodeVringState(q.index, q.format === "packed" ? 0x8000 : 0));
       await this.#set(R.SET_VRING_ADDR, encodeVringAddr(q.index, q.descIova, q.deviceIova, q.driverIova));
       await this.#set(R.SET_VRING_CALL, encodeVringFile(q.index, false), [call]);
       await this.#set(R.SET_VRING_KICK, encodeVringFile(q.index, false), [kick]);
