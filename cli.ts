@@ -30,7 +30,10 @@ commands:
   bench   run a fio-like workload and print IOPS, bandwidth and latency
 
 common flags:
-  --path SOCKET        vhost-user socket (bench: default starts a private qemu-storage-daemon)
+  --transport T        vhost-user (default), vhost-vdpa or vfio-pci
+  --path PATH          vhost-user socket, or vhost-vdpa device (/dev/vhost-vdpa-0);
+                       bench: default starts a private qemu-storage-daemon
+  --device BDF         vfio-pci: the PCI address (0000:00:04.0)
   --queues N           queues to set up and use (default 1)
   --queue-size N       entries per queue (default 256)
   --mode poll|eventfd  completion mode (default: poll for bench, eventfd otherwise)
@@ -78,7 +81,9 @@ function parseMode(s: string | undefined, fallback: CompletionMode): CompletionM
 }
 
 const FLAGS = {
+  transport: { type: "string" },
   path: { type: "string" },
+  device: { type: "string" },
   queues: { type: "string" },
   "queue-size": { type: "string" },
   mode: { type: "string" },
@@ -103,11 +108,21 @@ const FLAGS = {
 type Flags = ReturnType<typeof parseArgs<{ options: typeof FLAGS; allowPositionals: true }>>["values"];
 
 async function open(flags: Flags, defaultMode: CompletionMode, path?: string): Promise<VirtioBlk> {
-  const socket = path ?? flags.path;
-  if (!socket) throw new UsageError("--path is required (the vhost-user socket)");
+  const transport = flags.transport ?? "vhost-user";
+  if (transport !== "vhost-user" && transport !== "vhost-vdpa" && transport !== "vfio-pci") {
+    throw new UsageError(`--transport must be vhost-user, vhost-vdpa or vfio-pci, got ${JSON.stringify(transport)}`);
+  }
+  const target = path ?? flags.path;
+  if (transport === "vfio-pci" && !flags.device) throw new UsageError("--device is required with --transport vfio-pci");
+  if (transport !== "vfio-pci" && !target) {
+    throw new UsageError(
+      `--path is required (the ${transport === "vhost-user" ? "vhost-user socket" : "vhost-vdpa device"})`,
+    );
+  }
   return await VirtioBlk.connect({
-    transport: "vhost-user",
-    path: socket,
+    transport,
+    path: target,
+    device: flags.device,
     numQueues: flags.queues ? parseNumber(flags.queues, "--queues", 1, 65535) : 1,
     queueSize: flags["queue-size"] ? parseNumber(flags["queue-size"], "--queue-size", 1, 32768) : 256,
     mode: parseMode(flags.mode, defaultMode),
@@ -261,7 +276,7 @@ async function bench(flags: Flags): Promise<void> {
     api,
   };
   let daemon: QemuStorageDaemon | undefined;
-  if (!flags.path) {
+  if (!flags.path && !flags.device && (flags.transport ?? "vhost-user") === "vhost-user") {
     daemon = await QemuStorageDaemon.start({
       driver: backend === "null" ? "null-co" : "file",
       size: job.size ?? (backend === "null" ? 2 ** 30 : 256 * 2 ** 20),

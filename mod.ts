@@ -2,9 +2,10 @@
  * virtio for Deno: a userspace virtio-blk driver.
  *
  * A Deno program talks to a virtio-blk device directly — through a
- * vhost-user socket (qemu-storage-daemon, SPDK) or an in-process mock
- * device — placing requests in virtqueues in shared memory and reaping
- * completions, with no kernel block layer in between.
+ * vhost-user socket (qemu-storage-daemon, SPDK), a vhost-vdpa character
+ * device, a virtio-pci function behind VFIO, or an in-process mock device —
+ * placing requests in virtqueues in shared memory and reaping completions,
+ * with no kernel block layer in between.
  *
  * @example Write, read back, flush
  * ```ts ignore
@@ -56,6 +57,8 @@ export type {
   TransportType,
 } from "./src/transport/transport.ts";
 export { VhostUserTransport, type VhostUserTransportOptions } from "./src/transport/vhost_user/transport.ts";
+export { VhostVdpaTransport, type VhostVdpaTransportOptions } from "./src/transport/vhost_vdpa.ts";
+export { VfioPciTransport, type VfioPciTransportOptions } from "./src/transport/vfio_pci.ts";
 export { MockTransport } from "./src/transport/mock.ts";
 export {
   MockBlkDevice,

@@ -36,7 +36,7 @@
 #define VD_API __attribute__((visibility("default")))
 
 /* Version of this ABI; the loader refuses a library that reports another. */
-VD_API uint32_t vd_abi_version(void) { return 4; }
+VD_API uint32_t vd_abi_version(void) { return 5; }
 
 /* ------------------------------------------------------------------ memory */
 
@@ -78,6 +78,31 @@ VD_API double vd_now_ns(void) {
 /* A full (sequentially consistent) memory fence: orders every earlier load
  * and store before every later one, on the CPU and in the compiler. */
 VD_API void vd_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+/* ------------------------------------------------------------------- MMIO */
+
+/* Device register accesses of exactly the given width (volatile: never
+ * merged, split, elided or reordered by the compiler). Used for virtio-pci
+ * registers in a mapped BAR. */
+VD_API uint32_t vd_mmio_read8(uint64_t addr) { return *(volatile uint8_t *)(uintptr_t)addr; }
+VD_API uint32_t vd_mmio_read16(uint64_t addr) { return *(volatile uint16_t *)(uintptr_t)addr; }
+VD_API uint32_t vd_mmio_read32(uint64_t addr) { return *(volatile uint32_t *)(uintptr_t)addr; }
+
+/* Writes are preceded by a full fence: every store to the rings (descriptors,
+ * the available index) is visible to the device before the register write
+ * that tells it to look (store-store and store-MMIO ordering; an mfence/dmb). */
+VD_API void vd_mmio_write8(uint64_t addr, uint32_t v) {
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  *(volatile uint8_t *)(uintptr_t)addr = (uint8_t)v;
+}
+VD_API void vd_mmio_write16(uint64_t addr, uint32_t v) {
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  *(volatile uint16_t *)(uintptr_t)addr = (uint16_t)v;
+}
+VD_API void vd_mmio_write32(uint64_t addr, uint32_t v) {
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  *(volatile uint32_t *)(uintptr_t)addr = v;
+}
 
 /* ------------------------------------------------------------ descriptors */
 

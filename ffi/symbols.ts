@@ -10,7 +10,7 @@
  */
 
 /** The ABI version `vd_abi_version()` must report. */
-export const SHIM_ABI_VERSION = 4;
+export const SHIM_ABI_VERSION = 5;
 
 /** `Deno.dlopen` symbol definitions for the shim. */
 export const SHIM_SYMBOLS = {
@@ -58,6 +58,12 @@ export const SHIM_SYMBOLS = {
   },
   vd_fence: { parameters: [], result: "void" },
   vd_now_ns: { parameters: [], result: "f64" },
+  vd_mmio_read8: { parameters: ["u64" /* uint64_t addr */], result: "u32" },
+  vd_mmio_read16: { parameters: ["u64" /* uint64_t addr */], result: "u32" },
+  vd_mmio_read32: { parameters: ["u64" /* uint64_t addr */], result: "u32" },
+  vd_mmio_write8: { parameters: ["u64", /* uint64_t addr */ "u32" /* uint32_t value */], result: "void" },
+  vd_mmio_write16: { parameters: ["u64", /* uint64_t addr */ "u32" /* uint32_t value */], result: "void" },
+  vd_mmio_write32: { parameters: ["u64", /* uint64_t addr */ "u32" /* uint32_t value */], result: "void" },
   vd_close: {
     parameters: [
       "i32", // int fd

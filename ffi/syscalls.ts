@@ -173,3 +173,78 @@ export function monotonicClock(): () => number {
   if (isShimLoaded()) return requireShim().vd_now_ns;
   return () => performance.now() * 1e6;
 }
+
+/**
+ * ioctl with a pointer argument (a struct in `arg`, which the kernel may fill).
+ *
+ * @param fd the descriptor
+ * @param request the request number
+ * @param arg the argument bytes
+ * @param name the request's name, for errors
+ * @returns the non-negative result
+ */
+export function ioctl(fd: number, request: bigint, arg: Uint8Array<ArrayBuffer>, name: string): number {
+  return check("ioctl", requireShim().vd_ioctl_ptr(fd, request, arg), name);
+}
+
+/**
+ * ioctl with an integer argument (or none).
+ *
+ * @param fd the descriptor
+ * @param request the request number
+ * @param value the argument
+ * @param name the request's name, for errors
+ * @returns the non-negative result
+ */
+export function ioctlValue(fd: number, request: bigint, value: number | bigint, name: string): number {
+  return check("ioctl", requireShim().vd_ioctl_val(fd, request, BigInt(value)), name);
+}
+
+/**
+ * Opens a file (close-on-exec).
+ *
+ * @param path the path
+ * @param flags O_ flags
+ * @returns the descriptor
+ */
+export function openFile(path: string, flags: number): number {
+  return check("open", requireShim().vd_open(cString(path), flags), path);
+}
+
+/**
+ * Writes all of `data` at once (one write call; a short write is an error).
+ *
+ * @param fd the descriptor
+ * @param data the bytes
+ * @param what for errors
+ */
+export function writeExact(fd: number, data: Uint8Array<ArrayBuffer>, what: string): void {
+  const n = check("write", requireShim().vd_write(fd, data, BigInt(data.byteLength)), what);
+  if (n !== data.byteLength) throw new OsError("write", 5, `${what}: ${n} of ${data.byteLength} bytes written`);
+}
+
+/**
+ * pread of exactly `buf.byteLength` bytes.
+ *
+ * @param fd the descriptor
+ * @param buf where
+ * @param offset file offset
+ * @param what for errors
+ */
+export function preadExact(fd: number, buf: Uint8Array<ArrayBuffer>, offset: number, what: string): void {
+  const n = check("pread", requireShim().vd_pread(fd, buf, BigInt(buf.byteLength), BigInt(offset)), what);
+  if (n !== buf.byteLength) throw new OsError("pread", 5, `${what}: ${n} of ${buf.byteLength} bytes`);
+}
+
+/**
+ * pwrite of exactly `buf.byteLength` bytes.
+ *
+ * @param fd the descriptor
+ * @param buf the bytes
+ * @param offset file offset
+ * @param what for errors
+ */
+export function pwriteExact(fd: number, buf: Uint8Array<ArrayBuffer>, offset: number, what: string): void {
+  const n = check("pwrite", requireShim().vd_pwrite(fd, buf, BigInt(buf.byteLength), BigInt(offset)), what);
+  if (n !== buf.byteLength) throw new OsError("pwrite", 5, `${what}: ${n} of ${buf.byteLength} bytes`);
+}

@@ -60,3 +60,13 @@ export function describeFeatures(
   }
   return names;
 }
+
+/** Virtio device status bits (virtio 1.2, section 2.1). */
+export const VIRTIO_STATUS = {
+  ACKNOWLEDGE: 1,
+  DRIVER: 2,
+  DRIVER_OK: 4,
+  FEATURES_OK: 8,
+  NEEDS_RESET: 0x40,
+  FAILED: 0x80,
+} as const;

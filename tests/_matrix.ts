@@ -96,8 +96,16 @@ export async function requestMatrix(blk: VirtioBlk, model: Uint8Array, writes: n
   await blk.writeZeroes(3 * mib + 4096, 8192);
   model.fill(0, 3 * mib + 4096, 3 * mib + 4096 + 8192);
   await blk.flush();
-  const back = blk.allocBuffer(4 * mib);
-  await blk.read(0, back);
-  assert.equal(firstDifference(back, model.subarray(0, 4 * mib)), -1, "after discard / write-zeroes");
+  // Read back in 1 MiB requests: with an IOMMU, QEMU maps each 4 KiB page as
+  // its own segment and refuses requests of more than 1024 of them.
+  const back = blk.allocBuffer(mib);
+  for (let at = 0; at < 4 * mib; at += mib) {
+    await blk.read(at, back);
+    assert.equal(
+      firstDifference(back, model.subarray(at, at + mib)),
+      -1,
+      `after discard / write-zeroes, MiB ${at / mib}`,
+    );
+  }
   blk.freeBuffer(back);
 }

@@ -86,7 +86,7 @@ Deno.test("loader: builds into the cache once, honours VIRTIO_SHIM_PATH, explain
 
     const first = await runLoader({ ...base, VIRTIO_SHIM_CACHE: `${dir}/cache` }, dir);
     assert.ok(first.ok, first.out);
-    assert.match(first.out, /ABI 4/);
+    assert.match(first.out, /ABI 5/);
     const built = [...Deno.readDirSync(`${dir}/cache`)];
     assert.equal(built.length, 1, "one build, keyed by the source hash");
     const so = `${dir}/cache/${built[0].name}/libvirtio_shim.so`;

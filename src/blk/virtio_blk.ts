@@ -25,7 +25,9 @@ import type { SharedRegion } from "../memory/region.ts";
 import { MockBlkDevice } from "../transport/mock_device.ts";
 import { MockTransport } from "../transport/mock.ts";
 import type { InterruptSource, QueueConfig, Transport, TransportType } from "../transport/transport.ts";
+import { VfioPciTransport } from "../transport/vfio_pci.ts";
 import { VhostUserTransport } from "../transport/vhost_user/transport.ts";
+import { VhostVdpaTransport } from "../transport/vhost_vdpa.ts";
 import { VirtqueueLayout } from "../virtqueue/layout.ts";
 import { PackedVirtqueue } from "../virtqueue/packed.ts";
 import { SplitVirtqueue } from "../virtqueue/split.ts";
@@ -57,11 +59,13 @@ export interface VirtioBlkConnectOptions {
    * `"mock"` (an in-process {@linkcode MockBlkDevice}), or a
    * {@linkcode Transport} object already connected.
    */
-  transport: "vhost-user" | "mock" | Transport;
-  /** vhost-user: the socket path. */
+  transport: "vhost-user" | "vhost-vdpa" | "vfio-pci" | "mock" | Transport;
+  /** vhost-user: the socket path. vhost-vdpa: the character device, e.g. `/dev/vhost-vdpa-0`. */
   path?: string;
-  /** mock: the device (a fresh 16 MiB one when omitted). */
-  device?: MockBlkDevice;
+  /** vhost-vdpa: an already-open descriptor of the device instead of `path` (the driver takes it over). */
+  fd?: number;
+  /** vfio-pci: the PCI address, e.g. `"0000:00:04.0"`. mock: the device (a fresh 16 MiB one when omitted). */
+  device?: string | MockBlkDevice;
   /** Request queues to set up; default 1 (at most what the device offers). */
   numQueues?: number;
   /** Entries per queue: a power of two up to 32768; default 256. */
@@ -155,7 +159,25 @@ async function openTransport(options: VirtioBlkConnectOptions): Promise<Transpor
   if (typeof t === "object" && t !== null) return t;
   switch (t) {
     case "mock":
+      if (typeof options.device === "string") {
+        throw new InvalidArgumentError('transport "mock" takes a MockBlkDevice as `device`');
+      }
       return new MockTransport(options.device ?? new MockBlkDevice());
+    case "vhost-vdpa": {
+      if (options.fd === undefined && (typeof options.path !== "string" || options.path === "")) {
+        throw new InvalidArgumentError('transport "vhost-vdpa" needs `path` (e.g. /dev/vhost-vdpa-0) or `fd`');
+      }
+      await loadShim();
+      return await VhostVdpaTransport.connect(options.path ?? `fd ${options.fd}`, { fd: options.fd });
+    }
+    case "vfio-pci": {
+      if (typeof options.device !== "string") {
+        throw new InvalidArgumentError('transport "vfio-pci" needs `device`, the PCI address (e.g. "0000:00:04.0")');
+      }
+      await loadShim();
+      // Interrupts only when they are waited for: poll mode needs none.
+      return await VfioPciTransport.connect(options.device, { interrupts: (options.mode ?? "eventfd") === "eventfd" });
+    }
     case "vhost-user": {
       if (typeof options.path !== "string" || options.path === "") {
         throw new InvalidArgumentError('transport "vhost-user" needs `path`, the socket of the backend');

@@ -71,9 +71,15 @@ export interface PrepareOptions {
 
 /** Options of {@linkcode runInGuest}. */
 export interface RunOptions {
-  /** Shell script run inside the chroot (by {@linkcode RunOptions.shell}); its exit status is the result's `exitCode`. */
+  /**
+   * Shell script run inside the chroot (by {@linkcode RunOptions.shell}); its exit status is the result's
+   * `exitCode`. Start it with `set -e` to stop at the first failing command.
+   */
   script: string;
-  /** Extra QEMU arguments (placed before the harness's own devices), e.g. `["-machine", "q35", "-device", "intel-iommu"]`. */
+  /**
+   * Extra QEMU arguments (placed before the harness's own devices),
+   * e.g. `["-machine", "q35", "-device", "intel-iommu"]`.
+   */
   qemuArgs?: string[];
   /** Extra kernel command line, e.g. `"intel_iommu=on"`. */
   append?: string | string[];
@@ -103,10 +109,17 @@ export interface RunOptions {
   /**
    * Where the native shim comes from: `"host"` (default) compiles `ffi/shim.c` on the host into the cache
    * (see {@linkcode buildHostShim}) and sets `VIRTIO_SHIM_PATH` in the guest, because compiling it under TCG
-   * takes ~15 s; `"guest"` leaves it to the loader inside the guest (`VIRTIO_SHIM_CACHE=/tmp/shim-cache`).
+   * takes several seconds more; `"guest"` leaves it to the loader inside the guest
+   * (`VIRTIO_SHIM_CACHE=/tmp/shim-cache`).
    * An explicit `env.VIRTIO_SHIM_PATH` wins over both.
    */
   shim?: "host" | "guest";
+  /**
+   * 9p cache mode of the host root: `"loose"` (default) keeps what the guest read in its page cache, which makes
+   * running `deno` 3–5× faster under TCG but may show stale content for host files changed during the run;
+   * `"none"` always reads through. The `/tmp/guest` share is never cached.
+   */
+  rootCache?: "loose" | "none";
   /** Keep the kernel's `quiet` (default true); false shows the whole boot log. */
   quiet?: boolean;
   /** Stream each console line to stderr as it arrives; default `$VIRTIO_GUEST_ECHO === "1"`. */
@@ -170,7 +183,11 @@ fail() {
 for m in $(cat /etc/initramfs-modules); do
   insmod /lib/initramfs-modules/$m.ko || fail "insmod $m"
 done
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose host0 /host || fail "mount of the host root"
+cache=loose
+for w in $(cat /proc/cmdline); do
+  case "$w" in guest.rootcache=*) cache="\${w#guest.rootcache=}" ;; esac
+done
+mount -t 9p -o "trans=virtio,version=9p2000.L,ro,msize=512000,cache=$cache" host0 /host || fail "mount of the host root"
 mount -t proc proc /host/proc
 mount -t sysfs sysfs /host/sys
 mount -t devtmpfs devtmpfs /host/dev
@@ -560,11 +577,31 @@ export function isSkip(x: GuestAssets | GuestSkip): x is GuestSkip {
 
 /**
  * Makes sure everything a guest boot needs is here (installing and
- * downloading what is missing), cached by kernel version.
+ * downloading what is missing), cached on disk by kernel version and in
+ * memory per options (later calls in the same process share the first one's
+ * promise, so call it from every test that needs a guest).
  *
  * @returns the assets, or `{ skip }` with a reason when they cannot be had
  */
-export async function prepareGuest(opts: PrepareOptions = {}): Promise<GuestAssets | GuestSkip> {
+export function prepareGuest(opts: PrepareOptions = {}): Promise<GuestAssets | GuestSkip> {
+  const key = JSON.stringify([opts.cacheDir, opts.kernel, opts.install, opts.accel]);
+  let p = prepared.get(key);
+  if (!p) {
+    p = prepareUncached(opts).catch((e) => {
+      // missing permissions are a reason to skip; anything else is a bug to see
+      if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
+        return { skip: `the guest harness lacks a permission: ${e.message}` };
+      }
+      throw e;
+    });
+    prepared.set(key, p);
+  }
+  return p;
+}
+
+const prepared = new Map<string, Promise<GuestAssets | GuestSkip>>();
+
+async function prepareUncached(opts: PrepareOptions): Promise<GuestAssets | GuestSkip> {
   const log = opts.log ?? defaultLog;
   const t0 = performance.now();
   if (Deno.build.os !== "linux" || Deno.build.arch !== "x86_64") {
@@ -578,13 +615,19 @@ export async function prepareGuest(opts: PrepareOptions = {}): Promise<GuestAsse
   if (cacheDir === "/tmp" || cacheDir.startsWith("/tmp/")) {
     return { skip: `the guest cache folder ${cacheDir} is under /tmp, which the guest hides under a tmpfs` };
   }
-  await Deno.mkdir(cacheDir, { recursive: true });
+  try {
+    await Deno.mkdir(cacheDir, { recursive: true });
+  } catch (e) {
+    return { skip: `cannot create the guest cache folder ${cacheDir}: ${e instanceof Error ? e.message : e}` };
+  }
 
   log("checking Debian packages…");
   const pkgProblem = await ensurePackages(opts.install ?? true, log);
   if (pkgProblem) return { skip: pkgProblem };
-  const qemu = await which("qemu-system-x86_64");
-  if (!qemu) return { skip: "qemu-system-x86_64 is not on PATH although qemu-system-x86 is installed" };
+  for (const { pkg, bin } of PACKAGES) {
+    if (!await which(bin)) return { skip: `${bin} is not on PATH although ${pkg} is installed` };
+  }
+  const qemu = (await which("qemu-system-x86_64"))!;
   const busybox = await busyboxPath();
   if (!busybox) return { skip: "busybox-static is installed but its /bin/busybox is missing" };
 
@@ -769,6 +812,7 @@ async function boot(
   const append = [
     "console=ttyS0",
     "panic=-1",
+    `guest.rootcache=${options.rootCache ?? "loose"}`,
     ...(options.quiet ?? true ? ["quiet"] : []),
     ...[options.append ?? []].flat(),
   ].join(" ");

@@ -7,7 +7,7 @@
  * deno run -A tests/guest/smoke.ts            # both boots
  * deno run -A tests/guest/smoke.ts vfio       # only one of them (vduse, vfio)
  * deno run -A tests/guest/smoke.ts --echo     # stream the guests' consoles
- * deno run -A tests/guest/smoke.ts --guest-shim  # compile the shim inside the guest (~15 s more)
+ * deno run -A tests/guest/smoke.ts --guest-shim  # compile the shim inside the guest (~4 s more under TCG)
  * ```
  *
  * Exits 0 when every boot passed (or the guest is unavailable here: then it

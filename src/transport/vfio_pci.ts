@@ -1,0 +1,548 @@
+/**
+ * The VFIO virtio-pci transport: a virtio-blk PCI function bound to
+ * `vfio-pci`, driven from user space. The IOMMU (type1, through a VFIO
+ * container) maps every memory region at an IOVA we choose; the device's
+ * registers are reached through its BARs, mapped into this process; MSI-X
+ * vectors are routed to eventfds (or left off for a polling-only mode).
+ *
+ * @module
+ */
+
+import { requireShim } from "../../ffi/loader.ts";
+import {
+  closeFd,
+  cString,
+  eventfd,
+  ioctl,
+  ioctlValue,
+  LINUX,
+  mmapShared,
+  munmap,
+  openFile,
+  preadExact,
+  pwriteExact,
+} from "../../ffi/syscalls.ts";
+import { Waker } from "../../ffi/waker.ts";
+import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError, TimeoutError } from "../errors.ts";
+import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_STATUS as S } from "../features.ts";
+import { IovaAllocator } from "../memory/iova_allocator.ts";
+import { MemfdRegion, type SharedRegion } from "../memory/region.ts";
+import type { InterruptSource, QueueConfig, QueueNotifier, Transport } from "./transport.ts";
+import {
+  COMMON_CFG as C,
+  parsePciCapabilities,
+  PCI,
+  VIRTIO_MSI_NO_VECTOR,
+  VIRTIO_PCI_CAP,
+  VIRTIO_PCI_DEVICE_BLK,
+  VIRTIO_PCI_DEVICE_BLK_TRANSITIONAL,
+  VIRTIO_PCI_VENDOR,
+  type VirtioPciCap,
+} from "./vfio/pci.ts";
+import {
+  decodeIovaRanges,
+  decodeRegionInfo,
+  dmaMap,
+  dmaUnmap,
+  groupStatus,
+  iommuInfo,
+  irqSet,
+  regionInfo,
+  VFIO,
+  VFIO_API_VERSION,
+  VFIO_GROUP_FLAGS_VIABLE,
+  VFIO_PCI_CONFIG_REGION_INDEX,
+  VFIO_PCI_MSIX_IRQ_INDEX,
+  VFIO_REGION_INFO_FLAG_MMAP,
+  VFIO_TYPE1v2_IOMMU,
+} from "./vfio/uapi.ts";
+
+/** Options of {@linkcode VfioPciTransport.connect}. */
+export interface VfioPciTransportOptions {
+  /**
+   * Route one MSI-X vector per queue to an eventfd (needed for the eventfd
+   * completion mode). With false the device raises no interrupts: poll mode
+   * only. Default true.
+   */
+  interrupts?: boolean;
+  /** How long a device reset may take; default 1000 ms. */
+  resetTimeoutMs?: number;
+}
+
+const BDF = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
+
+interface Bar {
+  addr: number;
+  size: number;
+}
+
+/**
+ * A virtio-blk PCI function driven through VFIO.
+ *
+ * @example
+ * ```ts ignore
+ * import { VirtioBlk } from "./mod.ts";
+ * await using blk = await VirtioBlk.connect({ transport: "vfio-pci", device: "0000:00:04.0" });
+ * ```
+ */
+export class VfioPciTransport implements Transport {
+  readonly type = "vfio-pci" as const;
+  readonly maxMemRegions = 1024;
+  /** The PCI address. */
+  readonly device: string;
+  /** Whether MSI-X vectors are routed to eventfds. */
+  readonly interrupts: boolean;
+  #container = -1;
+  #group = -1;
+  #device = -1;
+  #configOffset = 0;
+  readonly #bars = new Map<number, Bar>();
+  #common = 0; // address of the common config
+  #deviceCfg = 0; // address of the device-specific config
+  #deviceCfgLength = 0;
+  #notifyBase = 0;
+  #notifyLength = 0;
+  #notifyMultiplier = 0;
+  #msixSize = 0;
+  #iova: IovaAllocator | undefined;
+  #mapped = new Map<SharedRegion, { iova: number; size: number }>();
+  #callFds: number[] = [];
+  #notifiers: QueueNotifier[] = [];
+  #resetTimeoutMs: number;
+  #closed = false;
+  #deviceFeatures = 0n;
+  #maxQueues = 0;
+  #maxQueueSize = 0;
+
+  private constructor(device: string, options: VfioPciTransportOptions) {
+    this.device = device;
+    this.interrupts = options.interrupts ?? true;
+    this.#resetTimeoutMs = options.resetTimeoutMs ?? 1000;
+  }
+
+  /** Feature bits the device offers. */
+  get deviceFeatures(): bigint {
+    return this.#deviceFeatures;
+  }
+
+  /** Queues the device has. */
+  get maxQueues(): number {
+    return this.#maxQueues;
+  }
+
+  /** Largest size of queue 0. */
+  get maxQueueSize(): number {
+    return this.#maxQueueSize;
+  }
+
+  /**
+   * Opens the device through its VFIO group and container, maps its BARs,
+   * finds its virtio capabilities, resets it and reads its features. Needs
+   * the shim loaded, the function bound to `vfio-pci`, and access to
+   * `/dev/vfio/*`.
+   *
+   * @param device the PCI address, e.g. `0000:00:04.0`
+   * @param options interrupts, reset timeout
+   * @returns the transport
+   */
+  static async connect(device: string, options: VfioPciTransportOptions = {}): Promise<VfioPciTransport> {
+    if (!BDF.test(device)) {
+      throw new InvalidArgumentError(`not a PCI address (dddd:bb:ss.f): ${JSON.stringify(device)}`);
+    }
+    const t = new VfioPciTransport(device, options);
+    try {
+      await t.#open();
+    } catch (e) {
+      await t.close().catch(() => {});
+      throw e;
+    }
+    return t;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  // ---------------------------------------------------------------- set-up
+
+  async #open(): Promise<void> {
+    const bdf = this.device;
+    let groupLink: string;
+    try {
+      groupLink = await Deno.readLink(`/sys/bus/pci/devices/${bdf}/iommu_group`);
+    } catch (cause) {
+      throw new InvalidArgumentError(`no IOMMU group for ${bdf} (is the IOMMU on, and the device there?): ${cause}`);
+    }
+    const group = groupLink.slice(groupLink.lastIndexOf("/") + 1);
+    this.#container = openFile("/dev/vfio/vfio", LINUX.O_RDWR);
+    if (ioctlValue(this.#container, VFIO.GET_API_VERSION, 0, "VFIO_GET_API_VERSION") !== VFIO_API_VERSION) {
+      throw new FeatureNegotiationError("unknown VFIO API version");
+    }
+    if (ioctlValue(this.#container, VFIO.CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU, "VFIO_CHECK_EXTENSION") !== 1) {
+      throw new FeatureNegotiationError("the VFIO container does not support the type1v2 IOMMU");
+    }
+    this.#group = openFile(`/dev/vfio/${group}`, LINUX.O_RDWR);
+    const status = groupStatus();
+    ioctl(this.#group, VFIO.GROUP_GET_STATUS, status, "VFIO_GROUP_GET_STATUS");
+    if ((new DataView(status.buffer).getUint32(4, true) & VFIO_GROUP_FLAGS_VIABLE) === 0) {
+      throw new InvalidArgumentError(`IOMMU group ${group} is not viable: bind every device in it to vfio-pci`);
+    }
+    ioctl(
+      this.#group,
+      VFIO.GROUP_SET_CONTAINER,
+      new Uint8Array(new Int32Array([this.#container]).buffer),
+      "VFIO_GROUP_SET_CONTAINER",
+    );
+    ioctlValue(this.#container, VFIO.SET_IOMMU, VFIO_TYPE1v2_IOMMU, "VFIO_SET_IOMMU");
+    const info = iommuInfo();
+    ioctl(this.#container, VFIO.IOMMU_GET_INFO, info, "VFIO_IOMMU_GET_INFO");
+    this.#iova = new IovaAllocator(decodeIovaRanges(info) ?? [{ first: 0, last: 2 ** 39 - 1 }]);
+    this.#device = ioctl(this.#group, VFIO.GROUP_GET_DEVICE_FD, cString(bdf), "VFIO_GROUP_GET_DEVICE_FD");
+
+    // Config space: identity, bus mastering, capabilities.
+    this.#configOffset = this.#region(VFIO_PCI_CONFIG_REGION_INDEX).offset;
+    const config = new Uint8Array(256);
+    preadExact(this.#device, config, this.#configOffset, "PCI config space");
+    const cv = new DataView(config.buffer);
+    const vendor = cv.getUint16(PCI.VENDOR_ID, true), id = cv.getUint16(PCI.DEVICE_ID, true);
+    if (vendor !== VIRTIO_PCI_VENDOR || (id !== VIRTIO_PCI_DEVICE_BLK && id !== VIRTIO_PCI_DEVICE_BLK_TRANSITIONAL)) {
+      throw new InvalidArgumentError(`${bdf} is ${vendor.toString(16)}:${id.toString(16)}, not a virtio-blk device`);
+    }
+    this.#setCommand((cv.getUint16(PCI.COMMAND, true) | PCI.COMMAND_MEMORY | PCI.COMMAND_MASTER) & 0xffff);
+    const caps = parsePciCapabilities(config);
+    this.#msixSize = caps.msixTableSize ?? 0;
+    const need = (type: number, name: string): VirtioPciCap => {
+      const c = caps.virtio.get(type);
+      if (!c) {
+        throw new DeviceProtocolError(
+          "bad-pci-config",
+          `${bdf} has no virtio ${name} capability (not a modern device?)`,
+        );
+      }
+      return c;
+    };
+    const common = need(VIRTIO_PCI_CAP.COMMON, "common config");
+    const notify = need(VIRTIO_PCI_CAP.NOTIFY, "notify");
+    const dev = need(VIRTIO_PCI_CAP.DEVICE, "device config");
+    if (common.length < C.SIZE) {
+      throw new DeviceProtocolError("bad-pci-config", `common config of ${common.length} bytes`);
+    }
+    this.#common = this.#capAddress(common);
+    this.#deviceCfg = this.#capAddress(dev);
+    this.#deviceCfgLength = dev.length;
+    this.#notifyBase = this.#capAddress(notify);
+    this.#notifyLength = notify.length;
+    this.#notifyMultiplier = notify.notifyOffMultiplier ?? 0;
+
+    await this.#reset();
+    this.#setStatus(S.ACKNOWLEDGE);
+    this.#setStatus(S.ACKNOWLEDGE | S.DRIVER);
+    this.#w32(C.DEVICE_FEATURE_SELECT, 0);
+    const lo = this.#r32(C.DEVICE_FEATURE);
+    this.#w32(C.DEVICE_FEATURE_SELECT, 1);
+    const hi = this.#r32(C.DEVICE_FEATURE);
+    this.#deviceFeatures = (BigInt(hi) << 32n) | BigInt(lo);
+    const nq = this.#r16(C.NUM_QUEUES);
+    if (nq === 0) throw new DeviceProtocolError("bad-queue-num", "the device reports 0 queues");
+    this.#maxQueues = nq;
+    this.#w16(C.QUEUE_SELECT, 0);
+    const qs = this.#r16(C.QUEUE_SIZE);
+    if (qs === 0) throw new DeviceProtocolError("bad-queue-num", "queue 0 is not available");
+    this.#maxQueueSize = qs;
+  }
+
+  #region(index: number): { flags: number; size: number; offset: number } {
+    const b = regionInfo(index);
+    ioctl(this.#device, VFIO.DEVICE_GET_REGION_INFO, b, `VFIO_DEVICE_GET_REGION_INFO ${index}`);
+    return decodeRegionInfo(b);
+  }
+
+  /** Maps the capability's BAR (once) and returns the address of the capability's structure. */
+  #capAddress(cap: VirtioPciCap): number {
+    let bar = this.#bars.get(cap.bar);
+    if (!bar) {
+      const r = this.#region(cap.bar);
+      if ((r.flags & VFIO_REGION_INFO_FLAG_MMAP) === 0 || r.size === 0) {
+        throw new DeviceProtocolError("bad-pci-config", `BAR ${cap.bar} cannot be mapped`);
+      }
+      bar = { addr: mmapShared(this.#device, r.size, r.offset), size: r.size };
+      this.#bars.set(cap.bar, bar);
+    }
+    if (cap.offset + cap.length > bar.size || cap.length === 0) {
+      throw new DeviceProtocolError(
+        "bad-pci-config",
+        `capability type ${cap.cfgType} [${cap.offset}, +${cap.length}) lies outside BAR ${cap.bar} (${bar.size} bytes)`,
+      );
+    }
+    return bar.addr + cap.offset;
+  }
+
+  #setCommand(value: number): void {
+    const b = new Uint8Array(2);
+    new DataView(b.buffer).setUint16(0, value, true);
+    pwriteExact(this.#device, b, this.#configOffset + PCI.COMMAND, "PCI command register");
+  }
+
+  #command(): number {
+    const b = new Uint8Array(2);
+    preadExact(this.#device, b, this.#configOffset + PCI.COMMAND, "PCI command register");
+    return new DataView(b.buffer).getUint16(0, true);
+  }
+
+  // Register accesses of the exact width, through the shim (volatile).
+  #r8(off: number): number {
+    return requireShim().vd_mmio_read8(BigInt(this.#common + off));
+  }
+  #r16(off: number): number {
+    return requireShim().vd_mmio_read16(BigInt(this.#common + off));
+  }
+  #r32(off: number): number {
+    return requireShim().vd_mmio_read32(BigInt(this.#common + off));
+  }
+  #w8(off: number, v: number): void {
+    requireShim().vd_mmio_write8(BigInt(this.#common + off), v);
+  }
+  #w16(off: number, v: number): void {
+    requireShim().vd_mmio_write16(BigInt(this.#common + off), v);
+  }
+  #w32(off: number, v: number): void {
+    requireShim().vd_mmio_write32(BigInt(this.#common + off), v >>> 0);
+  }
+  #w64(off: number, v: number): void {
+    // 64-bit fields may be written as two 32-bit halves, low first (virtio 1.2, 4.1.3.1).
+    this.#w32(off, v >>> 0);
+    this.#w32(off + 4, Math.floor(v / 4294967296) >>> 0);
+  }
+
+  #setStatus(status: number): void {
+    this.#w8(C.DEVICE_STATUS, status);
+  }
+
+  async #reset(): Promise<void> {
+    this.#w8(C.DEVICE_STATUS, 0);
+    // The device has reset once the status reads back as 0.
+    const deadline = performance.now() + this.#resetTimeoutMs;
+    while (this.#r8(C.DEVICE_STATUS) !== 0) {
+      if (performance.now() > deadline) {
+        throw new TimeoutError(`${this.device} did not reset within ${this.#resetTimeoutMs} ms`);
+      }
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+
+  // ------------------------------------------------------------- Transport
+
+  negotiateFeatures(driverFeatures: bigint): Promise<bigint> {
+    try {
+      const dev = this.deviceFeatures;
+      if ((dev & VIRTIO_F_VERSION_1) === 0n) {
+        throw new FeatureNegotiationError(`${this.device} does not offer VIRTIO_F_VERSION_1`);
+      }
+      if ((dev & VIRTIO_F_ACCESS_PLATFORM) === 0n) {
+        throw new FeatureNegotiationError(
+          `${this.device} does not offer VIRTIO_F_ACCESS_PLATFORM: it would bypass the IOMMU (QEMU: iommu_platform=on)`,
+        );
+      }
+      const features = (driverFeatures | VIRTIO_F_ACCESS_PLATFORM) & dev;
+      this.#w32(C.DRIVER_FEATURE_SELECT, 0);
+      this.#w32(C.DRIVER_FEATURE, Number(features & 0xffff_ffffn));
+      this.#w32(C.DRIVER_FEATURE_SELECT, 1);
+      this.#w32(C.DRIVER_FEATURE, Number(features >> 32n));
+      this.#setStatus(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK);
+      if ((this.#r8(C.DEVICE_STATUS) & S.FEATURES_OK) === 0) {
+        throw new FeatureNegotiationError(`${this.device} refused features 0x${features.toString(16)}`);
+      }
+      return Promise.resolve(features);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  readConfig(offset: number, length: number): Promise<Uint8Array> {
+    try {
+      if (offset < 0 || offset + length > this.#deviceCfgLength) {
+        throw new DeviceProtocolError(
+          "bad-config",
+          `config [${offset}, +${length}) beyond its ${this.#deviceCfgLength} bytes`,
+        );
+      }
+      const shim = requireShim();
+      const out = new Uint8Array(length);
+      const v = new DataView(out.buffer);
+      // Retry until config_generation is the same before and after (4.1.4.3.2).
+      for (let attempt = 0; attempt < 100; attempt++) {
+        const before = this.#r8(C.CONFIG_GENERATION);
+        for (let at = 0; at < length;) {
+          const a = BigInt(this.#deviceCfg + offset + at);
+          if ((offset + at) % 4 === 0 && length - at >= 4) {
+            v.setUint32(at, shim.vd_mmio_read32(a), true);
+            at += 4;
+          } else if ((offset + at) % 2 === 0 && length - at >= 2) {
+            v.setUint16(at, shim.vd_mmio_read16(a), true);
+            at += 2;
+          } else {
+            v.setUint8(at, shim.vd_mmio_read8(a));
+            at += 1;
+          }
+        }
+        if (this.#r8(C.CONFIG_GENERATION) === before) return Promise.resolve(out);
+      }
+      throw new DeviceProtocolError("config-unstable", "the config generation kept changing while the config was read");
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  createRegion(size: number, name: string): SharedRegion {
+    return new MemfdRegion(name, size);
+  }
+
+  mapMemRegion(region: SharedRegion): Promise<void> {
+    try {
+      const iova = this.#iova!.alloc(region.size);
+      try {
+        ioctl(this.#container, VFIO.IOMMU_MAP_DMA, dmaMap(region.addr, iova, region.size), "VFIO_IOMMU_MAP_DMA");
+      } catch (e) {
+        this.#iova!.free(iova, region.size);
+        throw e;
+      }
+      region.iova = iova;
+      this.#mapped.set(region, { iova, size: region.size });
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  unmapMemRegion(region: SharedRegion): Promise<void> {
+    try {
+      this.#unmap(region);
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  #unmap(region: SharedRegion): void {
+    const m = this.#mapped.get(region);
+    if (!m) return;
+    this.#mapped.delete(region);
+    region.iova = -1;
+    ioctl(this.#container, VFIO.IOMMU_UNMAP_DMA, dmaUnmap(m.iova, m.size), "VFIO_IOMMU_UNMAP_DMA");
+    this.#iova!.free(m.iova, m.size);
+  }
+
+  setupQueues(queues: readonly QueueConfig[]): Promise<void> {
+    try {
+      const shim = requireShim();
+      if (this.interrupts) {
+        if (this.#msixSize < queues.length) {
+          throw new FeatureNegotiationError(
+            `${this.device} has ${this.#msixSize} MSI-X vectors, ${queues.length} queues need one each`,
+          );
+        }
+        this.#callFds = queues.map(() => eventfd());
+        ioctl(
+          this.#device,
+          VFIO.DEVICE_SET_IRQS,
+          irqSet(VFIO_PCI_MSIX_IRQ_INDEX, this.#callFds),
+          "VFIO_DEVICE_SET_IRQS",
+        );
+      }
+      this.#w16(C.CONFIG_MSIX_VECTOR, VIRTIO_MSI_NO_VECTOR);
+      for (const q of queues) {
+        this.#w16(C.QUEUE_SELECT, q.index);
+        const max = this.#r16(C.QUEUE_SIZE);
+        if (q.size > max) throw new InvalidArgumentError(`queue ${q.index}: size ${q.size} above the device's ${max}`);
+        this.#w16(C.QUEUE_SIZE, q.size);
+        this.#w64(C.QUEUE_DESC, q.descIova);
+        this.#w64(C.QUEUE_DRIVER, q.driverIova);
+        this.#w64(C.QUEUE_DEVICE, q.deviceIova);
+        const vector = this.interrupts ? q.index : VIRTIO_MSI_NO_VECTOR;
+        this.#w16(C.QUEUE_MSIX_VECTOR, vector);
+        if (this.#r16(C.QUEUE_MSIX_VECTOR) !== vector) {
+          throw new DeviceProtocolError(
+            "msix-refused",
+            `queue ${q.index}: the device did not take MSI-X vector ${vector}`,
+          );
+        }
+        const off = this.#r16(C.QUEUE_NOTIFY_OFF) * this.#notifyMultiplier;
+        if (off + 2 > this.#notifyLength) {
+          throw new DeviceProtocolError(
+            "bad-pci-config",
+            `queue ${q.index}: notify offset ${off} outside the notify area`,
+          );
+        }
+        const doorbell = BigInt(this.#notifyBase + off);
+        const write = shim.vd_mmio_write16, index = q.index;
+        this.#notifiers[q.index] = { notify: () => write(doorbell, index) };
+        this.#w16(C.QUEUE_ENABLE, 1);
+      }
+      this.#setStatus(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK);
+      const status = this.#r8(C.DEVICE_STATUS);
+      if ((status & (S.DRIVER_OK | S.NEEDS_RESET | S.FAILED)) !== S.DRIVER_OK) {
+        throw new DeviceProtocolError(
+          "driver-ok-refused",
+          `the device did not accept DRIVER_OK (status 0x${status.toString(16)})`,
+        );
+      }
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  notifier(index: number): QueueNotifier {
+    const n = this.#notifiers[index];
+    if (!n) throw new InvalidArgumentError(`queue ${index} is not set up`);
+    return n;
+  }
+
+  async createInterruptSource(): Promise<InterruptSource> {
+    const waker = await Waker.create();
+    try {
+      this.#callFds.forEach((fd, i) => waker.watchEventfd(fd, i));
+    } catch (e) {
+      await waker.close();
+      throw e;
+    }
+    return waker;
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const errors: unknown[] = [];
+    const attempt = async (f: () => void | Promise<void>) => {
+      try {
+        await f();
+      } catch (e) {
+        errors.push(e);
+      }
+    };
+    if (this.#device >= 0) {
+      // Stop the device before anything it might use goes away.
+      if (this.#common) await attempt(() => this.#reset());
+      if (this.#callFds.length) {
+        await attempt(() =>
+          void ioctl(this.#device, VFIO.DEVICE_SET_IRQS, irqSet(VFIO_PCI_MSIX_IRQ_INDEX, []), "VFIO_DEVICE_SET_IRQS")
+        );
+      }
+      await attempt(() => this.#setCommand(this.#command() & ~PCI.COMMAND_MASTER)); // bus mastering off
+    }
+    for (const region of [...this.#mapped.keys()]) await attempt(() => this.#unmap(region));
+    for (const bar of this.#bars.values()) await attempt(() => munmap(bar.addr, bar.size));
+    this.#bars.clear();
+    this.#common = 0;
+    for (const fd of this.#callFds) await attempt(() => closeFd(fd));
+    this.#callFds = [];
+    if (this.#device >= 0) await attempt(() => closeFd(this.#device));
+    if (this.#group >= 0) {
+      await attempt(() => void ioctlValue(this.#group, VFIO.GROUP_UNSET_CONTAINER, 0, "VFIO_GROUP_UNSET_CONTAINER"));
+      await attempt(() => closeFd(this.#group));
+    }
+    if (this.#container >= 0) await attempt(() => closeFd(this.#container));
+    this.#device = this.#group = this.#container = -1;
+    if (errors.length) throw errors[0];
+  }
+}

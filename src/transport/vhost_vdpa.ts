@@ -1,0 +1,307 @@
+/**
+ * The vhost-vdpa transport: the device is a vDPA device (a SmartNIC/DPU
+ * function, or VDUSE in software) driven through `/dev/vhost-vdpa-N`.
+ * Memory is mapped for the device with IOTLB messages written to the
+ * descriptor, at IOVAs chosen inside the range the device reports; queue
+ * memory is memfd-backed (VDUSE hands the file to its user-space daemon).
+ *
+ * @module
+ */
+
+import { closeFd, eventfd, ioctl, ioctlValue, LINUX, openFile, writeExact } from "../../ffi/syscalls.ts";
+import { requireShim } from "../../ffi/loader.ts";
+import { Waker } from "../../ffi/waker.ts";
+import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError, OsError } from "../errors.ts";
+import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_STATUS as S } from "../features.ts";
+import { IovaAllocator } from "../memory/iova_allocator.ts";
+import { MemfdRegion, type SharedRegion } from "../memory/region.ts";
+import type { InterruptSource, QueueConfig, QueueNotifier, Transport } from "./transport.ts";
+import {
+  iotlbMsg,
+  u64Arg,
+  vdpaConfig,
+  VHOST,
+  VHOST_BACKEND_F_IOTLB_MSG_V2,
+  VHOST_IOTLB_INVALIDATE,
+  VHOST_IOTLB_UPDATE,
+  VIRTIO_ID_BLOCK,
+  vringAddr,
+  vringState,
+} from "./vhost_vdpa/uapi.ts";
+
+/** Options of {@linkcode VhostVdpaTransport.connect}. */
+export interface VhostVdpaTransportOptions {
+  /**
+   * An already-open descriptor of the vhost-vdpa device (as libvirt hands one
+   * over) instead of a path. The transport takes ownership and closes it.
+   */
+  fd?: number;
+}
+
+function readU64(fd: number, request: bigint, name: string): bigint {
+  const b = new Uint8Array(8);
+  ioctl(fd, request, b, name);
+  return new DataView(b.buffer).getBigUint64(0, true);
+}
+
+function readU32(fd: number, request: bigint, name: string): number {
+  const b = new Uint8Array(4);
+  ioctl(fd, request, b, name);
+  return new DataView(b.buffer).getUint32(0, true);
+}
+
+/**
+ * A connection to a vhost-vdpa character device.
+ *
+ * @example
+ * ```ts ignore
+ * import { VirtioBlk } from "./mod.ts";
+ * await using blk = await VirtioBlk.connect({ transport: "vhost-vdpa", path: "/dev/vhost-vdpa-0" });
+ * ```
+ */
+export class VhostVdpaTransport implements Transport {
+  readonly type = "vhost-vdpa" as const;
+  readonly deviceFeatures: bigint;
+  readonly maxQueues: number;
+  readonly maxQueueSize: number;
+  readonly maxMemRegions = 1024;
+  /** The IOVA range the device accepts. */
+  readonly iovaRange: { first: number; last: number };
+  readonly #path: string;
+  #fd: number;
+  #status = 0;
+  readonly #iova: IovaAllocator;
+  #mapped = new Map<SharedRegion, { iova: number; size: number }>();
+  #kickFds: number[] = [];
+  #callFds: number[] = [];
+  #notifiers: QueueNotifier[] = [];
+  #closed = false;
+
+  private constructor(path: string, fd: number) {
+    this.#path = path;
+    this.#fd = fd;
+    ioctlValue(fd, VHOST.SET_OWNER, 0, "VHOST_SET_OWNER");
+    const backend = readU64(fd, VHOST.GET_BACKEND_FEATURES, "VHOST_GET_BACKEND_FEATURES");
+    if ((backend & VHOST_BACKEND_F_IOTLB_MSG_V2) === 0n) {
+      throw new FeatureNegotiationError(
+        `${path} does not support IOTLB messages v2 (backend features 0x${backend.toString(16)})`,
+      );
+    }
+    ioctl(fd, VHOST.SET_BACKEND_FEATURES, u64Arg(VHOST_BACKEND_F_IOTLB_MSG_V2), "VHOST_SET_BACKEND_FEATURES");
+    const id = readU32(fd, VHOST.VDPA_GET_DEVICE_ID, "VHOST_VDPA_GET_DEVICE_ID");
+    if (id !== VIRTIO_ID_BLOCK) {
+      throw new InvalidArgumentError(`${path} is virtio device ${id}, not a block device (2)`);
+    }
+    // Reset, then ACKNOWLEDGE and DRIVER.
+    this.#setStatus(0);
+    this.#setStatus(S.ACKNOWLEDGE);
+    this.#setStatus(S.ACKNOWLEDGE | S.DRIVER);
+    this.deviceFeatures = readU64(fd, VHOST.GET_FEATURES, "VHOST_GET_FEATURES");
+    let vqs = 1;
+    try {
+      vqs = readU32(fd, VHOST.VDPA_GET_VQS_COUNT, "VHOST_VDPA_GET_VQS_COUNT");
+    } catch (e) {
+      if (!(e instanceof OsError) || e.errno !== 25) throw e; // ENOTTY: an older kernel
+    }
+    if (vqs < 1 || vqs > 65535) throw new DeviceProtocolError("bad-queue-num", `the device reports ${vqs} virtqueues`);
+    this.maxQueues = vqs;
+    const num = new Uint8Array(2);
+    ioctl(fd, VHOST.VDPA_GET_VRING_NUM, num, "VHOST_VDPA_GET_VRING_NUM");
+    this.maxQueueSize = new DataView(num.buffer).getUint16(0, true) || 32768;
+    const range = new Uint8Array(16);
+    ioctl(fd, VHOST.VDPA_GET_IOVA_RANGE, range, "VHOST_VDPA_GET_IOVA_RANGE");
+    const rv = new DataView(range.buffer);
+    const first = rv.getBigUint64(0, true), last = rv.getBigUint64(8, true);
+    this.iovaRange = {
+      first: Number(first),
+      last: last > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(last),
+    };
+    this.#iova = new IovaAllocator([this.iovaRange]);
+  }
+
+  /**
+   * Opens the device and runs the start of the set-up: owner, backend
+   * features (IOTLB v2), device id, reset, ACKNOWLEDGE | DRIVER, features,
+   * queue count and size, IOVA range. Needs the shim loaded.
+   *
+   * @param path e.g. `/dev/vhost-vdpa-0`
+   * @param options an already-open descriptor instead
+   * @returns the transport
+   */
+  static connect(path: string, options: VhostVdpaTransportOptions = {}): Promise<VhostVdpaTransport> {
+    const fd = options.fd ?? openFile(path, LINUX.O_RDWR);
+    try {
+      return Promise.resolve(new VhostVdpaTransport(path, fd));
+    } catch (e) {
+      requireShim().vd_close(fd);
+      return Promise.reject(e);
+    }
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  #setStatus(status: number): void {
+    ioctl(this.#fd, VHOST.VDPA_SET_STATUS, new Uint8Array([status]), "VHOST_VDPA_SET_STATUS");
+    this.#status = status;
+  }
+
+  #getStatus(): number {
+    const b = new Uint8Array(1);
+    ioctl(this.#fd, VHOST.VDPA_GET_STATUS, b, "VHOST_VDPA_GET_STATUS");
+    return b[0];
+  }
+
+  negotiateFeatures(driverFeatures: bigint): Promise<bigint> {
+    try {
+      const features = (driverFeatures | VIRTIO_F_ACCESS_PLATFORM) & this.deviceFeatures;
+      if ((features & VIRTIO_F_VERSION_1) === 0n) {
+        throw new FeatureNegotiationError("the vDPA device does not offer VIRTIO_F_VERSION_1");
+      }
+      ioctl(this.#fd, VHOST.SET_FEATURES, u64Arg(features), "VHOST_SET_FEATURES");
+      this.#setStatus(this.#status | S.FEATURES_OK);
+      if ((this.#getStatus() & S.FEATURES_OK) === 0) {
+        throw new FeatureNegotiationError(`the vDPA device refused features 0x${features.toString(16)}`);
+      }
+      return Promise.resolve(features);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  readConfig(offset: number, length: number): Promise<Uint8Array> {
+    try {
+      const arg = vdpaConfig(offset, length);
+      ioctl(this.#fd, VHOST.VDPA_GET_CONFIG, arg, "VHOST_VDPA_GET_CONFIG");
+      return Promise.resolve(arg.slice(8));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  createRegion(size: number, name: string): SharedRegion {
+    return new MemfdRegion(name, size);
+  }
+
+  mapMemRegion(region: SharedRegion): Promise<void> {
+    try {
+      if (region.fd < 0) throw new InvalidArgumentError(`region ${region.name} is not memfd-backed`);
+      const iova = this.#iova.alloc(region.size);
+      try {
+        writeExact(this.#fd, iotlbMsg(VHOST_IOTLB_UPDATE, iova, region.size, region.addr), "IOTLB update");
+      } catch (e) {
+        this.#iova.free(iova, region.size);
+        throw e;
+      }
+      region.iova = iova;
+      this.#mapped.set(region, { iova, size: region.size });
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  unmapMemRegion(region: SharedRegion): Promise<void> {
+    try {
+      this.#unmap(region);
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  #unmap(region: SharedRegion): void {
+    const m = this.#mapped.get(region);
+    if (!m) return;
+    this.#mapped.delete(region);
+    region.iova = -1;
+    writeExact(this.#fd, iotlbMsg(VHOST_IOTLB_INVALIDATE, m.iova, m.size, 0), "IOTLB invalidate");
+    this.#iova.free(m.iova, m.size);
+  }
+
+  setupQueues(queues: readonly QueueConfig[]): Promise<void> {
+    try {
+      const shim = requireShim();
+      for (const q of queues) {
+        const kick = eventfd(), call = eventfd();
+        this.#kickFds[q.index] = kick;
+        this.#callFds[q.index] = call;
+        const fd = this.#fd;
+        ioctl(fd, VHOST.SET_VRING_NUM, vringState(q.index, q.size), "VHOST_SET_VRING_NUM");
+        // Packed: last_avail_idx | avail wrap << 15 | last_used_idx << 16 | used wrap << 31, both wraps 1.
+        ioctl(
+          fd,
+          VHOST.SET_VRING_BASE,
+          vringState(q.index, q.format === "packed" ? 0x8000_8000 : 0),
+          "VHOST_SET_VRING_BASE",
+        );
+        ioctl(
+          fd,
+          VHOST.SET_VRING_ADDR,
+          vringAddr(q.index, q.descIova, q.deviceIova, q.driverIova),
+          "VHOST_SET_VRING_ADDR",
+        );
+        ioctl(fd, VHOST.SET_VRING_KICK, vringState(q.index, kick), "VHOST_SET_VRING_KICK");
+        ioctl(fd, VHOST.SET_VRING_CALL, vringState(q.index, call), "VHOST_SET_VRING_CALL");
+        ioctl(fd, VHOST.VDPA_SET_VRING_ENABLE, vringState(q.index, 1), "VHOST_VDPA_SET_VRING_ENABLE");
+        const write = shim.vd_eventfd_write;
+        this.#notifiers[q.index] = { notify: () => void write(kick, 1n) };
+      }
+      this.#setStatus(this.#status | S.DRIVER_OK);
+      if ((this.#getStatus() & (S.DRIVER_OK | S.NEEDS_RESET | S.FAILED)) !== S.DRIVER_OK) {
+        throw new DeviceProtocolError(
+          "driver-ok-refused",
+          `the vDPA device did not accept DRIVER_OK (status 0x${this.#getStatus().toString(16)})`,
+        );
+      }
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  notifier(index: number): QueueNotifier {
+    const n = this.#notifiers[index];
+    if (!n) throw new InvalidArgumentError(`queue ${index} is not set up`);
+    return n;
+  }
+
+  async createInterruptSource(): Promise<InterruptSource> {
+    const waker = await Waker.create();
+    try {
+      this.#callFds.forEach((fd, i) => waker.watchEventfd(fd, i));
+    } catch (e) {
+      await waker.close();
+      throw e;
+    }
+    return waker;
+  }
+
+  close(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    this.#closed = true;
+    const errors: unknown[] = [];
+    const attempt = (f: () => void) => {
+      try {
+        f();
+      } catch (e) {
+        errors.push(e);
+      }
+    };
+    // Reset first: the device stops using the rings and memory.
+    attempt(() => this.#setStatus(0));
+    for (const region of [...this.#mapped.keys()]) attempt(() => this.#unmap(region));
+    for (const fd of [...this.#kickFds, ...this.#callFds]) if (fd !== undefined) attempt(() => closeFd(fd));
+    attempt(() => closeFd(this.#fd));
+    this.#fd = -1;
+    this.#kickFds = [];
+    this.#callFds = [];
+    return errors.length ? Promise.reject(errors[0]) : Promise.resolve();
+  }
+
+  /** The device path (for messages). */
+  get path(): string {
+    return this.#path;
+  }
+}
