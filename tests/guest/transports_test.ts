@@ -19,9 +19,26 @@ function matrixRuns(transport: string, target: string, ring: string): string {
   const modes = ["poll", "eventfd"];
   return modes.map((mode, i) => {
     const modelIn = i === 0 ? "" : `--model-in "$GUEST_SHARE/model-${i - 1}.bin"`;
-    return `deno run -A ${ROOT}/tests/guest/matrix_main.ts --transport ${transport} ${target} --ring ${ring} ` +
-      `--mode ${mode} --writes 120 --seed ${i + 1} ${modelIn} --model-out "$GUEST_SHARE/model-${i}.bin"`;
+    return `deno run -A "$GUEST_SHARE/project/tests/guest/matrix_main.ts" --transport ${transport} ${target} ` +
+      `--ring ${ring} --mode ${mode} --writes 120 --seed ${i + 1} ${modelIn} --model-out "$GUEST_SHARE/model-${i}.bin"`;
   }).join("\n");
+}
+
+/**
+ * Copies the project's code into the share: the guest mounts a tmpfs over /tmp,
+ * so a checkout under /tmp (as in a CI clone) would not be visible there.
+ */
+async function copyProject(share: string): Promise<void> {
+  const copy = async (from: string, to: string) => {
+    const info = await Deno.stat(from);
+    if (info.isDirectory) {
+      await Deno.mkdir(to, { recursive: true });
+      for await (const e of Deno.readDir(from)) await copy(`${from}/${e.name}`, `${to}/${e.name}`);
+    } else {
+      await Deno.copyFile(from, to);
+    }
+  };
+  for (const part of ["mod.ts", "deno.json", "ffi", "src", "tests"]) await copy(`${ROOT}/${part}`, `${share}/project/${part}`);
 }
 
 const WAIT_FOR = String
@@ -42,6 +59,7 @@ async function compare(image: string, model: string): Promise<void> {
 
 async function withShare(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "virtio-guest-share-" });
+  await copyProject(dir);
   try {
     await fn(dir);
   } finally {
