@@ -38,7 +38,10 @@ async function copyProject(share: string): Promise<void> {
       await Deno.copyFile(from, to);
     }
   };
-  for (const part of ["mod.ts", "deno.json", "ffi", "src", "tests"]) await copy(`${ROOT}/${part}`, `${share}/project/${part}`);
+  await Deno.mkdir(`${share}/project`);
+  for (const part of ["mod.ts", "deno.json", "ffi", "src", "tests"]) {
+    await copy(`${ROOT}/${part}`, `${share}/project/${part}`);
+  }
 }
 
 const WAIT_FOR = String
