@@ -89,6 +89,30 @@ export class Waker {
   }
 
   /**
+   * Starts a waker that watches one call eventfd per queue (queue `i` under
+   * token `i`) and, optionally, a socket for hang-up; nothing is left running
+   * when a watch fails.
+   *
+   * @param callFds the queues' call eventfds, by queue index
+   * @param hangup a socket whose hang-up is reported under its token
+   * @returns the waker
+   */
+  static async forQueues(
+    callFds: readonly number[],
+    hangup?: { fd: number; token: number },
+  ): Promise<Waker> {
+    const waker = await Waker.create();
+    try {
+      callFds.forEach((fd, i) => waker.watchEventfd(fd, i));
+      if (hangup) waker.watchHangup(hangup.fd, hangup.token);
+    } catch (e) {
+      await waker.close();
+      throw e;
+    }
+    return waker;
+  }
+
+  /**
    * Watches an eventfd under `token` (the waker keeps a duplicate of it).
    *
    * @param fd the eventfd

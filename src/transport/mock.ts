@@ -8,7 +8,8 @@
 
 import { DeviceProtocolError } from "../errors.ts";
 import { HeapRegion, type SharedRegion } from "../memory/region.ts";
-import type { InterruptSource, QueueConfig, QueueNotifier, Transport } from "./transport.ts";
+import { settle } from "./settle.ts";
+import { type InterruptSource, notifierOf, type QueueConfig, type QueueNotifier, type Transport } from "./transport.ts";
 import type { MockBlkDevice } from "./mock_device.ts";
 
 class MockInterruptSource implements InterruptSource {
@@ -138,17 +139,14 @@ export class MockTransport implements Transport {
   }
 
   setupQueues(queues: readonly QueueConfig[]): Promise<void> {
-    try {
+    return settle(() => {
       this.device.setupQueues(queues);
-    } catch (e) {
-      return Promise.reject(e);
-    }
-    this.#notifiers = queues.map((q) => ({ notify: () => this.device.notify(q.index) }));
-    return Promise.resolve();
+      this.#notifiers = queues.map((q) => ({ notify: () => this.device.notify(q.index) }));
+    });
   }
 
   notifier(index: number): QueueNotifier {
-    return this.#notifiers[index];
+    return notifierOf(this.#notifiers, index);
   }
 
   createInterruptSource(): Promise<InterruptSource> {

@@ -9,6 +9,7 @@
  * @module
  */
 
+import { InvalidArgumentError } from "../errors.ts";
 import type { SharedRegion } from "../memory/region.ts";
 import type { VirtqueueFormat } from "../virtqueue/layout.ts";
 
@@ -146,4 +147,19 @@ export interface Transport {
 
   /** Stops the device's use of the queues and releases every resource. Idempotent. */
   close(): Promise<void>;
+}
+
+/**
+ * Looks a queue's notifier up in a transport's table of them (for
+ * implementations of {@linkcode Transport.notifier}).
+ *
+ * @param notifiers the transport's notifiers, by queue index
+ * @param index the queue
+ * @returns its notifier
+ * @throws InvalidArgumentError when that queue is not set up
+ */
+export function notifierOf(notifiers: readonly (QueueNotifier | undefined)[], index: number): QueueNotifier {
+  const n = notifiers[index];
+  if (!n) throw new InvalidArgumentError(`queue ${index} is not set up`);
+  return n;
 }

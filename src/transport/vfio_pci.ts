@@ -26,8 +26,10 @@ import { Waker } from "../../ffi/waker.ts";
 import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError, TimeoutError } from "../errors.ts";
 import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_STATUS as S } from "../features.ts";
 import { IovaAllocator } from "../memory/iova_allocator.ts";
+import { IovaMappings } from "../memory/iova_mappings.ts";
 import { MemfdRegion, type SharedRegion } from "../memory/region.ts";
-import type { InterruptSource, QueueConfig, QueueNotifier, Transport } from "./transport.ts";
+import { settle } from "./settle.ts";
+import { type InterruptSource, notifierOf, type QueueConfig, type QueueNotifier, type Transport } from "./transport.ts";
 import {
   COMMON_CFG as C,
   parsePciCapabilities,
@@ -104,8 +106,7 @@ export class VfioPciTransport implements Transport {
   #notifyLength = 0;
   #notifyMultiplier = 0;
   #msixSize = 0;
-  #iova: IovaAllocator | undefined;
-  #mapped = new Map<SharedRegion, { iova: number; size: number }>();
+  #mappings: IovaMappings | undefined; // once the container has its IOMMU
   #callFds: number[] = [];
   #notifiers: QueueNotifier[] = [];
   #resetTimeoutMs: number;
@@ -196,7 +197,12 @@ export class VfioPciTransport implements Transport {
     ioctlValue(this.#container, VFIO.SET_IOMMU, VFIO_TYPE1v2_IOMMU, "VFIO_SET_IOMMU");
     const info = iommuInfo();
     ioctl(this.#container, VFIO.IOMMU_GET_INFO, info, "VFIO_IOMMU_GET_INFO");
-    this.#iova = new IovaAllocator(decodeIovaRanges(info) ?? [{ first: 0, last: 2 ** 39 - 1 }]);
+    this.#mappings = new IovaMappings(
+      new IovaAllocator(decodeIovaRanges(info) ?? [{ first: 0, last: 2 ** 39 - 1 }]),
+      (region, iova) =>
+        void ioctl(this.#container, VFIO.IOMMU_MAP_DMA, dmaMap(region.addr, iova, region.size), "VFIO_IOMMU_MAP_DMA"),
+      (iova, size) => void ioctl(this.#container, VFIO.IOMMU_UNMAP_DMA, dmaUnmap(iova, size), "VFIO_IOMMU_UNMAP_DMA"),
+    );
     this.#device = ioctl(this.#group, VFIO.GROUP_GET_DEVICE_FD, cString(bdf), "VFIO_GROUP_GET_DEVICE_FD");
 
     // Config space: identity, bus mastering, capabilities.
@@ -333,7 +339,7 @@ export class VfioPciTransport implements Transport {
   // ------------------------------------------------------------- Transport
 
   negotiateFeatures(driverFeatures: bigint): Promise<bigint> {
-    try {
+    return settle(() => {
       const dev = this.deviceFeatures;
       if ((dev & VIRTIO_F_VERSION_1) === 0n) {
         throw new FeatureNegotiationError(`${this.device} does not offer VIRTIO_F_VERSION_1`);
@@ -352,14 +358,12 @@ export class VfioPciTransport implements Transport {
       if ((this.#r8(C.DEVICE_STATUS) & S.FEATURES_OK) === 0) {
         throw new FeatureNegotiationError(`${this.device} refused features 0x${features.toString(16)}`);
       }
-      return Promise.resolve(features);
-    } catch (e) {
-      return Promise.reject(e);
-    }
+      return features;
+    });
   }
 
   readConfig(offset: number, length: number): Promise<Uint8Array> {
-    try {
+    return settle(() => {
       if (offset < 0 || offset + length > this.#deviceCfgLength) {
         throw new DeviceProtocolError(
           "bad-config",
@@ -385,12 +389,10 @@ export class VfioPciTransport implements Transport {
             at += 1;
           }
         }
-        if (this.#r8(C.CONFIG_GENERATION) === before) return Promise.resolve(out);
+        if (this.#r8(C.CONFIG_GENERATION) === before) return out;
       }
       throw new DeviceProtocolError("config-unstable", "the config generation kept changing while the config was read");
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    });
   }
 
   createRegion(size: number, name: string): SharedRegion {
@@ -398,42 +400,15 @@ export class VfioPciTransport implements Transport {
   }
 
   mapMemRegion(region: SharedRegion): Promise<void> {
-    try {
-      const iova = this.#iova!.alloc(region.size);
-      try {
-        ioctl(this.#container, VFIO.IOMMU_MAP_DMA, dmaMap(region.addr, iova, region.size), "VFIO_IOMMU_MAP_DMA");
-      } catch (e) {
-        this.#iova!.free(iova, region.size);
-        throw e;
-      }
-      region.iova = iova;
-      this.#mapped.set(region, { iova, size: region.size });
-      return Promise.resolve();
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    return settle(() => this.#mappings!.map(region));
   }
 
   unmapMemRegion(region: SharedRegion): Promise<void> {
-    try {
-      this.#unmap(region);
-      return Promise.resolve();
-    } catch (e) {
-      return Promise.reject(e);
-    }
-  }
-
-  #unmap(region: SharedRegion): void {
-    const m = this.#mapped.get(region);
-    if (!m) return;
-    this.#mapped.delete(region);
-    region.iova = -1;
-    ioctl(this.#container, VFIO.IOMMU_UNMAP_DMA, dmaUnmap(m.iova, m.size), "VFIO_IOMMU_UNMAP_DMA");
-    this.#iova!.free(m.iova, m.size);
+    return settle(() => this.#mappings!.unmap(region));
   }
 
   setupQueues(queues: readonly QueueConfig[]): Promise<void> {
-    try {
+    return settle(() => {
       const shim = requireShim();
       if (this.interrupts) {
         if (this.#msixSize < queues.length) {
@@ -486,27 +461,15 @@ export class VfioPciTransport implements Transport {
           `the device did not accept DRIVER_OK (status 0x${status.toString(16)})`,
         );
       }
-      return Promise.resolve();
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    });
   }
 
   notifier(index: number): QueueNotifier {
-    const n = this.#notifiers[index];
-    if (!n) throw new InvalidArgumentError(`queue ${index} is not set up`);
-    return n;
+    return notifierOf(this.#notifiers, index);
   }
 
-  async createInterruptSource(): Promise<InterruptSource> {
-    const waker = await Waker.create();
-    try {
-      this.#callFds.forEach((fd, i) => waker.watchEventfd(fd, i));
-    } catch (e) {
-      await waker.close();
-      throw e;
-    }
-    return waker;
+  createInterruptSource(): Promise<InterruptSource> {
+    return Waker.forQueues(this.#callFds);
   }
 
   async close(): Promise<void> {
@@ -530,7 +493,7 @@ export class VfioPciTransport implements Transport {
       }
       await attempt(() => this.#setCommand(this.#command() & ~PCI.COMMAND_MASTER)); // bus mastering off
     }
-    for (const region of [...this.#mapped.keys()]) await attempt(() => this.#unmap(region));
+    for (const region of this.#mappings?.regions ?? []) await attempt(() => this.#mappings!.unmap(region));
     for (const bar of this.#bars.values()) await attempt(() => munmap(bar.addr, bar.size));
     this.#bars.clear();
     this.#common = 0;

@@ -14,8 +14,10 @@ import { Waker } from "../../ffi/waker.ts";
 import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError, OsError } from "../errors.ts";
 import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_STATUS as S } from "../features.ts";
 import { IovaAllocator } from "../memory/iova_allocator.ts";
+import { IovaMappings } from "../memory/iova_mappings.ts";
 import { MemfdRegion, type SharedRegion } from "../memory/region.ts";
-import type { InterruptSource, QueueConfig, QueueNotifier, Transport } from "./transport.ts";
+import { settle } from "./settle.ts";
+import { type InterruptSource, notifierOf, type QueueConfig, type QueueNotifier, type Transport } from "./transport.ts";
 import {
   iotlbMsg,
   u64Arg,
@@ -70,8 +72,7 @@ export class VhostVdpaTransport implements Transport {
   readonly #path: string;
   #fd: number;
   #status = 0;
-  readonly #iova: IovaAllocator;
-  #mapped = new Map<SharedRegion, { iova: number; size: number }>();
+  readonly #mappings: IovaMappings;
   #kickFds: number[] = [];
   #callFds: number[] = [];
   #notifiers: QueueNotifier[] = [];
@@ -116,7 +117,12 @@ export class VhostVdpaTransport implements Transport {
       first: Number(first),
       last: last > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(last),
     };
-    this.#iova = new IovaAllocator([this.iovaRange]);
+    this.#mappings = new IovaMappings(
+      new IovaAllocator([this.iovaRange]),
+      (region, iova) =>
+        writeExact(this.#fd, iotlbMsg(VHOST_IOTLB_UPDATE, iova, region.size, region.addr), "IOTLB update"),
+      (iova, size) => writeExact(this.#fd, iotlbMsg(VHOST_IOTLB_INVALIDATE, iova, size, 0), "IOTLB invalidate"),
+    );
   }
 
   /**
@@ -129,13 +135,15 @@ export class VhostVdpaTransport implements Transport {
    * @returns the transport
    */
   static connect(path: string, options: VhostVdpaTransportOptions = {}): Promise<VhostVdpaTransport> {
-    const fd = options.fd ?? openFile(path, LINUX.O_RDWR);
-    try {
-      return Promise.resolve(new VhostVdpaTransport(path, fd));
-    } catch (e) {
-      requireShim().vd_close(fd);
-      return Promise.reject(e);
-    }
+    return settle(() => {
+      const fd = options.fd ?? openFile(path, LINUX.O_RDWR);
+      try {
+        return new VhostVdpaTransport(path, fd);
+      } catch (e) {
+        requireShim().vd_close(fd);
+        throw e;
+      }
+    });
   }
 
   get closed(): boolean {
@@ -154,7 +162,7 @@ export class VhostVdpaTransport implements Transport {
   }
 
   negotiateFeatures(driverFeatures: bigint): Promise<bigint> {
-    try {
+    return settle(() => {
       const features = (driverFeatures | VIRTIO_F_ACCESS_PLATFORM) & this.deviceFeatures;
       if ((features & VIRTIO_F_VERSION_1) === 0n) {
         throw new FeatureNegotiationError("the vDPA device does not offer VIRTIO_F_VERSION_1");
@@ -164,20 +172,16 @@ export class VhostVdpaTransport implements Transport {
       if ((this.#getStatus() & S.FEATURES_OK) === 0) {
         throw new FeatureNegotiationError(`the vDPA device refused features 0x${features.toString(16)}`);
       }
-      return Promise.resolve(features);
-    } catch (e) {
-      return Promise.reject(e);
-    }
+      return features;
+    });
   }
 
   readConfig(offset: number, length: number): Promise<Uint8Array> {
-    try {
+    return settle(() => {
       const arg = vdpaConfig(offset, length);
       ioctl(this.#fd, VHOST.VDPA_GET_CONFIG, arg, "VHOST_VDPA_GET_CONFIG");
-      return Promise.resolve(arg.slice(8));
-    } catch (e) {
-      return Promise.reject(e);
-    }
+      return arg.slice(8);
+    });
   }
 
   createRegion(size: number, name: string): SharedRegion {
@@ -185,43 +189,18 @@ export class VhostVdpaTransport implements Transport {
   }
 
   mapMemRegion(region: SharedRegion): Promise<void> {
-    try {
+    return settle(() => {
       if (region.fd < 0) throw new InvalidArgumentError(`region ${region.name} is not memfd-backed`);
-      const iova = this.#iova.alloc(region.size);
-      try {
-        writeExact(this.#fd, iotlbMsg(VHOST_IOTLB_UPDATE, iova, region.size, region.addr), "IOTLB update");
-      } catch (e) {
-        this.#iova.free(iova, region.size);
-        throw e;
-      }
-      region.iova = iova;
-      this.#mapped.set(region, { iova, size: region.size });
-      return Promise.resolve();
-    } catch (e) {
-      return Promise.reject(e);
-    }
+      this.#mappings.map(region);
+    });
   }
 
   unmapMemRegion(region: SharedRegion): Promise<void> {
-    try {
-      this.#unmap(region);
-      return Promise.resolve();
-    } catch (e) {
-      return Promise.reject(e);
-    }
-  }
-
-  #unmap(region: SharedRegion): void {
-    const m = this.#mapped.get(region);
-    if (!m) return;
-    this.#mapped.delete(region);
-    region.iova = -1;
-    writeExact(this.#fd, iotlbMsg(VHOST_IOTLB_INVALIDATE, m.iova, m.size, 0), "IOTLB invalidate");
-    this.#iova.free(m.iova, m.size);
+    return settle(() => this.#mappings.unmap(region));
   }
 
   setupQueues(queues: readonly QueueConfig[]): Promise<void> {
-    try {
+    return settle(() => {
       const shim = requireShim();
       for (const q of queues) {
         const kick = eventfd(), call = eventfd();
@@ -255,49 +234,39 @@ export class VhostVdpaTransport implements Transport {
           `the vDPA device did not accept DRIVER_OK (status 0x${this.#getStatus().toString(16)})`,
         );
       }
-      return Promise.resolve();
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    });
   }
 
   notifier(index: number): QueueNotifier {
-    const n = this.#notifiers[index];
-    if (!n) throw new InvalidArgumentError(`queue ${index} is not set up`);
-    return n;
+    return notifierOf(this.#notifiers, index);
   }
 
-  async createInterruptSource(): Promise<InterruptSource> {
-    const waker = await Waker.create();
-    try {
-      this.#callFds.forEach((fd, i) => waker.watchEventfd(fd, i));
-    } catch (e) {
-      await waker.close();
-      throw e;
-    }
-    return waker;
+  createInterruptSource(): Promise<InterruptSource> {
+    return Waker.forQueues(this.#callFds);
   }
 
   close(): Promise<void> {
-    if (this.#closed) return Promise.resolve();
-    this.#closed = true;
-    const errors: unknown[] = [];
-    const attempt = (f: () => void) => {
-      try {
-        f();
-      } catch (e) {
-        errors.push(e);
-      }
-    };
-    // Reset first: the device stops using the rings and memory.
-    attempt(() => this.#setStatus(0));
-    for (const region of [...this.#mapped.keys()]) attempt(() => this.#unmap(region));
-    for (const fd of [...this.#kickFds, ...this.#callFds]) if (fd !== undefined) attempt(() => closeFd(fd));
-    attempt(() => closeFd(this.#fd));
-    this.#fd = -1;
-    this.#kickFds = [];
-    this.#callFds = [];
-    return errors.length ? Promise.reject(errors[0]) : Promise.resolve();
+    return settle(() => {
+      if (this.#closed) return;
+      this.#closed = true;
+      const errors: unknown[] = [];
+      const attempt = (f: () => void) => {
+        try {
+          f();
+        } catch (e) {
+          errors.push(e);
+        }
+      };
+      // Reset first: the device stops using the rings and memory.
+      attempt(() => this.#setStatus(0));
+      for (const region of this.#mappings.regions) attempt(() => this.#mappings.unmap(region));
+      for (const fd of [...this.#kickFds, ...this.#callFds]) if (fd !== undefined) attempt(() => closeFd(fd));
+      attempt(() => closeFd(this.#fd));
+      this.#fd = -1;
+      this.#kickFds = [];
+      this.#callFds = [];
+      if (errors.length) throw errors[0];
+    });
   }
 
   /** The device path (for messages). */

@@ -18,7 +18,13 @@ import {
   InvalidArgumentError,
 } from "../../errors.ts";
 import { MemfdRegion, type SharedRegion } from "../../memory/region.ts";
-import type { InterruptSource, QueueConfig, QueueNotifier, Transport } from "../transport.ts";
+import {
+  type InterruptSource,
+  notifierOf,
+  type QueueConfig,
+  type QueueNotifier,
+  type Transport,
+} from "../transport.ts";
 import { DEFAULT_TIMEOUT_MS, type ReplyKind, VhostUserConnection } from "./connection.ts";
 import {
   decodeConfigReply,
@@ -262,22 +268,12 @@ export class VhostUserTransport implements Transport {
   }
 
   notifier(index: number): QueueNotifier {
-    const n = this.#notifiers[index];
-    if (!n) throw new InvalidArgumentError(`queue ${index} is not set up`);
-    return n;
+    return notifierOf(this.#notifiers, index);
   }
 
   async createInterruptSource(): Promise<InterruptSource> {
     if (this.closed) throw new ConnectionLostError(`the vhost-user connection to ${this.#path} is closed`);
-    const waker = await Waker.create();
-    try {
-      this.#callFds.forEach((fd, i) => waker.watchEventfd(fd, i));
-      waker.watchHangup(this.#conn.fd, MAX_WAKER_TOKEN);
-    } catch (e) {
-      await waker.close();
-      throw e;
-    }
-    return waker;
+    return await Waker.forQueues(this.#callFds, { fd: this.#conn.fd, token: MAX_WAKER_TOKEN });
   }
 
   async close(): Promise<void> {
