@@ -111,8 +111,7 @@ export class PackedVirtqueue extends Virtqueue {
     if (this.failure) throw this.failure;
     if (this.#building) throw new Error(`${this.name}: a chain is already being built`);
     if (count < 1 || this.#numFreeIds === 0) return -1;
-    const indirect = this.indirectMax > 0 && count > 1 && count <= this.indirectMax &&
-      (count >= this.indirectThreshold || count > this.#numFree);
+    const indirect = this.goesIndirect(count, this.#numFree);
     const need = indirect ? 1 : count;
     if (need > this.#numFree) return -1;
     this.#building = true;

@@ -116,9 +116,7 @@ export class SplitVirtqueue extends Virtqueue {
     if (this.failure) throw this.failure;
     if (this.#building) throw new Error(`${this.name}: a chain is already being built`);
     if (count < 1) return -1;
-    // Indirect: long chains always, shorter ones when the ring lacks room.
-    const indirect = this.indirectMax > 0 && count > 1 && count <= this.indirectMax &&
-      (count >= this.indirectThreshold || count > this.#numFree);
+    const indirect = this.goesIndirect(count, this.#numFree);
     const need = indirect ? 1 : count;
     if (need > this.#numFree) return -1;
     this.#building = true;

@@ -361,6 +361,19 @@ export abstract class Virtqueue {
   }
 
   /**
+   * Whether a chain of `count` descriptors goes through an indirect table:
+   * long chains always, shorter ones when the ring lacks room for them.
+   *
+   * @param count descriptors in the chain
+   * @param freeDescriptors ring descriptors free now
+   * @returns true to write the chain into the slot's indirect table
+   */
+  protected goesIndirect(count: number, freeDescriptors: number): boolean {
+    return this.indirectMax > 0 && count > 1 && count <= this.indirectMax &&
+      (count >= this.indirectThreshold || count > freeDescriptors);
+  }
+
+  /**
    * Starts a chain of exactly `count` descriptors.
    *
    * @param count descriptors in the chain
