@@ -4,7 +4,7 @@
  * loops allocate nothing per request.
  */
 
-import type { VirtioBlk, VirtioBlkQueue, VirtioError } from "../mod.ts";
+import type { MockBlkDevice, VirtioBlk, VirtioBlkQueue, VirtioError } from "../mod.ts";
 
 /** 4 KiB-block offsets in [0, blocks), from a fixed-seed xorshift. */
 export class Offsets {
@@ -156,4 +156,60 @@ export async function fsFileReads(
       }
     }
   }));
+}
+
+const rethrow = (_slot: number, error: VirtioError | undefined): void => {
+  if (error) throw error;
+};
+
+/**
+ * `count` reads on the mock device in manual completion mode, each submitted,
+ * echoed (the device's allocation-free completion) and reaped before the next:
+ * the driver's own per-request cost at queue depth 1.
+ *
+ * @param q a queue of a mock-backed device
+ * @param device the mock device
+ * @param offsets where to read
+ * @param buf the buffer
+ * @param count requests
+ */
+export function echoQd1(
+  q: VirtioBlkQueue<number>,
+  device: MockBlkDevice,
+  offsets: Offsets,
+  buf: Uint8Array,
+  count: number,
+): void {
+  for (let i = 0; i < count; i++) {
+    q.read(offsets.next(), buf, 0);
+    q.submit();
+    device.echo(0);
+    q.poll(rethrow);
+  }
+}
+
+/**
+ * `count` reads on the mock device in batches of `bufs.length`: one submit,
+ * one echo and one poll per batch.
+ *
+ * @param q a queue of a mock-backed device
+ * @param device the mock device
+ * @param offsets where to read
+ * @param bufs one buffer per request of a batch
+ * @param count requests (a multiple of the batch size)
+ */
+export function echoBatches(
+  q: VirtioBlkQueue<number>,
+  device: MockBlkDevice,
+  offsets: Offsets,
+  bufs: readonly Uint8Array[],
+  count: number,
+): void {
+  const batch = bufs.length;
+  for (let i = 0; i < count; i += batch) {
+    for (let j = 0; j < batch; j++) q.read(offsets.next(), bufs[j], j);
+    q.submit();
+    device.echo(0);
+    q.poll(rethrow);
+  }
 }

@@ -3,7 +3,7 @@
 // (qemu-storage-daemon 7.2 does not offer them); split rings run on both.
 // `deno bench -A bench/ring_features_bench.ts` (part of `deno task bench`)
 import { MockBlkDevice, QemuStorageDaemon, VirtioBlk, type VirtioBlkConnectOptions } from "../mod.ts";
-import { Offsets, qd1, qdN, rig } from "./_workloads.ts";
+import { echoBatches, echoQd1, Offsets, qd1, qdN, rig } from "./_workloads.ts";
 
 const N = 10_000;
 const CONFIGS: [string, Partial<VirtioBlkConnectOptions>][] = [
@@ -20,34 +20,17 @@ for (const [name, options] of CONFIGS) {
   const q = blk.queue<number>(0);
   const bufs = Array.from({ length: 32 }, () => blk.allocBuffer(4096));
   const offsets = new Offsets(256 << 20);
-  const nop = (_c: number, e: unknown) => {
-    if (e) throw e;
-  };
   Deno.bench({
     name: `${name}, QD1 (x${N})`,
     group: "ring formats on the mock device (echo), QD1",
     baseline: name === "split",
-    fn() {
-      for (let i = 0; i < N; i++) {
-        q.read(offsets.next(), bufs[0], 0);
-        q.submit();
-        device.echo(0);
-        q.poll(nop);
-      }
-    },
+    fn: () => echoQd1(q, device, offsets, bufs[0], N),
   });
   Deno.bench({
     name: `${name}, batches of 32 (x${N})`,
     group: "ring formats on the mock device (echo), QD32",
     baseline: name === "split",
-    fn() {
-      for (let i = 0; i < N; i += 32) {
-        for (let j = 0; j < 32; j++) q.read(offsets.next(), bufs[j], j);
-        q.submit();
-        device.echo(0);
-        q.poll(nop);
-      }
-    },
+    fn: () => echoBatches(q, device, offsets, bufs, N),
   });
 }
 

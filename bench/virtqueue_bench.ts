@@ -2,7 +2,7 @@
 // `deno bench -A bench/virtqueue_bench.ts`
 import { MockBlkDevice, VirtioBlk } from "../mod.ts";
 import { RingDevice } from "../tests/_ring_device.ts";
-import { Offsets } from "./_workloads.ts";
+import { echoBatches, echoQd1, Offsets } from "./_workloads.ts";
 
 const REQUESTS = 10_000;
 
@@ -55,35 +55,18 @@ const blk = await VirtioBlk.connect({ transport: "mock", device, mode: "poll", q
 const q = blk.queue<number>(0);
 const bufs = Array.from({ length: 32 }, () => blk.allocBuffer(4096));
 const offsets = new Offsets(256 << 20);
-const nop = (_c: number, e: unknown) => {
-  if (e) throw e;
-};
 
 Deno.bench({
   name: `VirtioBlkQueue read + submit + device + poll, QD1, x${REQUESTS}`,
   group: "virtio-blk on the mock device",
   baseline: true,
-  fn() {
-    for (let i = 0; i < REQUESTS; i++) {
-      q.read(offsets.next(), bufs[0], 0);
-      q.submit();
-      device.echo(0);
-      q.poll(nop);
-    }
-  },
+  fn: () => echoQd1(q, device, offsets, bufs[0], REQUESTS),
 });
 
 Deno.bench({
   name: `VirtioBlkQueue 32 reads + one submit + device + poll, x${REQUESTS}`,
   group: "virtio-blk on the mock device",
-  fn() {
-    for (let i = 0; i < REQUESTS; i += 32) {
-      for (let j = 0; j < 32; j++) q.read(offsets.next(), bufs[j], j);
-      q.submit();
-      device.echo(0);
-      q.poll(nop);
-    }
-  },
+  fn: () => echoBatches(q, device, offsets, bufs, REQUESTS),
 });
 
 Deno.bench({

@@ -63,6 +63,41 @@ export async function randomWrites(blk: VirtioBlk, model: Uint8Array, count: num
 }
 
 /**
+ * Reads random ranges through the driver and compares them with `model`: every
+ * other one into a pool buffer (the rest bounce), every third one vectored.
+ *
+ * @param blk the device
+ * @param model its expected contents
+ * @param count how many reads
+ * @param maxSectors the longest read, in 512-byte sectors
+ * @param rng the seeded PRNG
+ * @param context appended to a failure's message (a seed, say)
+ */
+export async function spotCheckReads(
+  blk: VirtioBlk,
+  model: Uint8Array,
+  count: number,
+  maxSectors: number,
+  rng: Rng,
+  context = "",
+): Promise<void> {
+  const size = model.byteLength;
+  for (let i = 0; i < count; i++) {
+    const len = 512 * rng.int(1, maxSectors);
+    const off = 512 * rng.int(0, (size - len) / 512);
+    const buf = i % 2 ? blk.allocBuffer(len) : new Uint8Array(len);
+    if (i % 3 === 0 && len >= 1024) {
+      const half = 512 * Math.floor(len / 1024);
+      await blk.readv(off, [buf.subarray(0, half), buf.subarray(half)]);
+    } else {
+      await blk.read(off, buf);
+    }
+    assert.equal(firstDifference(buf, model.subarray(off, off + len)), -1, `read at ${off}${context}`);
+    if (i % 2) blk.freeBuffer(buf as Uint8Array<ArrayBuffer>);
+  }
+}
+
+/**
  * Runs the matrix on `blk` (capacity ≥ 8 MiB), updating `model`.
  *
  * @param blk the device
@@ -73,20 +108,7 @@ export async function randomWrites(blk: VirtioBlk, model: Uint8Array, count: num
 export async function requestMatrix(blk: VirtioBlk, model: Uint8Array, writes: number, rng: Rng): Promise<void> {
   await randomWrites(blk, model, writes, rng);
   await blk.flush();
-  const size = model.byteLength;
-  for (let i = 0; i < 50; i++) {
-    const len = 512 * rng.int(1, 128);
-    const off = 512 * rng.int(0, (size - len) / 512);
-    const buf = i % 2 ? blk.allocBuffer(len) : new Uint8Array(len);
-    if (i % 3 === 0 && len >= 1024) {
-      const half = 512 * Math.floor(len / 1024);
-      await blk.readv(off, [buf.subarray(0, half), buf.subarray(half)]);
-    } else {
-      await blk.read(off, buf);
-    }
-    assert.equal(firstDifference(buf, model.subarray(off, off + len)), -1, `read at ${off}`);
-    if (i % 2) blk.freeBuffer(buf as Uint8Array<ArrayBuffer>);
-  }
+  await spotCheckReads(blk, model, 50, 128, rng);
   // Discard and write-zeroes: both must read back as zeroes afterwards.
   const mib = 1 << 20;
   await blk.discard(mib, 256 * 1024);

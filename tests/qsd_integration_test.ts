@@ -12,7 +12,7 @@ import {
   type VirtioBlkConnectOptions,
   type VirtioError,
 } from "../mod.ts";
-import { randomWrites } from "./_matrix.ts";
+import { randomWrites, spotCheckReads } from "./_matrix.ts";
 import { fdCount, firstDifference, HAVE_QSD, memfdMappings, Rng } from "./_support.ts";
 
 await loadShim(); // process-wide; loaded outside the tests' resource accounting
@@ -56,18 +56,7 @@ Deno.test({
         await randomWrites(blk, model, 10_000, rng);
         await blk.flush();
         // Spot-check reads through the driver too (some vectored, some bounced).
-        for (let i = 0; i < 200; i++) {
-          const len = 512 * rng.int(1, 256);
-          const off = 512 * rng.int(0, (size - len) / 512);
-          const buf = i % 2 ? blk.allocBuffer(len) : new Uint8Array(len);
-          if (i % 3 === 0 && len >= 1024) {
-            const half = 512 * Math.floor(len / 1024);
-            await blk.readv(off, [buf.subarray(0, half), buf.subarray(half)]);
-          } else {
-            await blk.read(off, buf);
-          }
-          assert.equal(firstDifference(buf, model.subarray(off, off + len)), -1, `read at ${off} (seed ${seed})`);
-        }
+        await spotCheckReads(blk, model, 200, 256, rng, ` (seed ${seed})`);
       } finally {
         await blk.close();
       }
