@@ -188,6 +188,31 @@ Deno.test("device violation: id not in flight, and the same id twice", () => {
   assertViolation(() => dev2.vq.nextUsed(), "used-id-not-in-flight");
 });
 
+Deno.test("device violation: an id completed twice in one batch, reused in between, is caught as stale", () => {
+  const dev = new RingDevice(8);
+  const a = addBlkLike(dev);
+  addBlkLike(dev);
+  dev.pushUsed(a, 513, false);
+  dev.pushUsed(a, 513); // both elements published by one index update
+  assert.equal(dev.vq.nextUsed(), a);
+  // The completion handler submits again and gets id a back from the free list.
+  assert.equal(addBlkLike(dev), a);
+  // The second element was written before this chain existed: it cannot complete it.
+  assertViolation(() => dev.vq.nextUsed(), "used-id-stale");
+});
+
+Deno.test("an id reused after its batch was consumed completes normally", () => {
+  const dev = new RingDevice(8);
+  for (let round = 0; round < 100; round++) {
+    const a = addBlkLike(dev);
+    dev.takeAvail();
+    dev.pushUsed(a, 513);
+    assert.equal(dev.vq.nextUsed(), a);
+    assert.equal(dev.vq.nextUsed(), -1);
+  }
+  dev.vq.assertConsistent();
+});
+
 Deno.test("device violation: used length above the chain's writable bytes", () => {
   const dev = new RingDevice(8);
   const a = addBlkLike(dev, 512); // 512 + 1 writable bytes

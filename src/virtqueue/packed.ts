@@ -269,6 +269,10 @@ export class PackedVirtqueue extends Virtqueue {
     const added = this.#addedSinceKick;
     this.#addedSinceKick = 0;
     if (added === 0) return false;
+    // 2^16 or more descriptors since the last check (possible with a device
+    // that polls the ring): the 16-bit event arithmetic cannot tell, and a
+    // spare notification is harmless.
+    if (added > 0xffff) return true;
     // Full barrier between the flag store that published the chain and these
     // loads (both seq_cst): a stale "disabled" read could skip a needed kick.
     const flags = Atomics.load(this.#deviceEvent, 1);

@@ -53,9 +53,16 @@ export class SplitVirtqueue extends Virtqueue {
   #freeHead = 0;
   #numFree: number;
   #availIdx = 0; // next avail index to publish (mod 2^16)
-  #kickedIdx = 0; // avail index at the last availNotifNeeded()
+  #addedSinceKick = 0; // chains published since the last availNotifNeeded()
   #lastUsed = 0; // next used index to consume (mod 2^16)
   #usedPending = 0; // used elements known published and not yet consumed
+  // Used-ring positions counted without wrapping: the elements consumed so
+  // far, and the end of the last index loaded from the device. A chain
+  // published when that end was E can only be completed by an element at a
+  // position >= E: elements before E were written before the chain existed.
+  #usedConsumed = 0;
+  #usedLoadedEnd = 0;
+  readonly #publishedAt: Float64Array; // per head: #usedLoadedEnd when published
   // Chain under construction.
   #building = false;
   #head = 0;
@@ -91,6 +98,7 @@ export class SplitVirtqueue extends Virtqueue {
     for (let i = 0; i < q; i++) this.#next[i] = i + 1; // the last link is never followed
     this.#chainTail = new Uint16Array(q);
     this.#chainLen = new Uint16Array(q);
+    this.#publishedAt = new Float64Array(q);
     this.#numFree = q;
     // A fresh ring: zero everything the device reads or the driver owns.
     memory.fill(0, layout.descTableOffset, layout.reqOffset);
@@ -200,6 +208,8 @@ export class SplitVirtqueue extends Virtqueue {
     this.#chainLen[head] = count;
     this.inFlightMap[head] = 1;
     this.numInFlight++;
+    this.#publishedAt[head] = this.#usedLoadedEnd;
+    this.#addedSinceKick++;
     const a = this.#availIdx;
     this.#avail[2 + (a & this.#mask)] = head;
     this.#availIdx = (a + 1) & 0xffff;
@@ -271,6 +281,7 @@ export class SplitVirtqueue extends Virtqueue {
         );
       }
       this.#usedPending = n;
+      this.#usedLoadedEnd = this.#usedConsumed + n;
     }
     const e = 1 + ((this.#lastUsed & this.#mask) << 1);
     const id = this.#usedU32[e];
@@ -281,6 +292,14 @@ export class SplitVirtqueue extends Virtqueue {
     if (this.inFlightMap[id] !== 1) {
       this.violation("used-id-not-in-flight", `used id ${id} is not in flight`);
     }
+    if (this.#usedConsumed < this.#publishedAt[id]) {
+      // A second element for an id that was completed and reused within one
+      // loaded batch: it predates the chain now carrying that id.
+      this.violation(
+        "used-id-stale",
+        `used element ${this.#usedConsumed} names id ${id}, published after that element (at ${this.#publishedAt[id]})`,
+      );
+    }
     if (len > this.writableBytes[id]) {
       this.violation(
         "used-len-too-large",
@@ -289,6 +308,7 @@ export class SplitVirtqueue extends Virtqueue {
     }
     this.#lastUsed = (this.#lastUsed + 1) & 0xffff;
     this.#usedPending--;
+    this.#usedConsumed++;
     this.inFlightMap[id] = 0;
     this.numInFlight--;
     // Return the chain to the free list in O(1): its private links are intact.
@@ -309,9 +329,14 @@ export class SplitVirtqueue extends Virtqueue {
 
   /** Whether the device wants a notification for the chains published since the last call. */
   availNotifNeeded(): boolean {
-    const newIdx = this.#availIdx, oldIdx = this.#kickedIdx;
-    this.#kickedIdx = newIdx;
-    if (newIdx === oldIdx) return false;
+    const added = this.#addedSinceKick;
+    this.#addedSinceKick = 0;
+    if (added === 0) return false;
+    // 2^16 or more chains since the last check (possible with a device that
+    // polls the ring): the 16-bit event arithmetic cannot tell, and a spare
+    // notification is harmless.
+    if (added > 0xffff) return true;
+    const newIdx = this.#availIdx, oldIdx = (newIdx - added) & 0xffff;
     // Full barrier between endChain's index store and these loads (both
     // seq_cst): without it we could read a stale NO_NOTIFY / avail_event the
     // device wrote before it saw our new index, and skip a needed kick while

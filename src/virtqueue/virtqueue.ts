@@ -342,6 +342,17 @@ export abstract class Virtqueue {
     }
   }
 
+  /**
+   * Device-writable bytes of chain `id` (kept after it is used, until the id
+   * is reused): compare with {@linkcode Virtqueue.lastUsedLen}.
+   *
+   * @param id a chain id
+   * @returns the bytes
+   */
+  writableOf(id: number): number {
+    return this.writableBytes[id];
+  }
+
   /** The id the next chain will get, or -1 when no descriptor is free. */
   protected abstract peekFreeId(): number;
 
