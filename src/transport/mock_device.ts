@@ -376,8 +376,8 @@ export class MockBlkDevice {
 
   /**
    * Completes everything available on queue `index` without doing any I/O:
-   * writes status OK into each chain's last (status) buffer and a used
-   * length of 1. Allocation-free, for benchmarks of the driver's own path.
+   * writes status OK into each chain's last (status) buffer and reports the
+   * chain's whole device-writable length as used. Allocation-free, for benchmarks of the driver's own path.
    *
    * @param index queue index
    * @returns the number of chains completed
@@ -399,7 +399,7 @@ export class MockBlkDevice {
         }
       }
       if (!written) throw new MockDeviceError(`the driver gave an unmapped status address ${addr.toString(16)}`);
-      ring.pushUsed(id, 1, ring.ringLen);
+      ring.pushUsed(id, ring.writableLen, ring.ringLen);
       n++;
     }
     if (n > 0) {
@@ -443,15 +443,16 @@ export class MockBlkDevice {
   }
 
   /**
-   * Hostile-device primitive: completes chain `id` properly (status OK in its
-   * last buffer, used length 1) but without doing its I/O.
+   * Hostile-device primitive: completes chain `id` as if it had done its I/O
+   * (status OK in its last buffer, used length all its device-writable bytes)
+   * without doing it.
    *
    * @param index queue index
    * @param id a chain the device took
    */
   hostileCompleteEmpty(index: number, id: number): void {
     this.hostileWrite(this.statusAddress(index, id), new Uint8Array([VIRTIO_BLK_S_OK]));
-    this.hostilePushUsed(index, id, 1);
+    this.hostilePushUsed(index, id, this.writableLength(index, id));
   }
 
   /**
@@ -493,6 +494,20 @@ export class MockBlkDevice {
     if (!c) throw new MockDeviceError(`chain ${id} was not taken on queue ${index}`);
     const last = c.descs[c.descs.length - 1];
     return last.addr + last.len - 1;
+  }
+
+  /**
+   * The device-writable bytes of a chain the device took (what an honest
+   * device reports as the used length once it has written them all).
+   *
+   * @param index queue index
+   * @param id the chain
+   * @returns bytes
+   */
+  writableLength(index: number, id: number): number {
+    const c = this.#ring(index).chainOf(id);
+    if (!c) throw new MockDeviceError(`chain ${id} was not taken on queue ${index}`);
+    return c.descs.reduce((n, d) => n + (d.write ? d.len : 0), 0);
   }
 
   #ring(index: number): DeviceRing {

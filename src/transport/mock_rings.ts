@@ -54,12 +54,14 @@ export interface DeviceRing {
   take(): DeviceChain | undefined;
   /**
    * Takes the next available chain without allocating; returns its id or -1
-   * and sets {@linkcode DeviceRing.statusAddr} (last byte of its last buffer)
-   * and {@linkcode DeviceRing.ringLen}.
+   * and sets {@linkcode DeviceRing.statusAddr} (last byte of its last buffer),
+   * {@linkcode DeviceRing.writableLen} and {@linkcode DeviceRing.ringLen}.
    */
   takeFast(): number;
   /** Status address of the chain last returned by takeFast. */
   statusAddr: number;
+  /** Device-writable bytes of the chain last returned by takeFast. */
+  writableLen: number;
   /** Ring entries of the chain last returned by takeFast. */
   ringLen: number;
   /** Publishes a used element (split) or descriptor (packed). */
@@ -74,6 +76,15 @@ export interface DeviceRing {
   rewriteDesc(i: number, fields: { addr?: number; len?: number; flags?: number; next?: number }): void;
   /** A chain taken with {@linkcode DeviceRing.take}, as recorded then. */
   chainOf(id: number): DeviceChain | undefined;
+}
+
+/** Device-writable bytes of an indirect table our driver wrote (entries in order). */
+function tableWritable(tv: DataView, split: boolean): number {
+  let writable = 0;
+  for (let at = 0; at + 16 <= tv.byteLength; at += 16) {
+    if (tv.getUint16(at + (split ? 12 : 14), true) & DESC_F_WRITE) writable += tv.getUint32(at + 8, true);
+  }
+  return writable;
 }
 
 function readTable(mem: DeviceMemory, addr: number, len: number, split: boolean, out: RawDesc[]): void {
@@ -106,6 +117,7 @@ function readTable(mem: DeviceMemory, addr: number, len: number, split: boolean,
 export class DeviceSplitRing implements DeviceRing {
   readonly size: number;
   statusAddr = 0;
+  writableLen = 0;
   ringLen = 1;
   readonly #mem: DeviceMemory;
   readonly #desc: DataView;
@@ -173,21 +185,25 @@ export class DeviceSplitRing implements DeviceRing {
     const head = this.#nextHead();
     if (head < 0) return -1;
     const d = this.#desc;
-    let i = head;
-    for (let hops = 0; hops < this.size && (d.getUint16(16 * i + 12, true) & DESC_F_NEXT); hops++) {
-      i = d.getUint16(16 * i + 14, true);
+    let at = 16 * head, writable = 0;
+    for (let hops = 0;; hops++) {
+      const flags = d.getUint16(at + 12, true);
+      if (flags & DESC_F_WRITE) writable += d.getUint32(at + 8, true);
+      if ((flags & DESC_F_NEXT) === 0 || hops >= this.size) break;
+      at = 16 * d.getUint16(at + 14, true);
     }
-    let at = 16 * i;
     let addr = d.getUint32(at, true) + d.getUint32(at + 4, true) * 4294967296;
     let len = d.getUint32(at + 8, true);
     if (d.getUint16(at + 12, true) & DESC_F_INDIRECT) {
       const t = this.#mem.view(addr, len);
       const tv = new DataView(t.buffer, t.byteOffset, len);
+      writable = tableWritable(tv, true);
       at = len - 16; // our driver writes tables in order: the last entry ends the chain
       addr = tv.getUint32(at, true) + tv.getUint32(at + 4, true) * 4294967296;
       len = tv.getUint32(at + 8, true);
     }
     this.statusAddr = addr + len - 1;
+    this.writableLen = writable;
     this.ringLen = 1;
     return head;
   }
@@ -234,6 +250,7 @@ export class DeviceSplitRing implements DeviceRing {
 export class DevicePackedRing implements DeviceRing {
   readonly size: number;
   statusAddr = 0;
+  writableLen = 0;
   ringLen = 1;
   readonly #mem: DeviceMemory;
   readonly #desc: DataView;
@@ -302,11 +319,16 @@ export class DevicePackedRing implements DeviceRing {
           const tv = new DataView(t.buffer, t.byteOffset, len);
           this.statusAddr = tv.getUint32(len - 16, true) + tv.getUint32(len - 12, true) * 4294967296 +
             tv.getUint32(len - 8, true) - 1;
+          this.writableLen = tableWritable(tv, false);
         }
         break;
       }
       if (each) each({ addr, len, write: (flags & DESC_F_WRITE) !== 0 });
-      else this.statusAddr = addr + len - 1;
+      else {
+        this.statusAddr = addr + len - 1;
+        if (n === 1) this.writableLen = 0;
+        if (flags & DESC_F_WRITE) this.writableLen += len;
+      }
       if ((flags & DESC_F_NEXT) === 0) break;
     }
     this.#availPos = pos;
