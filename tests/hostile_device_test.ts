@@ -80,6 +80,21 @@ for (const mode of MODES) {
     await expectViolation(s, "used-len-too-large");
   });
 
+  Deno.test(`hostile (${mode}): reports success for a read with fewer bytes written than its data`, async () => {
+    const s = await setup(mode);
+    s.device.hostileWrite(s.device.statusAddress(0, s.heads[1]), new Uint8Array([0]));
+    s.device.hostilePushUsed(0, s.heads[1], 511); // 512 data bytes + status asked for
+    await expectViolation(s, "short-read");
+  });
+
+  Deno.test(`hostile (${mode}): a used length that covers the data but not the status byte is accepted`, async () => {
+    const s = await setup(mode, 1);
+    s.device.hostileWrite(s.device.statusAddress(0, s.heads[0]), new Uint8Array([0]));
+    s.device.hostilePushUsed(0, s.heads[0], 512);
+    assert.equal(await s.pending[0], "ok");
+    await s.blk.close();
+  });
+
   Deno.test(`hostile (${mode}): advances the used index by more than the queue size`, async () => {
     const s = await setup(mode);
     s.device.hostilePushUsed(0, s.heads[0], 1, 17);
@@ -110,7 +125,7 @@ for (const mode of MODES) {
     for (let d = 0; d < 16; d++) t.device.hostileRewriteDesc(0, d, { addr: 0, len: 0, flags: 0xffff, next: 15 - d });
     for (const [i, h] of t.heads.entries()) {
       t.device.hostileWrite(statuses[i], new Uint8Array([0]));
-      t.device.hostilePushUsed(0, h, 1);
+      t.device.hostilePushUsed(0, h, t.device.writableLength(0, h)); // 512 data bytes + status
     }
     assert.deepEqual(await Promise.all(t.pending), ["ok", "ok", "ok", "ok"]);
     t.blk.queue(0).virtqueue.assertConsistent();

@@ -403,3 +403,90 @@ Deno.test("impossible config values fail the connect with a typed error", async 
     );
   }
 });
+
+/** Resolves with `p`, or fails the test after `ms`. */
+async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: still pending`)), ms))),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+Deno.test("a promise request waiting for room in a full ready list goes out once poll() makes room", async () => {
+  const device = new MockBlkDevice({ capacity: 1 << 20, completion: "manual" });
+  // Every read through an indirect table: 8 in flight on a ring of 8.
+  await using blk = await open(device, { mode: "poll", queueSize: 8, indirectThreshold: 2 });
+  const q = blk.queue<number>(0);
+  const bufs = Array.from({ length: 8 }, () => blk.allocBuffer(512));
+  bufs.forEach((b, i) => q.read(i * 512, b, i));
+  q.submit();
+  const waiting = blk.read(0, blk.allocBuffer(512)); // no room: into the backlog
+  device.process(0);
+  // The completion loop reaps the batch into the ready list (full: 8 of 8).
+  await new Promise((r) => setTimeout(r, 5));
+  const got: number[] = [];
+  assert.equal(q.poll((ctx) => void got.push(ctx)), 8);
+  device.process(0); // the backlogged read, if it went out
+  await within(waiting, 2000, "the backlogged read");
+  assert.equal(got.length, 8);
+});
+
+Deno.test("a completion handler that throws loses nothing: the rest stay reapable", async () => {
+  const device = new MockBlkDevice({ capacity: 1 << 20, completion: "manual" });
+  await using blk = await open(device, { mode: "poll", queueSize: 8 });
+  const q = blk.queue<number>(0);
+  const buf = blk.allocBuffer(512);
+  for (let i = 0; i < 3; i++) q.read(0, buf, i);
+  q.submit();
+  device.process(0);
+  assert.throws(() =>
+    q.poll((ctx) => {
+      if (ctx === 0) throw new Error("handler bug");
+    }), /handler bug/);
+  const rest: number[] = [];
+  q.poll((ctx) => void rest.push(ctx));
+  assert.deepEqual(rest, [1, 2]);
+  assert.equal(q.inFlight, 0);
+});
+
+Deno.test("a failed queue never lends the bounce buffers of its requests in flight to another queue", async () => {
+  const device = new MockBlkDevice({ capacity: 1 << 20, completion: "manual", numQueues: 2 });
+  device.disk.fill(0xaa, 0, 4096);
+  await using blk = await open(device, { mode: "poll", numQueues: 2, stallTimeoutMs: 20 });
+  // Queue 0: a bounced read that the device takes and sits on.
+  const q0 = blk.queue<number>(0), q1 = blk.queue<number>(1);
+  q0.read(0, new Uint8Array(4096), 0);
+  q0.submit();
+  const stale = device.fetch(0);
+  for (let i = 0; i < 200 && q0.error === undefined; i++) await new Promise((r) => setTimeout(r, 5));
+  assert.ok(q0.error, "the stall watchdog failed queue 0");
+  // Queue 1: a bounced write, copied into the pool now.
+  const data = pattern(4096, 3);
+  q1.write(8192, data, 1);
+  q1.submit();
+  // The device finally does queue 0's read, writing into its old bounce buffer...
+  device.complete(stale);
+  // ...and then queue 1's write, from its own.
+  device.process(1);
+  const errors: unknown[] = [];
+  while (q1.inFlight > 0) {
+    q1.poll((_c, e) => void errors.push(e));
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  assert.deepEqual(errors, [undefined]);
+  assert.deepEqual(device.disk.subarray(8192, 8192 + 4096), data, "queue 1 wrote what it was given");
+});
+
+Deno.test("queue sizes too small for a request are refused at connect", async () => {
+  for (const queueSize of [1, 2]) {
+    await assert.rejects(() => open(new MockBlkDevice(), { queueSize }), InvalidArgumentError);
+  }
+  await using blk = await open(new MockBlkDevice(), { queueSize: 4 });
+  await blk.write(0, blk.allocBuffer(512));
+  await blk.readv(0, [blk.allocBuffer(512), blk.allocBuffer(512)]);
+});

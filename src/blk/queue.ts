@@ -350,6 +350,8 @@ export class VirtioBlkQueue<T = unknown> {
       n++;
       handler(ctx, err);
     }
+    // Room in the ready list may be what the backlog waits for.
+    if (n > 0 && this.#backlog.length > 0) this.#pumpBacklog();
     if (n < max) n += this.#reap(handler, max - n);
     return n;
   }
@@ -394,6 +396,7 @@ export class VirtioBlkQueue<T = unknown> {
         this.#readyErr[h] = undefined;
         this.#readyHead = (h + 1) & (this.#queueSize - 1);
         this.#readyCount--;
+        if (this.#backlog.length > 0) this.#pumpBacklog(); // room in the ready list
         yield c;
       }
       if (this.#batchInFlight() === 0) return;
@@ -475,7 +478,10 @@ export class VirtioBlkQueue<T = unknown> {
 
   /**
    * Fails the queue: every request in flight or waiting completes with
-   * `error`, and every later request throws it.
+   * `error`, and every later request throws it. The device is not stopped
+   * here: until `close()` resets it, it may still write the buffers of the
+   * requests that were in flight (bounce buffers among them are retired, never
+   * reused).
    *
    * @internal
    */
@@ -484,7 +490,10 @@ export class VirtioBlkQueue<T = unknown> {
     this.#failure = error;
     this.#vq.fail(error);
     this.#vq.forEachInFlight((id) => {
-      this.#release(id, false);
+      // The device may still write what it was given (nothing has stopped
+      // it yet: that is close()'s reset), so bounce buffers in flight never
+      // return to the pool that other queues draw from.
+      this.#bounce[id] = undefined;
       this.#deliver(id, error, undefined, undefined);
     });
     this.#rejectBacklog(error);
@@ -809,42 +818,63 @@ export class VirtioBlkQueue<T = unknown> {
     const vq = this.#vq;
     const u8 = this.#reqU8;
     let n = 0;
-    while (n < max) {
-      let id: number;
-      try {
-        id = vq.nextUsed();
-      } catch (e) {
-        this.fail(e as VirtioError);
-        break;
-      }
-      if (id < 0) break;
-      n++;
-      const status = u8[id * this.#slotSize + SLOT.STATUS];
-      let error: VirtioError | undefined;
-      let value: unknown;
-      if (status === VIRTIO_BLK_S_OK) {
-        this.#release(id, true);
-        if (this.#op[id] === OP_GET_ID) {
-          const at = id * this.#slotSize + SLOT.ID;
-          value = decodeDeviceId(u8.subarray(at, at + VIRTIO_BLK_ID_BYTES));
+    try {
+      while (n < max) {
+        let id: number;
+        try {
+          id = vq.nextUsed();
+        } catch (e) {
+          this.fail(e as VirtioError);
+          break;
         }
-      } else {
-        this.#release(id, false);
-        const what = `${OP_NAMES[this.#op[id]]} on queue ${this.index}`;
-        if (status === VIRTIO_BLK_S_IOERR) error = new DeviceIoError(`${what}: the device reported an I/O error`);
-        else if (status === VIRTIO_BLK_S_UNSUPP) {
-          error = new DeviceUnsupportedError(`${what}: the device does not support it`);
+        if (id < 0) break;
+        n++;
+        const status = u8[id * this.#slotSize + SLOT.STATUS];
+        const op = this.#op[id];
+        let error: VirtioError | undefined;
+        let value: unknown;
+        if (
+          status === VIRTIO_BLK_S_OK && (op === OP_READ || op === OP_GET_ID) && vq.lastUsedLen < vq.writableOf(id) - 1
+        ) {
+          // Success with fewer bytes written than the data asked for: what is
+          // in the buffer beyond them is not the device's answer.
+          error = new DeviceProtocolError(
+            "short-read",
+            `${OP_NAMES[op]} on queue ${this.index}: status OK but the device wrote ${vq.lastUsedLen} of ${
+              vq.writableOf(id) - 1
+            } data bytes`,
+          );
+        } else if (status === VIRTIO_BLK_S_OK) {
+          this.#release(id, true);
+          if (op === OP_GET_ID) {
+            const at = id * this.#slotSize + SLOT.ID;
+            value = decodeDeviceId(u8.subarray(at, at + VIRTIO_BLK_ID_BYTES));
+          }
+          this.#deliver(id, undefined, value, handler);
+          continue;
+        } else if (status === VIRTIO_BLK_S_IOERR) {
+          error = new DeviceIoError(`${OP_NAMES[op]} on queue ${this.index}: the device reported an I/O error`);
+        } else if (status === VIRTIO_BLK_S_UNSUPP) {
+          error = new DeviceUnsupportedError(`${OP_NAMES[op]} on queue ${this.index}: the device does not support it`);
         } else {
-          error = new DeviceProtocolError("bad-status", `${what}: invalid status byte ${status}`);
-          this.#deliver(id, error, undefined, handler);
+          error = new DeviceProtocolError(
+            "bad-status",
+            `${OP_NAMES[op]} on queue ${this.index}: invalid status byte ${status}`,
+          );
+        }
+        this.#release(id, false);
+        this.#deliver(id, error, undefined, handler);
+        if (error instanceof DeviceProtocolError) {
           this.fail(error);
           break;
         }
       }
-      this.#deliver(id, error, value, handler);
+    } finally {
+      // Also when a handler threw: what was reaped counts as progress, and
+      // the backlog gets the room it freed.
+      this.#reaped += n;
+      if (n > 0 && this.#backlog.length > 0) this.#pumpBacklog();
     }
-    this.#reaped += n;
-    if (n > 0 && this.#backlog.length > 0) this.#pumpBacklog();
     return n;
   }
 

@@ -68,7 +68,7 @@ export interface VirtioBlkConnectOptions {
   device?: string | MockBlkDevice;
   /** Request queues to set up; default 1 (at most what the device offers). */
   numQueues?: number;
-  /** Entries per queue: a power of two up to 32768; default 256. */
+  /** Entries per queue: a power of two from 4 to 32768; default 256. */
   queueSize?: number;
   /** How completions are noticed; default `"eventfd"`. */
   mode?: CompletionMode;
@@ -137,6 +137,8 @@ export interface VirtioBlkFeatures {
   readonly multiQueue: boolean;
 }
 
+/** The smallest ring a request fits in: header, data and status descriptors (a power of two). */
+const MIN_QUEUE_SIZE = 4;
 const DEFAULT_POOL = 64 << 20;
 /** Default eventfd-mode spin (see bench/RESULTS.md for the sweep behind it). */
 const DEFAULT_SPIN_MICROS = 50;
@@ -255,6 +257,7 @@ export class VirtioBlk implements AsyncDisposable {
     spinMicros: number;
     closeTimeoutMs: number;
     stallTimeoutMs: number | undefined;
+    maxSegments: number;
   }) {
     const { config, features, layout } = init;
     this.#transport = init.transport;
@@ -283,9 +286,7 @@ export class VirtioBlk implements AsyncDisposable {
       readOnly: has(VIRTIO_BLK_F_RO),
       multiQueue: has(VIRTIO_BLK_F_MQ),
     });
-    // Without indirect descriptors a request's chain must fit in the ring:
-    // header + data + status.
-    this.maxSegments = Math.max(1, Math.min(config.segMax ?? Infinity, layout.queueSize - 2));
+    this.maxSegments = init.maxSegments;
     this.maxSegmentSize = config.sizeMax ?? 0xffff_ffff;
     const sectorsToBytes = (s: number) => (s === 0 ? Number.MAX_SAFE_INTEGER : s * SECTOR_SIZE);
     const limits: BlkLimits = {
@@ -382,6 +383,11 @@ export class VirtioBlk implements AsyncDisposable {
       throw new InvalidArgumentError(`spinMicros must be from 0 to 1000000, got ${spinMicros}`);
     }
     const queueSize = options.queueSize ?? 256;
+    if (queueSize < MIN_QUEUE_SIZE) {
+      throw new InvalidArgumentError(
+        `queueSize must be at least ${MIN_QUEUE_SIZE} (a read or write is a header, data and a status), got ${queueSize}`,
+      );
+    }
     // Validates the power of two before anything is opened.
     new VirtqueueLayout(options.numQueues ?? 1, queueSize, { format: options.ring ?? "split" });
 
@@ -419,7 +425,8 @@ export class VirtioBlk implements AsyncDisposable {
         );
       }
       const indirect = (features & VIRTIO_F_INDIRECT_DESC) !== 0n;
-      // A chain is header + data segments + status, never longer than the ring.
+      // A chain is header + data segments + status, never longer than the ring
+      // (nor than an indirect table, which has as many entries as the ring).
       const maxSegments = Math.max(1, Math.min(config.segMax ?? Infinity, queueSize - 2));
       const tableEntries = Math.min(queueSize, maxSegments + 2);
       const slotSize = SLOT.SIZE + (indirect ? Math.ceil((16 * tableEntries) / 64) * 64 : 0);
@@ -474,6 +481,7 @@ export class VirtioBlk implements AsyncDisposable {
         spinMicros,
         closeTimeoutMs: options.closeTimeoutMs ?? 5000,
         stallTimeoutMs: options.stallTimeoutMs,
+        maxSegments,
       });
     } catch (e) {
       await interrupts?.close().catch(() => {});
