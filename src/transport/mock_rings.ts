@@ -295,6 +295,7 @@ export class DevicePackedRing implements DeviceRing {
     if (!this.#available(pos, wrap)) return undefined;
     const d = this.#desc;
     let n = 0, id = 0;
+    if (!each) this.writableLen = 0;
     for (;;) {
       if (n >= this.size) throw new RingError("packed chain longer than the ring");
       if (n > 0 && !this.#available(pos, wrap)) {
@@ -326,7 +327,6 @@ export class DevicePackedRing implements DeviceRing {
       if (each) each({ addr, len, write: (flags & DESC_F_WRITE) !== 0 });
       else {
         this.statusAddr = addr + len - 1;
-        if (n === 1) this.writableLen = 0;
         if (flags & DESC_F_WRITE) this.writableLen += len;
       }
       if ((flags & DESC_F_NEXT) === 0) break;
