@@ -343,10 +343,7 @@ export class VirtioBlkQueue<T = unknown> {
     while (this.#readyCount > 0 && n < max) {
       const h = this.#readyHead;
       const ctx = this.#readyCtx[h] as T, err = this.#readyErr[h];
-      this.#readyCtx[h] = undefined;
-      this.#readyErr[h] = undefined;
-      this.#readyHead = (h + 1) & (this.#queueSize - 1);
-      this.#readyCount--;
+      this.#dropReadyHead();
       n++;
       handler(ctx, err);
     }
@@ -392,10 +389,7 @@ export class VirtioBlkQueue<T = unknown> {
       while (this.#readyCount > 0) {
         const h = this.#readyHead;
         const c = { context: this.#readyCtx[h] as T, error: this.#readyErr[h] };
-        this.#readyCtx[h] = undefined;
-        this.#readyErr[h] = undefined;
-        this.#readyHead = (h + 1) & (this.#queueSize - 1);
-        this.#readyCount--;
+        this.#dropReadyHead();
         if (this.#backlog.length > 0) this.#pumpBacklog(); // room in the ready list
         yield c;
       }
@@ -764,11 +758,25 @@ export class VirtioBlkQueue<T = unknown> {
       return 0;
     }
     if (this.#outstanding + this.#readyCount >= this.#queueSize) return -1;
+    this.#pushReady(context, undefined);
+    return 0;
+  }
+
+  /** Appends a batch completion to the ready list (kept within queueSize by #add). */
+  #pushReady(context: unknown, error: VirtioError | undefined): void {
     const tail = (this.#readyHead + this.#readyCount) & (this.#queueSize - 1);
     this.#readyCtx[tail] = context;
-    this.#readyErr[tail] = undefined;
+    this.#readyErr[tail] = error;
     this.#readyCount++;
-    return 0;
+  }
+
+  /** Removes the oldest entry of the ready list (read it first). */
+  #dropReadyHead(): void {
+    const h = this.#readyHead;
+    this.#readyCtx[h] = undefined;
+    this.#readyErr[h] = undefined;
+    this.#readyHead = (h + 1) & (this.#queueSize - 1);
+    this.#readyCount--;
   }
 
   #bounceIn(bounce: Bounce, buf: Uint8Array, copyIn: boolean): number {
@@ -833,25 +841,24 @@ export class VirtioBlkQueue<T = unknown> {
         const op = this.#op[id];
         let error: VirtioError | undefined;
         let value: unknown;
-        if (
-          status === VIRTIO_BLK_S_OK && (op === OP_READ || op === OP_GET_ID) && vq.lastUsedLen < vq.writableOf(id) - 1
-        ) {
+        if (status === VIRTIO_BLK_S_OK) {
+          const dataBytes = vq.writableOf(id) - 1; // all it could write but the status byte
+          if ((op !== OP_READ && op !== OP_GET_ID) || vq.lastUsedLen >= dataBytes) {
+            this.#release(id, true);
+            if (op === OP_GET_ID) {
+              const at = id * this.#slotSize + SLOT.ID;
+              value = decodeDeviceId(u8.subarray(at, at + VIRTIO_BLK_ID_BYTES));
+            }
+            this.#deliver(id, undefined, value, handler);
+            continue;
+          }
           // Success with fewer bytes written than the data asked for: what is
           // in the buffer beyond them is not the device's answer.
           error = new DeviceProtocolError(
             "short-read",
-            `${OP_NAMES[op]} on queue ${this.index}: status OK but the device wrote ${vq.lastUsedLen} of ${
-              vq.writableOf(id) - 1
-            } data bytes`,
+            `${OP_NAMES[op]} on queue ${this.index}: status OK but the device wrote ` +
+              `${vq.lastUsedLen} of ${dataBytes} data bytes`,
           );
-        } else if (status === VIRTIO_BLK_S_OK) {
-          this.#release(id, true);
-          if (op === OP_GET_ID) {
-            const at = id * this.#slotSize + SLOT.ID;
-            value = decodeDeviceId(u8.subarray(at, at + VIRTIO_BLK_ID_BYTES));
-          }
-          this.#deliver(id, undefined, value, handler);
-          continue;
         } else if (status === VIRTIO_BLK_S_IOERR) {
           error = new DeviceIoError(`${OP_NAMES[op]} on queue ${this.index}: the device reported an I/O error`);
         } else if (status === VIRTIO_BLK_S_UNSUPP) {
@@ -918,10 +925,7 @@ export class VirtioBlkQueue<T = unknown> {
     } else if (handler !== undefined) {
       handler(ctx as T, error);
     } else {
-      const tail = (this.#readyHead + this.#readyCount) & (this.#queueSize - 1);
-      this.#readyCtx[tail] = ctx;
-      this.#readyErr[tail] = error;
-      this.#readyCount++;
+      this.#pushReady(ctx, error);
     }
   }
 

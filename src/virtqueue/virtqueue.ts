@@ -364,11 +364,10 @@ export abstract class Virtqueue {
    * @returns true when {@linkcode Virtqueue.beginChain} would succeed
    */
   fits(count: number): boolean {
-    if (count < 1) return false;
-    if (this.indirectMax > 0 && count > 1 && count <= this.indirectMax) {
-      return this.freeDescriptors >= 1 && this.peekFreeId() >= 0;
-    }
-    return count <= this.freeDescriptors && this.peekFreeId() >= 0;
+    if (count < 1 || this.peekFreeId() < 0) return false;
+    const free = this.freeDescriptors;
+    // The same choice beginChain makes: one ring entry when it goes indirect.
+    return (this.goesIndirect(count, free) ? 1 : count) <= free;
   }
 
   /**
