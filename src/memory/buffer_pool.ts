@@ -187,7 +187,7 @@ export class BufferPool {
    * @returns the IOVA or -1
    */
   iovaOf(view: Uint8Array): number {
-    const base = this.#bases.get(view.buffer as ArrayBuffer);
-    return base === undefined ? -1 : this.region.iova + base + view.byteOffset;
+    const offset = this.offsetOf(view);
+    return offset < 0 ? -1 : this.region.iova + offset;
   }
 }

@@ -6,6 +6,7 @@
  */
 
 import { OutOfBufferMemoryError } from "../errors.ts";
+import { alignUp } from "./region.ts";
 
 /** One usable IOVA range, inclusive. */
 export interface IovaRange {
@@ -36,7 +37,7 @@ export class IovaAllocator {
       .filter((r) => r.last > r.first)
       .sort((a, b) => a.first - b.first);
     if (this.#ranges.length === 0) throw new OutOfBufferMemoryError("the device accepts no usable IOVA range");
-    this.#next = Math.ceil(this.#ranges[0].first / IovaAllocator.ALIGN) * IovaAllocator.ALIGN;
+    this.#next = alignUp(this.#ranges[0].first, IovaAllocator.ALIGN);
   }
 
   /**
@@ -46,12 +47,12 @@ export class IovaAllocator {
    * @returns the address
    */
   alloc(size: number): number {
-    const span = Math.ceil(size / IovaAllocator.ALIGN) * IovaAllocator.ALIGN;
+    const span = alignUp(size, IovaAllocator.ALIGN);
     const i = this.#freed.findIndex((f) => f.size >= span);
     if (i >= 0) return this.#freed.splice(i, 1)[0].iova;
     for (; this.#rangeIndex < this.#ranges.length; this.#rangeIndex++) {
       const r = this.#ranges[this.#rangeIndex];
-      const at = Math.max(this.#next, Math.ceil(r.first / IovaAllocator.ALIGN) * IovaAllocator.ALIGN);
+      const at = Math.max(this.#next, alignUp(r.first, IovaAllocator.ALIGN));
       if (at + span - 1 <= r.last) {
         this.#next = at + span;
         return at;
@@ -67,6 +68,6 @@ export class IovaAllocator {
    * @param size the size it was allocated for
    */
   free(iova: number, size: number): void {
-    this.#freed.push({ iova, size: Math.ceil(size / IovaAllocator.ALIGN) * IovaAllocator.ALIGN });
+    this.#freed.push({ iova, size: alignUp(size, IovaAllocator.ALIGN) });
   }
 }

@@ -29,6 +29,7 @@ import { IovaAllocator } from "../memory/iova_allocator.ts";
 import { IovaMappings } from "../memory/iova_mappings.ts";
 import { MemfdRegion, type SharedRegion } from "../memory/region.ts";
 import { settle } from "./settle.ts";
+import { Teardown } from "./teardown.ts";
 import { type InterruptSource, notifierOf, type QueueConfig, type QueueNotifier, type Transport } from "./transport.ts";
 import {
   COMMON_CFG as C,
@@ -475,37 +476,30 @@ export class VfioPciTransport implements Transport {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    const errors: unknown[] = [];
-    const attempt = async (f: () => void | Promise<void>) => {
-      try {
-        await f();
-      } catch (e) {
-        errors.push(e);
-      }
-    };
+    const steps = new Teardown();
     if (this.#device >= 0) {
       // Stop the device before anything it might use goes away.
-      if (this.#common) await attempt(() => this.#reset());
+      if (this.#common) await steps.runAsync(() => this.#reset());
       if (this.#callFds.length) {
-        await attempt(() =>
-          void ioctl(this.#device, VFIO.DEVICE_SET_IRQS, irqSet(VFIO_PCI_MSIX_IRQ_INDEX, []), "VFIO_DEVICE_SET_IRQS")
+        steps.run(() =>
+          ioctl(this.#device, VFIO.DEVICE_SET_IRQS, irqSet(VFIO_PCI_MSIX_IRQ_INDEX, []), "VFIO_DEVICE_SET_IRQS")
         );
       }
-      await attempt(() => this.#setCommand(this.#command() & ~PCI.COMMAND_MASTER)); // bus mastering off
+      steps.run(() => this.#setCommand(this.#command() & ~PCI.COMMAND_MASTER)); // bus mastering off
     }
-    for (const region of this.#mappings?.regions ?? []) await attempt(() => this.#mappings!.unmap(region));
-    for (const bar of this.#bars.values()) await attempt(() => munmap(bar.addr, bar.size));
+    for (const region of this.#mappings?.regions ?? []) steps.run(() => this.#mappings!.unmap(region));
+    for (const bar of this.#bars.values()) steps.run(() => munmap(bar.addr, bar.size));
     this.#bars.clear();
     this.#common = 0;
-    for (const fd of this.#callFds) await attempt(() => closeFd(fd));
+    for (const fd of this.#callFds) steps.run(() => closeFd(fd));
     this.#callFds = [];
-    if (this.#device >= 0) await attempt(() => closeFd(this.#device));
+    if (this.#device >= 0) steps.run(() => closeFd(this.#device));
     if (this.#group >= 0) {
-      await attempt(() => void ioctlValue(this.#group, VFIO.GROUP_UNSET_CONTAINER, 0, "VFIO_GROUP_UNSET_CONTAINER"));
-      await attempt(() => closeFd(this.#group));
+      steps.run(() => ioctlValue(this.#group, VFIO.GROUP_UNSET_CONTAINER, 0, "VFIO_GROUP_UNSET_CONTAINER"));
+      steps.run(() => closeFd(this.#group));
     }
-    if (this.#container >= 0) await attempt(() => closeFd(this.#container));
+    if (this.#container >= 0) steps.run(() => closeFd(this.#container));
     this.#device = this.#group = this.#container = -1;
-    if (errors.length) throw errors[0];
+    steps.finish();
   }
 }

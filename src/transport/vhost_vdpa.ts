@@ -17,6 +17,7 @@ import { IovaAllocator } from "../memory/iova_allocator.ts";
 import { IovaMappings } from "../memory/iova_mappings.ts";
 import { MemfdRegion, type SharedRegion } from "../memory/region.ts";
 import { settle } from "./settle.ts";
+import { Teardown } from "./teardown.ts";
 import { type InterruptSource, notifierOf, type QueueConfig, type QueueNotifier, type Transport } from "./transport.ts";
 import {
   iotlbMsg,
@@ -228,10 +229,11 @@ export class VhostVdpaTransport implements Transport {
         this.#notifiers[q.index] = { notify: () => void write(kick, 1n) };
       }
       this.#setStatus(this.#status | S.DRIVER_OK);
-      if ((this.#getStatus() & (S.DRIVER_OK | S.NEEDS_RESET | S.FAILED)) !== S.DRIVER_OK) {
+      const status = this.#getStatus();
+      if ((status & (S.DRIVER_OK | S.NEEDS_RESET | S.FAILED)) !== S.DRIVER_OK) {
         throw new DeviceProtocolError(
           "driver-ok-refused",
-          `the vDPA device did not accept DRIVER_OK (status 0x${this.#getStatus().toString(16)})`,
+          `the vDPA device did not accept DRIVER_OK (status 0x${status.toString(16)})`,
         );
       }
     });
@@ -249,23 +251,16 @@ export class VhostVdpaTransport implements Transport {
     return settle(() => {
       if (this.#closed) return;
       this.#closed = true;
-      const errors: unknown[] = [];
-      const attempt = (f: () => void) => {
-        try {
-          f();
-        } catch (e) {
-          errors.push(e);
-        }
-      };
+      const steps = new Teardown();
       // Reset first: the device stops using the rings and memory.
-      attempt(() => this.#setStatus(0));
-      for (const region of this.#mappings.regions) attempt(() => this.#mappings.unmap(region));
-      for (const fd of [...this.#kickFds, ...this.#callFds]) if (fd !== undefined) attempt(() => closeFd(fd));
-      attempt(() => closeFd(this.#fd));
+      steps.run(() => this.#setStatus(0));
+      for (const region of this.#mappings.regions) steps.run(() => this.#mappings.unmap(region));
+      for (const fd of [...this.#kickFds, ...this.#callFds]) if (fd !== undefined) steps.run(() => closeFd(fd));
+      steps.run(() => closeFd(this.#fd));
       this.#fd = -1;
       this.#kickFds = [];
       this.#callFds = [];
-      if (errors.length) throw errors[0];
+      steps.finish();
     });
   }
 
