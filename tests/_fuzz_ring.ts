@@ -10,7 +10,7 @@
  */
 
 import { DeviceProtocolError } from "../src/errors.ts";
-import { RingError } from "../src/transport/mock_rings.ts";
+import { MockDeviceError } from "../src/transport/mock_rings.ts";
 import type { VirtqueueFormat } from "../src/virtqueue/layout.ts";
 import { makeRing, type TestRing } from "./_rings.ts";
 import { Rng } from "./_support.ts";
@@ -99,7 +99,7 @@ export function fuzzRing(seed: number, iterations: number, format: VirtqueueForm
         try {
           for (let c = r.dev.take(); c; c = r.dev.take()) held.push(c);
         } catch (e) {
-          if (!(e instanceof RingError)) throw e; // the device got confused by its own scribbles
+          if (!(e instanceof MockDeviceError)) throw e; // the device got confused by its own scribbles
         }
         if (held.length > 0) {
           const c = held.splice(rng.int(0, held.length - 1), 1)[0];
@@ -109,11 +109,11 @@ export function fuzzRing(seed: number, iterations: number, format: VirtqueueForm
         // Device: an arbitrary used element.
         const id = rng.int(0, 3) === 0 ? rng.next() : rng.int(0, 2 * q);
         const len = rng.int(0, 3) === 0 ? rng.next() : rng.int(0, 70000);
-        r.dev.pushUsedRaw(id, len, rng.int(1, 3));
+        r.dev.pushUsed(id, len, rng.int(1, 3));
         stats.hostileWrites++;
       } else if (action < 78) {
         // Device: move the used position far.
-        r.dev.pushUsedRaw(rng.int(0, q), rng.int(0, 4096), rng.int(1, 3 * q));
+        r.dev.pushUsed(rng.int(0, q), rng.int(0, 4096), rng.int(1, 3 * q));
         stats.hostileWrites++;
       } else if (action < 90) {
         // Device: scribble over descriptors (flags too).

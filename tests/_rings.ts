@@ -5,7 +5,7 @@
  */
 
 import { HeapRegion } from "../src/memory/region.ts";
-import { DevicePackedRing, type DeviceRing, DeviceSplitRing, RingError } from "../src/transport/mock_rings.ts";
+import { DevicePackedRing, type DeviceRing, DeviceSplitRing, MockDeviceError } from "../src/transport/mock_rings.ts";
 import { type VirtqueueFormat, VirtqueueLayout } from "../src/virtqueue/layout.ts";
 import { PackedVirtqueue } from "../src/virtqueue/packed.ts";
 import { SplitVirtqueue } from "../src/virtqueue/split.ts";
@@ -54,7 +54,7 @@ export function makeRing(
   const mem = {
     view(iova: number, len: number): Uint8Array {
       if (iova < base || iova + len > base + region.size) {
-        throw new RingError(`device read outside the ring block: ${iova}`);
+        throw new MockDeviceError(`device read outside the ring block: ${iova}`);
       }
       return region.bytes.subarray(iova - base, iova - base + len);
     },

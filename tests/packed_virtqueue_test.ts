@@ -77,7 +77,7 @@ Deno.test("packed violation: used id out of range", () => {
   const r = makeRing("packed", 8);
   addChain(r);
   r.dev.take();
-  r.dev.pushUsedRaw(9, 1, 3);
+  r.dev.pushUsed(9, 1, 3);
   assertViolation(() => r.vq.nextUsed(), "used-id-out-of-range");
   assert.throws(() => addChain(r), (e) => e === r.vq.error);
 });
@@ -89,13 +89,13 @@ Deno.test("packed violation: id not in flight, and the same id twice", () => {
   complete(r).length;
   // complete() used both; forge a third used descriptor reusing the first id.
   assert.equal(reap(r).length, 2);
-  r.dev.pushUsedRaw(a, 1, 3);
+  r.dev.pushUsed(a, 1, 3);
   assertViolation(() => r.vq.nextUsed(), "used-id-not-in-flight");
 
   const r2 = makeRing("packed", 8);
   addChain(r2);
   r2.dev.take();
-  r2.dev.pushUsedRaw(5, 0, 3);
+  r2.dev.pushUsed(5, 0, 3);
   assertViolation(() => r2.vq.nextUsed(), "used-id-not-in-flight");
 });
 
@@ -103,7 +103,7 @@ Deno.test("packed violation: used length above the writable bytes", () => {
   const r = makeRing("packed", 8);
   const id = addChain(r, 512);
   const c = r.dev.take()!;
-  r.dev.pushUsedRaw(id, 514, c.ringLen);
+  r.dev.pushUsed(id, 514, c.ringLen);
   assertViolation(() => r.vq.nextUsed(), "used-len-too-large");
 });
 

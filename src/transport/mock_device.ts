@@ -33,7 +33,9 @@ import {
   VIRTIO_BLK_T_WRITE_ZEROES,
   VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 } from "../blk/request.ts";
-import { type DeviceChain, DevicePackedRing, type DeviceRing, DeviceSplitRing } from "./mock_rings.ts";
+import { type DeviceChain, DevicePackedRing, type DeviceRing, DeviceSplitRing, MockDeviceError } from "./mock_rings.ts";
+
+export { MockDeviceError };
 import type { QueueConfig } from "./transport.ts";
 
 /** When the mock device processes what the driver made available. */
@@ -107,19 +109,6 @@ export interface MockRequest {
   readonly type: number;
   /** Sector from its header. */
   readonly sector: number;
-}
-
-/** An error in how the driver used the mock device (a driver bug). */
-export class MockDeviceError extends Error {
-  /**
-   * Creates the instance.
-   *
-   * @param message what the driver did wrong
-   */
-  constructor(message: string) {
-    super(message);
-    this.name = "MockDeviceError";
-  }
 }
 
 interface MemMapping {
@@ -437,7 +426,7 @@ export class MockBlkDevice {
    */
   hostilePushUsed(index: number, id: number, len: number, advance?: number): void {
     const ring = this.#ring(index);
-    ring.pushUsedRaw(id, len, advance ?? ring.chainOf(id)?.ringLen ?? 1);
+    ring.pushUsed(id, len, advance ?? ring.chainOf(id)?.ringLen ?? 1);
     this.stats.interrupts++;
     this.#onInterrupt?.(index);
   }

@@ -37,9 +37,13 @@ export interface DeviceMemory {
   view(iova: number, length: number): Uint8Array;
 }
 
-/** An error in how the driver used the rings (a driver bug). */
-export class RingError extends Error {
-  /** @param message what is wrong */
+/** An error in how the driver used the mock device or its rings (a driver bug). */
+export class MockDeviceError extends Error {
+  /**
+   * Creates the instance.
+   *
+   * @param message what the driver did wrong
+   */
   constructor(message: string) {
     super(message);
     this.name = "MockDeviceError";
@@ -64,10 +68,12 @@ export interface DeviceRing {
   writableLen: number;
   /** Ring entries of the chain last returned by takeFast. */
   ringLen: number;
-  /** Publishes a used element (split) or descriptor (packed). */
-  pushUsed(id: number, len: number, ringLen: number): void;
-  /** Hostile: a used element with any id and length, moving the used position by `advance`. */
-  pushUsedRaw(id: number, len: number, advance: number): void;
+  /**
+   * Publishes a used element (split) or descriptor (packed) with any id and
+   * length, moving the used position by `advance`: the chain's `ringLen` for
+   * a proper completion, anything at all for a hostile device.
+   */
+  pushUsed(id: number, len: number, advance: number): void;
   /** Whether an interrupt is due for what was used since the last call. */
   interruptDue(): boolean;
   /** EVENT_IDX: asks the driver for a notification once it passes the current position. */
@@ -88,7 +94,7 @@ function tableWritable(tv: DataView, split: boolean): number {
 }
 
 function readTable(mem: DeviceMemory, addr: number, len: number, split: boolean, out: RawDesc[]): void {
-  if (len === 0 || len % 16 !== 0) throw new RingError(`indirect table of ${len} bytes`);
+  if (len === 0 || len % 16 !== 0) throw new MockDeviceError(`indirect table of ${len} bytes`);
   const n = len / 16;
   const t = mem.view(addr, len);
   const v = new DataView(t.buffer, t.byteOffset, len);
@@ -96,7 +102,7 @@ function readTable(mem: DeviceMemory, addr: number, len: number, split: boolean,
   for (let hops = 0; hops < n; hops++) {
     const at = 16 * i;
     const flags = v.getUint16(at + (split ? 12 : 14), true);
-    if (flags & DESC_F_INDIRECT) throw new RingError("nested indirect table");
+    if (flags & DESC_F_INDIRECT) throw new MockDeviceError("nested indirect table");
     out.push({
       addr: Number(v.getBigUint64(at, true)),
       len: v.getUint32(at + 8, true),
@@ -105,12 +111,12 @@ function readTable(mem: DeviceMemory, addr: number, len: number, split: boolean,
     if (split) {
       if ((flags & DESC_F_NEXT) === 0) return;
       i = v.getUint16(at + 14, true);
-      if (i >= n) throw new RingError(`indirect next ${i} out of a table of ${n}`);
+      if (i >= n) throw new MockDeviceError(`indirect next ${i} out of a table of ${n}`);
     } else {
       i++;
     }
   }
-  if (split) throw new RingError("loop in an indirect table");
+  if (split) throw new MockDeviceError("loop in an indirect table");
 }
 
 /** Device side of a split ring. */
@@ -152,7 +158,7 @@ export class DeviceSplitRing implements DeviceRing {
     if (this.#lastAvail === Atomics.load(this.#avail, 1)) return -1;
     const head = this.#avail[2 + (this.#lastAvail & (this.size - 1))];
     this.#lastAvail = (this.#lastAvail + 1) & 0xffff;
-    if (head >= this.size) throw new RingError(`available head ${head} out of range`);
+    if (head >= this.size) throw new MockDeviceError(`available head ${head} out of range`);
     return head;
   }
 
@@ -162,13 +168,13 @@ export class DeviceSplitRing implements DeviceRing {
     const d = this.#desc, out: RawDesc[] = [];
     let i = head;
     for (let hops = 0;; hops++) {
-      if (i >= this.size) throw new RingError(`descriptor index ${i} out of range`);
-      if (hops >= this.size) throw new RingError("descriptor chain loops");
+      if (i >= this.size) throw new MockDeviceError(`descriptor index ${i} out of range`);
+      if (hops >= this.size) throw new MockDeviceError("descriptor chain loops");
       const at = 16 * i;
       const flags = d.getUint16(at + 12, true);
       const addr = Number(d.getBigUint64(at, true)), len = d.getUint32(at + 8, true);
       if (flags & DESC_F_INDIRECT) {
-        if (flags & DESC_F_NEXT) throw new RingError("an indirect descriptor with NEXT");
+        if (flags & DESC_F_NEXT) throw new MockDeviceError("an indirect descriptor with NEXT");
         readTable(this.#mem, addr, len, true, out);
         break;
       }
@@ -208,11 +214,7 @@ export class DeviceSplitRing implements DeviceRing {
     return head;
   }
 
-  pushUsed(id: number, len: number, _ringLen: number): void {
-    this.pushUsedRaw(id, len, 1);
-  }
-
-  pushUsedRaw(id: number, len: number, advance: number): void {
+  pushUsed(id: number, len: number, advance: number): void {
     const e = 1 + 2 * (this.#usedIdx & (this.size - 1));
     this.#usedU32[e] = id >>> 0;
     this.#usedU32[e + 1] = len >>> 0;
@@ -289,17 +291,23 @@ export class DevicePackedRing implements DeviceRing {
     return avail === wrap && used !== wrap;
   }
 
-  /** Walks the chain at the avail position; calls `each` per buffer; returns [id, ring entries] or undefined. */
-  #walk(each: ((d: RawDesc) => void) | undefined): [number, number] | undefined {
+  /**
+   * Walks the chain at the avail position, calling `each` per buffer (or, for
+   * takeFast, setting statusAddr and writableLen); sets ringLen. Allocates
+   * nothing without `each`.
+   *
+   * @returns the buffer id, or -1 when nothing is available
+   */
+  #walk(each: ((d: RawDesc) => void) | undefined): number {
     let pos = this.#availPos, wrap = this.#availWrap;
-    if (!this.#available(pos, wrap)) return undefined;
+    if (!this.#available(pos, wrap)) return -1;
     const d = this.#desc;
     let n = 0, id = 0;
     if (!each) this.writableLen = 0;
     for (;;) {
-      if (n >= this.size) throw new RingError("packed chain longer than the ring");
+      if (n >= this.size) throw new MockDeviceError("packed chain longer than the ring");
       if (n > 0 && !this.#available(pos, wrap)) {
-        throw new RingError("packed chain continues into an unavailable descriptor");
+        throw new MockDeviceError("packed chain continues into an unavailable descriptor");
       }
       const at = 16 * pos;
       const flags = d.getUint16(at + 14, true);
@@ -333,30 +341,24 @@ export class DevicePackedRing implements DeviceRing {
     }
     this.#availPos = pos;
     this.#availWrap = wrap;
-    return [id, n];
+    this.ringLen = n;
+    return id;
   }
 
   take(): DeviceChain | undefined {
     const out: RawDesc[] = [];
-    const r = this.#walk((x) => out.push(x));
-    if (!r) return undefined;
-    const chain = { id: r[0], descs: out, ringLen: r[1] };
-    this.#chains.set(r[0], chain);
+    const id = this.#walk((x) => out.push(x));
+    if (id < 0) return undefined;
+    const chain = { id, descs: out, ringLen: this.ringLen };
+    this.#chains.set(id, chain);
     return chain;
   }
 
   takeFast(): number {
-    const r = this.#walk(undefined);
-    if (!r) return -1;
-    this.ringLen = r[1];
-    return r[0];
+    return this.#walk(undefined);
   }
 
-  pushUsed(id: number, len: number, ringLen: number): void {
-    this.pushUsedRaw(id, len, ringLen);
-  }
-
-  pushUsedRaw(id: number, len: number, advance: number): void {
+  pushUsed(id: number, len: number, advance: number): void {
     const at = 16 * this.#usedPos;
     this.#desc.setUint32(at + 8, len >>> 0, true);
     this.#desc.setUint16(at + 12, id & 0xffff, true);
