@@ -14,7 +14,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { type FioJob, type FioResult, runFio, type RwPattern } from "./src/cli/fio.ts";
+import { type FioJob, type FioResult, runFio, RW_PATTERNS, type RwPattern } from "./src/cli/fio.ts";
 import type { CompletionMode } from "./src/blk/completion_driver.ts";
 import { VirtioBlk } from "./src/blk/virtio_blk.ts";
 import { QemuStorageDaemon } from "./src/testing/qsd.ts";
@@ -255,8 +255,8 @@ export function printResult(r: FioResult, mode: CompletionMode): void {
 
 async function bench(flags: Flags): Promise<void> {
   const rw = (flags.rw ?? "randread") as RwPattern;
-  if (!["read", "write", "randread", "randwrite", "randrw"].includes(rw)) {
-    throw new UsageError(`--rw must be read, write, randread, randwrite or randrw, got ${JSON.stringify(flags.rw)}`);
+  if (!RW_PATTERNS.includes(rw)) {
+    throw new UsageError(`--rw must be one of ${RW_PATTERNS.join(", ")}, got ${JSON.stringify(flags.rw)}`);
   }
   const api = flags.api ?? "batch";
   if (api !== "batch" && api !== "promise") throw new UsageError(`--api must be batch or promise`);
@@ -285,10 +285,6 @@ async function bench(flags: Flags): Promise<void> {
   }
   try {
     await using blk = await open({ ...flags, queues: String(queues) }, mode, daemon?.socketPath);
-    const depthNeeded = job.iodepth;
-    if (depthNeeded > blk.queueSize) {
-      throw new UsageError(`--iodepth ${depthNeeded} is above --queue-size ${blk.queueSize}`);
-    }
     const tty = Deno.stderr.isTerminal();
     job.onProgress = (p) => {
       const line = `[${p.elapsed.toFixed(0).padStart(3)}s${p.ramping ? " ramp" : ""}] ${fmtInt(p.iops)} IOPS, ${

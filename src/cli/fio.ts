@@ -15,6 +15,9 @@ import { LatencyHistogram, type LatencySummary } from "./histogram.ts";
 /** Access patterns, as fio names them. */
 export type RwPattern = "read" | "write" | "randread" | "randwrite" | "randrw";
 
+/** Every {@linkcode RwPattern}, in the order the usage text lists them. */
+export const RW_PATTERNS: readonly RwPattern[] = ["read", "write", "randread", "randwrite", "randrw"];
+
 /** A workload. */
 export interface FioJob {
   /** Access pattern. */
@@ -86,12 +89,13 @@ const READ = 0, WRITE = 1;
  */
 export function validateJob(blk: VirtioBlk, job: FioJob): string | undefined {
   const size = job.size ?? Number(blk.capacity);
-  if (!["read", "write", "randread", "randwrite", "randrw"].includes(job.rw)) return `unknown --rw ${job.rw}`;
+  if (!RW_PATTERNS.includes(job.rw)) return `unknown --rw ${job.rw}`;
   if (!(Number.isInteger(job.bs) && job.bs > 0 && job.bs % blk.blockSize === 0)) {
     return `--bs must be a positive multiple of the block size ${blk.blockSize}`;
   }
   if (job.bs > blk.maxSegmentSize) return `--bs is above the device's segment limit ${blk.maxSegmentSize}`;
   if (!(Number.isInteger(job.iodepth) && job.iodepth >= 1)) return "--iodepth must be a positive integer";
+  if (job.iodepth > blk.queueSize) return `--iodepth ${job.iodepth} is above --queue-size ${blk.queueSize}`;
   if (!(Number.isInteger(job.queues) && job.queues >= 1 && job.queues <= blk.numQueues)) {
     return `--queues must be from 1 to ${blk.numQueues}`;
   }
@@ -237,8 +241,7 @@ export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
         const t = now();
         if (!measured && t >= rampEnd) {
           counting = measured = true;
-          measureStart = t;
-          hist.reset();
+          measureStart = t; // nothing was recorded before: complete() records only while counting
         }
         if (!stopping && (t >= end || errors > 100)) stopping = true;
         if (t >= end) counting = false; // completions while draining are not measured

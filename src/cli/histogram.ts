@@ -66,11 +66,6 @@ export class LatencyHistogram {
     if (ns > this.#max) this.#max = ns;
   }
 
-  /** Samples recorded. */
-  get count(): number {
-    return this.#count;
-  }
-
   /**
    * The value below which `p` percent of samples fall (bucket midpoint).
    *
@@ -100,14 +95,5 @@ export class LatencyHistogram {
       p999: us(this.percentile(99.9)),
       max: us(this.#max),
     };
-  }
-
-  /** Forgets every sample. */
-  reset(): void {
-    this.#counts.fill(0);
-    this.#count = 0;
-    this.#sum = 0;
-    this.#min = Infinity;
-    this.#max = 0;
   }
 }
