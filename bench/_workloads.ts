@@ -4,7 +4,7 @@
  * loops allocate nothing per request.
  */
 
-import type { MockBlkDevice, VirtioBlk, VirtioBlkQueue, VirtioError } from "../mod.ts";
+import type { MockBlkDevice, QemuStorageDaemon, VirtioBlk, VirtioBlkQueue, VirtioError } from "../mod.ts";
 
 /** 4 KiB-block offsets in [0, blocks), from a fixed-seed xorshift. */
 export class Offsets {
@@ -23,6 +23,26 @@ export class Offsets {
     this.#s = x >>> 0;
     return (this.#s % this.#blocks) * 4096;
   }
+}
+
+/**
+ * SIGKILLs `daemons` and removes their folders when the process unloads:
+ * `Deno.bench` has no teardown hook, and a daemon left behind keeps its
+ * image and socket.
+ *
+ * @param daemons the benchmark's daemons
+ */
+export function killOnUnload(daemons: readonly QemuStorageDaemon[]): void {
+  globalThis.addEventListener("unload", () => {
+    for (const d of daemons) {
+      try {
+        Deno.kill(d.pid, "SIGKILL");
+      } catch { /* gone */ }
+      try {
+        Deno.removeSync(d.dir, { recursive: true });
+      } catch { /* gone */ }
+    }
+  });
 }
 
 /** Per-device state the loops reuse between iterations. */

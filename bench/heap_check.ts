@@ -3,16 +3,14 @@
 // measured after a forced GC before and after, and V8's GC count in between.
 // `deno run -A --v8-flags=--expose-gc bench/heap_check.ts`
 import { MockBlkDevice, VirtioBlk } from "../mod.ts";
-import { echoBatches, Offsets } from "./_workloads.ts";
+import { echoBatches, rig } from "./_workloads.ts";
 
 const gc = (globalThis as { gc?: () => void }).gc;
 if (!gc) throw new Error("run with --v8-flags=--expose-gc");
 
 const device = new MockBlkDevice({ capacity: 256 << 20, completion: "manual" });
 const blk = await VirtioBlk.connect({ transport: "mock", device, mode: "poll", queueSize: 256 });
-const q = blk.queue<number>(0);
-const bufs = Array.from({ length: 32 }, () => blk.allocBuffer(4096));
-const offsets = new Offsets(256 << 20);
+const { q, bufs, offsets } = rig(blk, 32);
 // A failed request throws out of the loop.
 const run = (requests: number) => echoBatches(q, device, offsets, bufs, requests);
 

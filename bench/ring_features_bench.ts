@@ -3,7 +3,7 @@
 // (qemu-storage-daemon 7.2 does not offer them); split rings run on both.
 // `deno bench -A bench/ring_features_bench.ts` (part of `deno task bench`)
 import { MockBlkDevice, QemuStorageDaemon, VirtioBlk, type VirtioBlkConnectOptions } from "../mod.ts";
-import { echoBatches, echoQd1, Offsets, qd1, qdN, rig } from "./_workloads.ts";
+import { echoBatches, echoQd1, killOnUnload, qd1, qdN, rig } from "./_workloads.ts";
 
 const N = 10_000;
 const CONFIGS: [string, Partial<VirtioBlkConnectOptions>][] = [
@@ -17,9 +17,7 @@ const CONFIGS: [string, Partial<VirtioBlkConnectOptions>][] = [
 for (const [name, options] of CONFIGS) {
   const device = new MockBlkDevice({ capacity: 256 << 20, completion: "manual" });
   const blk = await VirtioBlk.connect({ transport: "mock", device, mode: "poll", queueSize: 256, ...options });
-  const q = blk.queue<number>(0);
-  const bufs = Array.from({ length: 32 }, () => blk.allocBuffer(4096));
-  const offsets = new Offsets(256 << 20);
+  const { q, bufs, offsets } = rig(blk, 32);
   Deno.bench({
     name: `${name}, QD1 (x${N})`,
     group: "ring formats on the mock device (echo), QD1",
@@ -38,14 +36,7 @@ for (const [name, options] of CONFIGS) {
 if (await QemuStorageDaemon.available()) {
   for (const [name, options] of CONFIGS.filter(([n]) => n.startsWith("split"))) {
     const daemons = await Promise.all([0, 1].map(() => QemuStorageDaemon.start({ driver: "null-co", size: 1 << 30 })));
-    globalThis.addEventListener("unload", () => {
-      for (const d of daemons) {
-        try {
-          Deno.kill(d.pid, "SIGKILL");
-          Deno.removeSync(d.dir, { recursive: true });
-        } catch { /* gone */ }
-      }
-    });
+    killOnUnload(daemons);
     const r = rig(
       await VirtioBlk.connect({ transport: "vhost-user", path: daemons[0].socketPath, mode: "poll", ...options }),
       32,

@@ -3,7 +3,7 @@
 // comparison with Deno.FsFile reads of the same image on tmpfs.
 // `deno bench -A bench/vhost_user_bench.ts` (part of `deno task bench`)
 import { QemuStorageDaemon, VirtioBlk } from "../mod.ts";
-import { fsFileReads, Offsets, promises, qd1, qdN, rig } from "./_workloads.ts";
+import { fsFileReads, killOnUnload, Offsets, promises, qd1, qdN, rig } from "./_workloads.ts";
 
 const QD1_N = 200; // requests per iteration at queue depth 1
 const QD32_N = 8192; // requests per iteration at queue depth 32
@@ -32,17 +32,8 @@ const image = `${shmDir}/disk.img`;
 // O_DIRECT with Linux AIO is the daemon's fastest file path on tmpfs here
 // (measured: ~530k IOPS, against ~130k with its default thread pool).
 const fileDaemon = await QemuStorageDaemon.start({ driver: "file", image, cacheDirect: true, aio: "native" });
-globalThis.addEventListener("unload", () => {
-  for (const d of [...nullDaemons, fileDaemon]) {
-    try {
-      Deno.kill(d.pid, "SIGKILL");
-    } catch { /* gone */ }
-    try {
-      Deno.removeSync(d.dir, { recursive: true });
-    } catch { /* gone */ }
-  }
-  Deno.removeSync(shmDir, { recursive: true });
-});
+killOnUnload([...nullDaemons, fileDaemon]);
+globalThis.addEventListener("unload", () => Deno.removeSync(shmDir, { recursive: true }));
 
 const poll = rig(
   await VirtioBlk.connect({ transport: "vhost-user", path: nullDaemons[0].socketPath, mode: "poll" }),

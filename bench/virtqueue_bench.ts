@@ -2,7 +2,7 @@
 // `deno bench -A bench/virtqueue_bench.ts`
 import { MockBlkDevice, VirtioBlk } from "../mod.ts";
 import { RingDevice } from "../tests/_ring_device.ts";
-import { echoBatches, echoQd1, Offsets } from "./_workloads.ts";
+import { echoBatches, echoQd1, rig } from "./_workloads.ts";
 
 const REQUESTS = 10_000;
 
@@ -52,9 +52,7 @@ Deno.bench({
 // (the mock's allocation-free echo), completion delivery.
 const device = new MockBlkDevice({ capacity: 256 << 20, completion: "manual" });
 const blk = await VirtioBlk.connect({ transport: "mock", device, mode: "poll", queueSize: 256 });
-const q = blk.queue<number>(0);
-const bufs = Array.from({ length: 32 }, () => blk.allocBuffer(4096));
-const offsets = new Offsets(256 << 20);
+const { q, bufs, offsets } = rig(blk, 32);
 
 Deno.bench({
   name: `VirtioBlkQueue read + submit + device + poll, QD1, x${REQUESTS}`,
