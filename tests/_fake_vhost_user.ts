@@ -50,14 +50,33 @@ export interface FakeBackendOptions {
   hook?: FakeHook;
 }
 
-function reply(request: number, payload: Uint8Array): Uint8Array<ArrayBuffer> {
+/**
+ * A message as raw bytes: header (request, flags, size) then `payload`. The
+ * header's size may lie (`size`), for hostile replies.
+ *
+ * @param request the request code
+ * @param flags the flags word (version 1 is 1; the REPLY bit is 4)
+ * @param payload what follows the header
+ * @param size the size the header claims; default the payload's length
+ * @returns the bytes
+ */
+export function rawMessage(
+  request: number,
+  flags: number,
+  payload: Uint8Array,
+  size: number = payload.byteLength,
+): Uint8Array<ArrayBuffer> {
   const b = new Uint8Array(12 + payload.byteLength);
   const v = new DataView(b.buffer);
   v.setUint32(0, request, true);
-  v.setUint32(4, 1 | VHOST_USER_REPLY_MASK, true);
-  v.setUint32(8, payload.byteLength, true);
+  v.setUint32(4, flags, true);
+  v.setUint32(8, size, true);
   b.set(payload, 12);
   return b;
+}
+
+function reply(request: number, payload: Uint8Array): Uint8Array<ArrayBuffer> {
+  return rawMessage(request, 1 | VHOST_USER_REPLY_MASK, payload);
 }
 
 /** A vhost-user back-end on a temporary socket, served by this process. */

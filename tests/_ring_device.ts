@@ -25,8 +25,8 @@ export class RingDevice {
   lastAvail = 0;
   usedIdx = 0;
 
-  constructor(queueSize: number, options: { eventIdx?: boolean; reqSize?: number } = {}) {
-    this.layout = new VirtqueueLayout(1, queueSize, { reqSize: options.reqSize ?? 64 });
+  constructor(queueSize: number, options: { eventIdx?: boolean } = {}) {
+    this.layout = new VirtqueueLayout(1, queueSize, { reqSize: 64 });
     this.region = new HeapRegion("ring", this.layout.totalSize);
     this.vq = new SplitVirtqueue({
       layout: this.layout,

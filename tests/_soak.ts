@@ -162,12 +162,11 @@ export async function soak(o: SoakOptions): Promise<SoakResult> {
       while (res.ops < issued) {
         let n = 0;
         for (const q of qs) n += q.poll(done);
-        for (const q of qs) q.submit();
         // Slots that found no free range stay idle; retry them.
         if (issued < o.ops && !firstError) {
           for (let slot = 0; slot < slots; slot++) if (kind[slot] === 0 && issue(slot)) issued++;
-          for (const q of qs) q.submit();
         }
+        for (const q of qs) q.submit(); // one notification for all issued this turn
         if (n === 0) {
           if (blk.mode === "eventfd") await Promise.race(qs.map((q) => q.wait()));
           else if (++turns % 1024 === 0) await new Promise((r) => setImmediate(r));

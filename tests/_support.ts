@@ -61,3 +61,21 @@ export function firstDifference(a: Uint8Array, b: Uint8Array): number {
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i;
   return -1;
 }
+
+/**
+ * SIGSTOPs a process and waits until every one of its threads is stopped.
+ *
+ * @param pid the process
+ */
+export async function stopProcess(pid: number): Promise<void> {
+  Deno.kill(pid, "SIGSTOP");
+  for (const deadline = performance.now() + 5000;;) {
+    const states = [...Deno.readDirSync(`/proc/${pid}/task`)].map((t) => {
+      const stat = Deno.readTextFileSync(`/proc/${pid}/task/${t.name}/stat`);
+      return stat[stat.lastIndexOf(")") + 2]; // the state field follows "(comm) "
+    });
+    if (states.every((s) => s === "T" || s === "t")) return;
+    if (performance.now() > deadline) throw new Error(`process ${pid} did not stop: ${states}`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}

@@ -3,23 +3,9 @@
 // leak no descriptor and no mapping.
 import assert from "node:assert/strict";
 import { type CompletionMode, ConnectionLostError, loadShim, QemuStorageDaemon, VirtioBlk } from "../mod.ts";
-import { fdCount, HAVE_QSD, memfdMappings } from "./_support.ts";
+import { fdCount, HAVE_QSD, memfdMappings, stopProcess } from "./_support.ts";
 
 await loadShim();
-
-/** SIGSTOPs a process and waits until every thread is stopped. */
-async function stopProcess(pid: number): Promise<void> {
-  Deno.kill(pid, "SIGSTOP");
-  for (const deadline = performance.now() + 5000;;) {
-    const states = [...Deno.readDirSync(`/proc/${pid}/task`)].map((t) => {
-      const stat = Deno.readTextFileSync(`/proc/${pid}/task/${t.name}/stat`);
-      return stat[stat.lastIndexOf(")") + 2];
-    });
-    if (states.every((s) => s === "T" || s === "t")) return;
-    if (performance.now() > deadline) throw new Error(`process ${pid} did not stop`);
-    await new Promise((r) => setTimeout(r, 1));
-  }
-}
 
 for (const mode of ["poll", "eventfd"] as CompletionMode[]) {
   Deno.test({

@@ -13,7 +13,7 @@ import {
   type VirtioError,
 } from "../mod.ts";
 import { randomWrites, spotCheckReads } from "./_matrix.ts";
-import { fdCount, firstDifference, HAVE_QSD, memfdMappings, Rng } from "./_support.ts";
+import { fdCount, firstDifference, HAVE_QSD, memfdMappings, Rng, stopProcess } from "./_support.ts";
 
 await loadShim(); // process-wide; loaded outside the tests' resource accounting
 
@@ -208,21 +208,6 @@ for (const mode of ["poll", "eventfd"] as CompletionMode[]) {
       assert.equal(memfdMappings(), maps, "every mapping released");
     },
   });
-}
-
-/** SIGSTOPs a process and waits until every one of its threads is stopped. */
-async function stopProcess(pid: number): Promise<void> {
-  Deno.kill(pid, "SIGSTOP");
-  const deadline = performance.now() + 5000;
-  for (;;) {
-    const states = [...Deno.readDirSync(`/proc/${pid}/task`)].map((t) => {
-      const stat = Deno.readTextFileSync(`/proc/${pid}/task/${t.name}/stat`);
-      return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-    });
-    if (states.every((s) => s === "T" || s === "t")) return;
-    if (performance.now() > deadline) throw new Error(`process ${pid} did not stop: ${states}`);
-    await new Promise((r) => setTimeout(r, 1));
-  }
 }
 
 Deno.test({

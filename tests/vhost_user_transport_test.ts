@@ -16,7 +16,7 @@ import {
   VhostUserProtocolFeature as PF,
   VhostUserRequest as R,
 } from "../src/transport/vhost_user/protocol.ts";
-import { type FakeBackendOptions, fakeReply, FakeVhostUserBackend } from "./_fake_vhost_user.ts";
+import { type FakeBackendOptions, fakeReply, FakeVhostUserBackend, rawMessage } from "./_fake_vhost_user.ts";
 import { fdCount } from "./_support.ts";
 
 await loadShim();
@@ -115,22 +115,6 @@ Deno.test("a back-end without the CONFIG protocol feature is refused with a type
   });
 });
 
-function header(request: number, flags: number, size: number): Uint8Array<ArrayBuffer> {
-  const b = new Uint8Array(12);
-  const v = new DataView(b.buffer);
-  v.setUint32(0, request, true);
-  v.setUint32(4, flags, true);
-  v.setUint32(8, size, true);
-  return b;
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-}
-
 const protocolError = (violation: string) => (e: unknown) =>
   e instanceof DeviceProtocolError && e.violation === violation;
 
@@ -145,16 +129,14 @@ const HOSTILE: [string, FakeBackendOptions["hook"], (e: unknown) => boolean][] =
     "missing REPLY flag",
     (
       m,
-    ) => (m.request === R.GET_FEATURES ? { raw: concat(header(R.GET_FEATURES, 1, 8), new Uint8Array(8)) } : undefined),
+    ) => (m.request === R.GET_FEATURES ? { raw: rawMessage(R.GET_FEATURES, 1, new Uint8Array(8)) } : undefined),
     protocolError("reply-missing-reply-flag"),
   ],
   [
     "wrong protocol version",
     (
       m,
-    ) => (m.request === R.GET_FEATURES
-      ? { raw: concat(header(R.GET_FEATURES, 2 | 4, 8), new Uint8Array(8)) }
-      : undefined),
+    ) => (m.request === R.GET_FEATURES ? { raw: rawMessage(R.GET_FEATURES, 2 | 4, new Uint8Array(8)) } : undefined),
     protocolError("reply-bad-version"),
   ],
   [
@@ -162,7 +144,7 @@ const HOSTILE: [string, FakeBackendOptions["hook"], (e: unknown) => boolean][] =
     (
       m,
     ) => (m.request === R.GET_FEATURES
-      ? { raw: concat(header(R.GET_FEATURES, 5, 1 << 20), new Uint8Array(64)) }
+      ? { raw: rawMessage(R.GET_FEATURES, 5, new Uint8Array(64), 1 << 20) }
       : undefined),
     protocolError("reply-oversized"),
   ],
@@ -170,12 +152,16 @@ const HOSTILE: [string, FakeBackendOptions["hook"], (e: unknown) => boolean][] =
     "truncated reply (payload shorter than a u64)",
     (
       m,
-    ) => (m.request === R.GET_FEATURES ? { raw: concat(header(R.GET_FEATURES, 5, 4), new Uint8Array(4)) } : undefined),
+    ) => (m.request === R.GET_FEATURES ? { raw: rawMessage(R.GET_FEATURES, 5, new Uint8Array(4)) } : undefined),
     protocolError("reply-bad-size"),
   ],
   [
     "truncated reply, then silence",
-    (m) => (m.request === R.GET_FEATURES ? { raw: header(R.GET_FEATURES, 5, 8).subarray(0, 7) } : undefined),
+    (
+      m,
+    ) => (m.request === R.GET_FEATURES
+      ? { raw: rawMessage(R.GET_FEATURES, 5, new Uint8Array(0), 8).subarray(0, 7) }
+      : undefined),
     (e) => e instanceof TimeoutError,
   ],
   [
@@ -183,7 +169,7 @@ const HOSTILE: [string, FakeBackendOptions["hook"], (e: unknown) => boolean][] =
     (
       m,
     ) => (m.request === R.GET_FEATURES
-      ? { raw: concat(header(R.GET_FEATURES, 5, 8), new Uint8Array(3)), close: true }
+      ? { raw: rawMessage(R.GET_FEATURES, 5, new Uint8Array(3), 8), close: true }
       : undefined),
     (e) => e instanceof ConnectionLostError,
   ],
@@ -218,7 +204,7 @@ const HOSTILE: [string, FakeBackendOptions["hook"], (e: unknown) => boolean][] =
   ],
   [
     "returns an empty config",
-    (m) => (m.request === R.GET_CONFIG ? { raw: header(R.GET_CONFIG, 5, 0) } : undefined),
+    (m) => (m.request === R.GET_CONFIG ? { raw: rawMessage(R.GET_CONFIG, 5, new Uint8Array(0)) } : undefined),
     protocolError("config-refused"),
   ],
   [

@@ -5,6 +5,7 @@
 // request matrix in poll and eventfd modes; the image is then compared, byte
 // for byte, with the model the guest program kept.
 import assert from "node:assert/strict";
+import { firstDifference } from "../_support.ts";
 import { describeFailure, type GuestAssets, isSkip, prepareGuest, runInGuest } from "./harness.ts";
 
 const assets = await prepareGuest();
@@ -55,13 +56,7 @@ const WAIT_FOR = String
 async function compare(image: string, model: string): Promise<void> {
   const [a, b] = await Promise.all([Deno.readFile(image), Deno.readFile(model)]);
   assert.equal(a.byteLength, b.byteLength, "image and model sizes");
-  let diff = -1;
-  for (let i = 0; i < a.length; i++) {
-    if (a[i] !== b[i]) {
-      diff = i;
-      break;
-    }
-  }
+  const diff = firstDifference(a, b);
   assert.equal(diff, -1, `the image differs from the model at byte ${diff}`);
 }
 
