@@ -1,16 +1,45 @@
 /**
- * `deno task demo`: connects to a vhost-user-blk device (its own private
- * qemu-storage-daemon on a temporary image, unless `--path SOCKET` is given),
- * writes a pattern, reads it back and verifies it, then measures 4 KiB
- * random reads at queue depth 1 and 32 and prints capacity, IOPS and latency.
+ * `deno task demo`: connects to a virtio-blk device, writes a pattern, reads
+ * it back and verifies it, then measures 4 KiB random reads at queue depth 1
+ * and 32 and prints capacity, IOPS and latency.
  *
- * Flags: `--path SOCKET`, `--mode poll|eventfd` (default poll), `--seconds N` (default 2).
+ * Which device:
+ * - by default, a private qemu-storage-daemon on a temporary image (stopped
+ *   and removed at the end, also on Ctrl-C);
+ * - when qemu-storage-daemon or a C compiler (for the native shim) is
+ *   missing, the in-process mock device instead, saying so and what to
+ *   install;
+ * - with `--path SOCKET`, an existing vhost-user-blk back-end. The demo then
+ *   only reads, unless `--yes` allows it to write (and verify) 1 MiB at
+ *   offset 0, overwriting what is there.
  *
  * @module
  */
 
-import { parseArgs } from "node:util";
-import { type CompletionMode, QemuStorageDaemon, VirtioBlk } from "./mod.ts";
+import { type CommandSpec, formatHelp, parseChoice, parseFlags, parseSeconds, UsageError } from "./src/cli/args.ts";
+import { loadShim } from "./ffi/loader.ts";
+import { MockBlkDevice, QemuStorageDaemon, VirtioBlk, type VirtioBlkConnectOptions, VirtioError } from "./mod.ts";
+import { ShimLoadError } from "./src/errors.ts";
+
+/** What to install for the real back-end (Debian/Ubuntu package names). */
+const REAL_THING = "apt-get install qemu-system-common qemu-utils gcc";
+
+const DEMO: CommandSpec = {
+  name: "demo",
+  usage: "deno task demo [--path SOCKET [--yes]] [--mode M] [--seconds S]",
+  description: "Writes 1 MiB, flushes, reads it back and verifies it, then measures 4 KiB random reads at QD1 and\n" +
+    "QD32. Without --path it starts a private qemu-storage-daemon (or, when that or a C compiler is\n" +
+    "missing, uses the in-process mock device and says so). With --path it only reads unless --yes.",
+  flags: [
+    { name: "path", kind: "string", value: "SOCKET", help: "an existing vhost-user-blk socket to use instead" },
+    { name: "yes", kind: "boolean", help: "with --path: allow writing 1 MiB at offset 0 (overwrites it)" },
+    { name: "mode", kind: "string", value: "M", default: "poll", help: "poll or eventfd" },
+    { name: "seconds", kind: "string", value: "S", default: "2", help: "seconds per measurement" },
+  ],
+  examples: ["deno task demo", "deno task demo --path /tmp/x.sock", "deno task demo --path /tmp/x.sock --yes"],
+};
+
+const MiB = 1 << 20;
 
 async function measure(blk: VirtioBlk, depth: number, seconds: number): Promise<{ iops: number; meanUs: number }> {
   const blocks = Math.min(Number(blk.capacity / 4096n), 1 << 20);
@@ -31,41 +60,73 @@ async function measure(blk: VirtioBlk, depth: number, seconds: number): Promise<
   return { iops: ops / elapsed, meanUs: (elapsed * 1e6 * depth) / ops };
 }
 
-async function main(): Promise<void> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      path: { type: "string" },
-      mode: { type: "string", default: "poll" },
-      seconds: { type: "string", default: "2" },
-    },
-  });
-  const mode = values.mode as CompletionMode;
-  const seconds = Number(values.seconds);
-  if (mode !== "poll" && mode !== "eventfd") throw new Error("--mode must be poll or eventfd");
+/** Why the real back-end cannot run here, or undefined when it can. */
+async function realBackendMissing(): Promise<string | undefined> {
+  if (!await QemuStorageDaemon.available()) return "qemu-storage-daemon not found";
+  try {
+    await loadShim();
+  } catch (e) {
+    return e instanceof ShimLoadError && /no C compiler/.test(e.message)
+      ? "no C compiler to build the native shim"
+      : `the native shim did not load (${(e as Error).message.split("\n")[0]})`;
+  }
+  return undefined;
+}
+
+async function writeAndVerify(blk: VirtioBlk): Promise<void> {
+  const data = blk.allocBuffer(MiB);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 7 + (i >> 12)) & 0xff;
+  await blk.write(0, data);
+  await blk.flush();
+  const back = blk.allocBuffer(MiB);
+  await blk.read(0, back);
+  const bad = back.findIndex((b, i) => b !== data[i]);
+  if (bad >= 0) throw new Error(`verification failed at byte ${bad}`);
+  blk.freeBuffer(data);
+  blk.freeBuffer(back);
+  console.log("wrote 1 MiB at offset 0, flushed, read it back: verified");
+}
+
+async function main(args: string[]): Promise<number> {
+  const flags = parseFlags(DEMO, args);
+  if (flags.help) {
+    console.log(formatHelp(DEMO));
+    return 0;
+  }
+  const mode = parseChoice(flags.mode ?? "poll", "--mode", ["poll", "eventfd"] as const);
+  const seconds = parseSeconds(flags.seconds ?? "2", "--seconds", false);
+  if (flags.yes && flags.path === undefined) throw new UsageError("--yes only applies with --path");
   let daemon: QemuStorageDaemon | undefined;
-  let path = values.path;
-  if (!path) {
-    daemon = await QemuStorageDaemon.start({ size: 256 << 20 });
-    path = daemon.socketPath;
-    console.log(`started qemu-storage-daemon (pid ${daemon.pid}) on ${daemon.imagePath}`);
+  let options: VirtioBlkConnectOptions;
+  let mayWrite = true;
+  if (typeof flags.path === "string") {
+    options = { transport: "vhost-user", path: flags.path, mode };
+    mayWrite = flags.yes === true;
+  } else {
+    const missing = await realBackendMissing();
+    if (missing === undefined) {
+      daemon = await QemuStorageDaemon.start({ size: 256 * MiB });
+      console.log(`started qemu-storage-daemon (pid ${daemon.pid}) on ${daemon.imagePath}`);
+      options = { transport: "vhost-user", path: daemon.socketPath, mode };
+    } else {
+      console.log(`${missing}: running on the in-process mock device instead (no daemon, no native code).`);
+      console.log(`For the real thing: ${REAL_THING}`);
+      options = { transport: "mock", device: new MockBlkDevice({ capacity: 256 * MiB }), mode };
+    }
   }
   try {
-    await using blk = await VirtioBlk.connect({ transport: "vhost-user", path, mode });
-    console.log(`connected to ${path} (${mode} mode)`);
-    console.log(`capacity:   ${blk.capacity} bytes (${Number(blk.capacity) / 2 ** 20} MiB)`);
+    await using blk = await VirtioBlk.connect(options);
+    const where = options.transport === "mock" ? "the mock device" : (options as { path: string }).path;
+    console.log(`connected to ${where} (${mode} mode)`);
+    console.log(`capacity:   ${blk.capacity} bytes (${Number(blk.capacity) / MiB} MiB)`);
     console.log(`block size: ${blk.blockSize}, read-only: ${blk.readOnly}, queues: ${blk.numQueues}`);
     console.log(`features:   ${blk.features.names.join(" ")}`);
-    if (!blk.readOnly) {
-      const data = blk.allocBuffer(1 << 20);
-      for (let i = 0; i < data.length; i++) data[i] = (i * 7 + (i >> 12)) & 0xff;
-      await blk.write(0, data);
-      await blk.flush();
-      const back = blk.allocBuffer(1 << 20);
-      await blk.read(0, back);
-      const bad = back.findIndex((b, i) => b !== data[i]);
-      if (bad >= 0) throw new Error(`verification failed at byte ${bad}`);
-      console.log("wrote 1 MiB, flushed, read it back: verified");
+    if (blk.readOnly) {
+      console.log("the device is read-only: skipping the write test");
+    } else if (!mayWrite) {
+      console.log("not writing to a device the demo did not create: reads only (--yes writes 1 MiB at offset 0)");
+    } else {
+      await writeAndVerify(blk);
     }
     for (const depth of [1, 32]) {
       const { iops, meanUs } = await measure(blk, depth, seconds);
@@ -78,6 +139,21 @@ async function main(): Promise<void> {
   } finally {
     await daemon?.stop();
   }
+  return 0;
 }
 
-if (import.meta.main) await main();
+if (import.meta.main) {
+  let status: number;
+  try {
+    status = await main(Deno.args);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(`error: ${e.message}`);
+      status = 2;
+    } else {
+      console.error(`error: ${(e as Error)?.message ?? e}${e instanceof VirtioError ? ` [${e.code}]` : ""}`);
+      status = 1;
+    }
+  }
+  Deno.exit(status);
+}

@@ -1,14 +1,17 @@
 /**
  * Finds, builds and loads the native shim.
  *
- * Search order:
+ * Every build is keyed by a hash of `shim.c` and the compiler flags, so an
+ * edited source is never served by a stale binary and an unchanged one is
+ * never rebuilt. Search order:
  * 1. `$VIRTIO_SHIM_PATH`, when set (it must load, or this fails);
- * 2. the project's build folder (`build/libvirtio_shim.so`, made by
- *    `deno task build`), when this module is a local file;
- * 3. a cache folder (`$VIRTIO_SHIM_CACHE`, else `$XDG_CACHE_HOME/virtio-deno`,
- *    else `~/.cache/virtio-deno`), where it is compiled from `shim.c` with
- *    `$CC`, `cc`, `gcc` or `clang` when missing. This is how an import from
- *    a registry (which ships no binaries) gets its shim.
+ * 2. `<dir>/<hash>/libvirtio_shim.so` in the first of these folders that has
+ *    it: `$VIRTIO_SHIM_CACHE` when set; else the checkout's `build/shim/`
+ *    (when this module is a local file) and then the user cache
+ *    (`$XDG_CACHE_HOME/virtio-deno` or `~/.cache/virtio-deno`);
+ * 3. otherwise it is compiled there with `$CC`, `cc`, `gcc` or `clang` (into
+ *    the first of those folders that is writable). This is also how an
+ *    import from a registry (which ships no binaries) gets its shim.
  *
  * @module
  */
@@ -159,7 +162,13 @@ export async function compileShim(
   return cc;
 }
 
-async function sourceHash(source: string): Promise<string> {
+/**
+ * The key of a build: a hash of the shim's source and the compiler flags.
+ *
+ * @param source the C source
+ * @returns 24 hex digits
+ */
+export async function shimBuildHash(source: string): Promise<string> {
   const data = new TextEncoder().encode(
     `${source}\n${SHIM_CFLAGS.join(" ")} ${extraCflags().join(" ")}`,
   );
@@ -167,36 +176,72 @@ async function sourceHash(source: string): Promise<string> {
   return Array.from(digest.subarray(0, 12), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-function cacheDir(): string | undefined {
-  const explicit = envGet("VIRTIO_SHIM_CACHE");
-  if (explicit) return explicit;
-  const xdg = envGet("XDG_CACHE_HOME");
-  if (xdg) return `${xdg}/virtio-deno`;
-  const home = envGet("HOME");
-  return home ? `${home}/.cache/virtio-deno` : undefined;
+/** The checkout's build folder for the shim, when this module is a local file. */
+function projectShimDir(): string | undefined {
+  const url = new URL("../build/shim", import.meta.url);
+  return url.protocol === "file:" ? decodeURIComponent(url.pathname) : undefined;
 }
 
-/** The path of the project's build output, when this module is a local file. */
-export function projectShimPath(): string | undefined {
-  const url = new URL(`../build/${SHIM_FILE_NAME}`, import.meta.url);
-  return url.protocol === "file:" ? decodeURIComponent(url.pathname) : undefined;
+/** The folders a build is looked for in (and compiled into), in order. */
+function shimDirs(): string[] {
+  const explicit = envGet("VIRTIO_SHIM_CACHE");
+  if (explicit) return [explicit];
+  const dirs: string[] = [];
+  const project = projectShimDir();
+  if (project) dirs.push(project);
+  const xdg = envGet("XDG_CACHE_HOME");
+  const home = envGet("HOME");
+  if (xdg) dirs.push(`${xdg}/virtio-deno`);
+  else if (home) dirs.push(`${home}/.cache/virtio-deno`);
+  return dirs;
+}
+
+/** Where a shim build is, or is to be made. */
+export interface ShimBuild {
+  /** The shared object's path. */
+  readonly path: string;
+  /** The compiler used, when this call compiled it. */
+  readonly compiler?: string;
+}
+
+/**
+ * Makes sure a build of the current `shim.c` exists (compiling it when no
+ * folder has one) and says where it is. Does nothing but look when the
+ * build is up to date.
+ *
+ * @returns the build's path, and the compiler when it was compiled now
+ * @throws {ShimLoadError} when it must be compiled and cannot be
+ */
+export async function ensureShimBuilt(): Promise<ShimBuild> {
+  const source = await readShimSource();
+  const hash = await shimBuildHash(source);
+  const dirs = shimDirs();
+  if (dirs.length === 0) {
+    throw new ShimLoadError(
+      "cannot find the native shim: set VIRTIO_SHIM_PATH to a built libvirtio_shim.so, or HOME or VIRTIO_SHIM_CACHE for a cache folder",
+    );
+  }
+  for (const dir of dirs) {
+    const path = `${dir}/${hash}/${SHIM_FILE_NAME}`;
+    if (fileExists(path)) return { path };
+  }
+  let lastError: unknown;
+  for (const dir of dirs) {
+    const path = `${dir}/${hash}/${SHIM_FILE_NAME}`;
+    try {
+      return { path, compiler: await compileShim(path, source) };
+    } catch (e) {
+      if (e instanceof ShimLoadError) throw e; // the compiler failed: the next folder will not help
+      lastError = e; // a folder we may not write to (a read-only checkout): try the next one
+    }
+  }
+  throw new ShimLoadError(`cannot write the native shim into ${dirs.join(" or ")}`, { cause: lastError });
 }
 
 async function locateAndLoad(): Promise<ShimLibrary> {
   const explicit = envGet("VIRTIO_SHIM_PATH");
   if (explicit) return open(explicit);
-  const project = projectShimPath();
-  if (project && fileExists(project)) return open(project);
-  const source = await readShimSource();
-  const dir = cacheDir();
-  if (!dir) {
-    throw new ShimLoadError(
-      "cannot find the native shim: set VIRTIO_SHIM_PATH, run `deno task build`, or set HOME/VIRTIO_SHIM_CACHE for a cache folder",
-    );
-  }
-  const path = `${dir}/${await sourceHash(source)}/${SHIM_FILE_NAME}`;
-  if (!fileExists(path)) await compileShim(path, source);
-  return open(path);
+  return open((await ensureShimBuilt()).path);
 }
 
 /**

@@ -14,6 +14,7 @@ export type VirtioErrorCode =
   | "ERR_DEVICE_IO"
   | "ERR_DEVICE_UNSUPPORTED"
   | "ERR_DEVICE_PROTOCOL"
+  | "ERR_CONNECT_FAILED"
   | "ERR_CONNECTION_LOST"
   | "ERR_CLOSED"
   | "ERR_READ_ONLY"
@@ -144,6 +145,32 @@ export class DeviceProtocolError extends VirtioError {
   }
 }
 
+/**
+ * The device could not be reached at all: no socket at the path, nothing
+ * listening on it, not a socket, no permission. Nothing was ever connected
+ * (compare {@linkcode ConnectionLostError}). The message names the cause;
+ * {@linkcode ConnectFailedError.errno} has the errno's name.
+ */
+export class ConnectFailedError extends VirtioError {
+  /** The errno's name, e.g. `"ENOENT"` or `"ECONNREFUSED"`. */
+  readonly errno: string;
+  /** What was connected to (a socket path, a device node, a PCI address). */
+  readonly target: string;
+  /**
+   * Creates the instance.
+   *
+   * @param target what was connected to
+   * @param errno the errno's name
+   * @param message the cause, for humans
+   * @param options the underlying cause
+   */
+  constructor(target: string, errno: string, message: string, options?: { cause?: unknown }) {
+    super("ERR_CONNECT_FAILED", message, options);
+    this.errno = errno;
+    this.target = target;
+  }
+}
+
 /** The connection to the device was lost (the backend closed its socket or died). */
 export class ConnectionLostError extends VirtioError {
   /**
@@ -257,6 +284,8 @@ const ERRNO_NAMES: Record<number, string> = {
   16: "EBUSY",
   17: "EEXIST",
   19: "ENODEV",
+  20: "ENOTDIR",
+  21: "EISDIR",
   22: "EINVAL",
   24: "EMFILE",
   25: "ENOTTY",
@@ -264,6 +293,7 @@ const ERRNO_NAMES: Record<number, string> = {
   32: "EPIPE",
   36: "ENAMETOOLONG",
   38: "ENOSYS",
+  88: "ENOTSOCK",
   95: "EOPNOTSUPP",
   98: "EADDRINUSE",
   104: "ECONNRESET",

@@ -2,12 +2,39 @@
 
 import { QemuStorageDaemon } from "../src/testing/qsd.ts";
 
+import { INSTALL_HINTS, type Requirement } from "./_requirements.ts";
+
+const available: Record<Requirement, boolean> = {
+  "qemu-storage-daemon": await QemuStorageDaemon.available(),
+  "linux-headers": await Deno.stat("/usr/include/linux/vfio.h").then(() => true, () => false),
+};
+
 /** Whether qemu-storage-daemon can run here; when not, integration tests are skipped loudly. */
-export const HAVE_QSD = await QemuStorageDaemon.available();
-if (!HAVE_QSD) {
-  const msg = "qemu-storage-daemon not found: SKIPPING the integration tests (apt-get install qemu-system-common)";
-  if (Deno.env.get("VIRTIO_REQUIRE_QSD") === "1") throw new Error(msg);
+export const HAVE_QSD = available["qemu-storage-daemon"];
+
+for (const [what, ok] of Object.entries(available)) {
+  if (ok) continue;
+  const msg = `${what} not found: SKIPPING the tests that need it (${INSTALL_HINTS[what as Requirement]})`;
+  // CI sets this: there, a skip is a failure.
+  if (Deno.env.get("VIRTIO_REQUIRE_ALL") === "1") {
+    throw new Error(msg);
+  }
   console.warn(`\n*** ${msg} ***\n`);
+}
+
+/**
+ * Whether a test that needs `what` must be skipped here (use as `ignore:`).
+ * Each skip is recorded in `$VIRTIO_SKIP_LOG` (set by `deno task test`),
+ * which prints a summary of what was skipped and why at the end.
+ *
+ * @param what the requirement
+ * @returns true to skip
+ */
+export function missing(what: Requirement): boolean {
+  if (available[what]) return false;
+  const log = Deno.env.get("VIRTIO_SKIP_LOG");
+  if (log) Deno.writeTextFileSync(log, `${what}\n`, { append: true });
+  return true;
 }
 
 /** Open descriptors of this process. */

@@ -3,14 +3,14 @@
 // leak no descriptor and no mapping.
 import assert from "node:assert/strict";
 import { type CompletionMode, ConnectionLostError, loadShim, QemuStorageDaemon, VirtioBlk } from "../mod.ts";
-import { fdCount, HAVE_QSD, memfdMappings, stopProcess } from "./_support.ts";
+import { fdCount, memfdMappings, missing, stopProcess } from "./_support.ts";
 
 await loadShim();
 
 for (const mode of ["poll", "eventfd"] as CompletionMode[]) {
   Deno.test({
     name: `crash (${mode}): SIGKILL with 64 requests in flight, every one rejects within 1 s`,
-    ignore: !HAVE_QSD,
+    ignore: missing("qemu-storage-daemon"),
     fn: async () => {
       const qsd = await QemuStorageDaemon.start({ size: 16 << 20 });
       try {
@@ -48,7 +48,7 @@ for (const mode of ["poll", "eventfd"] as CompletionMode[]) {
 
 Deno.test({
   name: "crash: a new connection to the restarted daemon works in the same process, data intact",
-  ignore: !HAVE_QSD,
+  ignore: missing("qemu-storage-daemon"),
   fn: async () => {
     const qsd = await QemuStorageDaemon.start({ size: 16 << 20 });
     try {
@@ -74,7 +74,7 @@ Deno.test({
 
 Deno.test({
   name: "crash: 100 connect / kill / close cycles leak no descriptor and no mapping",
-  ignore: !HAVE_QSD,
+  ignore: missing("qemu-storage-daemon"),
   fn: async () => {
     const qsd = await QemuStorageDaemon.start({ size: 4 << 20 });
     try {

@@ -3,6 +3,7 @@
 // compiled and printed by a C program on 2026-11-24 (linux-libc-dev 6.1), and
 // re-derived live below when a C compiler and the headers are present.
 import assert from "node:assert/strict";
+import { missing } from "./_support.ts";
 import { io, ior, iow, iowr } from "../src/transport/linux/ioctl.ts";
 import {
   iotlbMsg,
@@ -264,7 +265,7 @@ Deno.test("PCI capability walk: a hostile config space is a typed error", () => 
 
 Deno.test({
   name: "golden values re-derived live from the installed Linux headers",
-  ignore: !(await Deno.stat("/usr/include/linux/vfio.h").then(() => true, () => false)),
+  ignore: missing("linux-headers"),
   fn: async () => {
     const dir = await Deno.makeTempDir();
     try {

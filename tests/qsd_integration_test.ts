@@ -13,7 +13,7 @@ import {
   type VirtioError,
 } from "../mod.ts";
 import { randomWrites, spotCheckReads } from "./_matrix.ts";
-import { fdCount, firstDifference, HAVE_QSD, memfdMappings, Rng, stopProcess } from "./_support.ts";
+import { fdCount, firstDifference, memfdMappings, missing, Rng, stopProcess } from "./_support.ts";
 
 await loadShim(); // process-wide; loaded outside the tests' resource accounting
 
@@ -41,7 +41,7 @@ function connect(qsd: QemuStorageDaemon, options: Partial<VirtioBlkConnectOption
 
 Deno.test({
   name: "qsd: 10,000 random writes match an independent read of the image",
-  ignore: !HAVE_QSD,
+  ignore: missing("qemu-storage-daemon"),
   fn: async () => {
     const size = 64 * MiB;
     await withDaemon({ size }, async (qsd) => {
@@ -70,7 +70,7 @@ Deno.test({
 for (const mode of ["poll", "eventfd"] as CompletionMode[]) {
   Deno.test({
     name: `qsd (${mode}): discard and write-zeroes leave zeroes an independent reader sees`,
-    ignore: !HAVE_QSD,
+    ignore: missing("qemu-storage-daemon"),
     fn: async () => {
       const size = 16 * MiB;
       await withDaemon({ size }, async (qsd) => {
@@ -107,7 +107,7 @@ for (const mode of ["poll", "eventfd"] as CompletionMode[]) {
 
 Deno.test({
   name: "qsd: a num-queues=2 export, both queues used",
-  ignore: !HAVE_QSD,
+  ignore: missing("qemu-storage-daemon"),
   fn: async () => {
     const size = 8 * MiB;
     await withDaemon({ size, numQueues: 2 }, async (qsd) => {
@@ -151,7 +151,7 @@ Deno.test({
 
 Deno.test({
   name: "qsd: a writable=off export is read-only and refuses writes",
-  ignore: !HAVE_QSD,
+  ignore: missing("qemu-storage-daemon"),
   fn: async () => {
     await withDaemon({ size: 4 * MiB, writable: false }, async (qsd) => {
       const blk = await connect(qsd);
@@ -172,7 +172,7 @@ Deno.test({
 for (const mode of ["poll", "eventfd"] as CompletionMode[]) {
   Deno.test({
     name: `qsd (${mode}): daemon killed with 32 requests in flight: all reject within 1 s, close releases everything`,
-    ignore: !HAVE_QSD,
+    ignore: missing("qemu-storage-daemon"),
     fn: async () => {
       const fds = fdCount();
       const maps = memfdMappings();
@@ -209,14 +209,3 @@ for (const mode of ["poll", "eventfd"] as CompletionMode[]) {
     },
   });
 }
-
-Deno.test({
-  name: "qsd: connecting to a missing socket is a typed error",
-  ignore: !HAVE_QSD,
-  fn: async () => {
-    await assert.rejects(
-      VirtioBlk.connect({ transport: "vhost-user", path: "/nonexistent/virtio.sock" }),
-      ConnectionLostError,
-    );
-  },
-});

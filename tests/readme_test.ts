@@ -1,6 +1,6 @@
 // Every TypeScript example in README.md runs as written (each in its own process).
 import assert from "node:assert/strict";
-import { HAVE_QSD } from "./_support.ts";
+import { missing } from "./_support.ts";
 
 const root = new URL("..", import.meta.url);
 const readme = await Deno.readTextFile(new URL("README.md", root));
@@ -14,7 +14,7 @@ blocks.forEach((code, i) => {
   const needsDaemon = code.includes("QemuStorageDaemon");
   Deno.test({
     name: `README example ${i + 1} runs as written${needsDaemon ? " (qemu-storage-daemon)" : ""}`,
-    ignore: needsDaemon && !HAVE_QSD,
+    ignore: needsDaemon && missing("qemu-storage-daemon"),
     fn: async () => {
       const file = await Deno.makeTempFile({ dir: root.pathname, prefix: ".readme-example-", suffix: ".ts" });
       try {

@@ -14,7 +14,7 @@ import {
 } from "../mod.ts";
 import { requestMatrix } from "./_matrix.ts";
 import { stressBursts } from "./_stress.ts";
-import { firstDifference, HAVE_QSD, Rng } from "./_support.ts";
+import { firstDifference, missing, Rng } from "./_support.ts";
 
 await loadShim();
 
@@ -31,7 +31,7 @@ for (const [name, features] of SPLIT_CONFIGS) {
   for (const mode of ["poll", "eventfd"] as const) {
     Deno.test({
       name: `qsd ${name} (${mode}): the request matrix, verified by an independent reader`,
-      ignore: !HAVE_QSD,
+      ignore: missing("qemu-storage-daemon"),
       fn: async () => {
         const size = 16 * MiB;
         const qsd = await QemuStorageDaemon.start({ size });
@@ -92,7 +92,7 @@ for (const indirect of [true, false]) {
     name: `qsd: more segments than free descriptors ${
       indirect ? "succeeds with INDIRECT" : "is 'queue full' without it"
     }`,
-    ignore: !HAVE_QSD,
+    ignore: missing("qemu-storage-daemon"),
     fn: async () => {
       const qsd = await QemuStorageDaemon.start({ size: 4 * MiB });
       try {
@@ -137,7 +137,7 @@ for (const indirect of [true, false]) {
 
 Deno.test({
   name: "qsd: a num-queues=4 export with all 4 queues, each completing independently",
-  ignore: !HAVE_QSD,
+  ignore: missing("qemu-storage-daemon"),
   fn: async () => {
     const size = 8 * MiB;
     const qsd = await QemuStorageDaemon.start({ size, numQueues: 4 });
@@ -178,7 +178,7 @@ Deno.test({
 for (const spinMicros of [0, 50]) {
   Deno.test({
     name: `qsd: eventfd lost-wakeup stress, EVENT_IDX on, spin ${spinMicros} µs: every request accounted for`,
-    ignore: !HAVE_QSD,
+    ignore: missing("qemu-storage-daemon"),
     fn: async () => {
       const qsd = await QemuStorageDaemon.start({ driver: "null-co", size: 1 << 30 });
       try {

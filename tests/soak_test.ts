@@ -2,14 +2,14 @@
 import assert from "node:assert/strict";
 import { loadShim } from "../mod.ts";
 import { soak } from "./_soak.ts";
-import { HAVE_QSD } from "./_support.ts";
+import { missing } from "./_support.ts";
 
 await loadShim();
 
 for (const mode of ["poll", "eventfd"] as const) {
   Deno.test({
     name: `soak (${mode}): 20,000 mixed operations over 2 queues, verified by an independent reader`,
-    ignore: !HAVE_QSD,
+    ignore: missing("qemu-storage-daemon"),
     fn: async () => {
       const r = await soak({ ops: 20_000, queues: 2, depth: 16, sizeMiB: 16, mode, seed: mode === "poll" ? 7 : 8 });
       assert.equal(r.ops, 20_000);

@@ -206,6 +206,20 @@ export class VirtioBlkQueue<T = unknown> {
     return this.#queueSize;
   }
 
+  /**
+   * How many reads or writes of `segments` buffers this queue holds in flight
+   * at once: each takes a header, its buffers and a status descriptor, and
+   * without indirect descriptors a ring of N entries holds N / (segments + 2)
+   * of them (85 plain requests in 256 entries). Beyond it the batch API
+   * throws {@linkcode QueueFullError} and the promise API queues.
+   *
+   * @param segments data buffers per request (default 1)
+   * @returns the number of requests
+   */
+  maxInFlight(segments = 1): number {
+    return Math.min(this.#vq.maxChains(segments + 2), this.#queueSize);
+  }
+
   /** Requests enqueued and not yet handed back (by poll, the iterator, or a settled promise). */
   get inFlight(): number {
     return this.#outstanding + this.#readyCount;

@@ -1,8 +1,9 @@
 /**
  * A fio-like workload runner over {@linkcode VirtioBlk}: keeps `iodepth`
- * requests in flight on each of `queues` queues for `runtime` seconds and
- * measures IOPS, bandwidth and latency. The batch path allocates nothing
- * per request in steady state.
+ * requests in flight on each of `queues` queues for `runtime` seconds (after
+ * a warm-up of `rampTime`) and measures IOPS, bandwidth and latency, for
+ * reads and writes apart. The batch path allocates nothing per request in
+ * steady state. An abort signal ends the run early with what was measured.
  *
  * @module
  */
@@ -28,9 +29,9 @@ export interface FioJob {
   iodepth: number;
   /** Queues used, 0..queues-1 (at most the device's numQueues). */
   queues: number;
-  /** Seconds to run (after `rampTime`). */
+  /** Seconds to measure (after `rampTime`). */
   runtime: number;
-  /** Seconds of warm-up, not counted. Default 0. */
+  /** Seconds of warm-up before measuring. Default 0. */
   rampTime?: number;
   /** Bytes of the device to address, from offset 0; default its capacity. */
   size?: number;
@@ -40,45 +41,76 @@ export interface FioJob {
   api?: "batch" | "promise";
   /** Seed of the offset generator. */
   seed?: number;
-  /** Called about once a second with the figures of the last interval. */
+  /** Called once a second with the figures of the last second (not while draining). */
   onProgress?: (p: FioProgress) => void;
+  /** Ends the run early: requests in flight finish, nothing after the abort is measured. */
+  signal?: AbortSignal;
 }
 
 /** One progress report. */
 export interface FioProgress {
   /** Seconds since the start (ramp included). */
   elapsed: number;
-  /** IOPS over the last interval. */
+  /** IOPS over the last second. */
   iops: number;
-  /** MB/s (10^6 bytes) over the last interval. */
-  mbps: number;
-  /** Whether the ramp is still running. */
+  /** Bytes per second over the last second. */
+  bytesPerSecond: number;
+  /** Whether this second was part of the ramp (not measured). */
   ramping: boolean;
+}
+
+/** Figures of one direction (or both) over the measured time. */
+export interface FioStats {
+  /** Requests completed. */
+  ios: number;
+  /** Bytes transferred. */
+  bytes: number;
+  /** Requests per second. */
+  iops: number;
+  /** Bytes per second. */
+  bytesPerSecond: number;
+  /** Completion latency, microseconds. */
+  latency: LatencySummary;
 }
 
 /** The result of a run. */
 export interface FioResult {
   /** The job (without callbacks). */
-  job: Omit<FioJob, "onProgress">;
-  /** Requests completed in the measured time. */
-  ios: number;
-  /** Of which reads. */
-  reads: number;
-  /** Of which writes. */
-  writes: number;
-  /** Requests that failed. */
+  job: Omit<FioJob, "onProgress" | "signal">;
+  /** Reads. */
+  read: FioStats;
+  /** Writes. */
+  write: FioStats;
+  /** Reads and writes together. */
+  total: FioStats;
+  /** Requests that failed before the run ended (during the ramp too). */
   errors: number;
-  /** Measured seconds. */
+  /** The first failure's message, when there was one. */
+  firstError?: string;
+  /** Measured seconds (0 when stopped during the ramp). */
   seconds: number;
-  /** Requests per second. */
-  iops: number;
-  /** 10^6 bytes per second. */
-  mbps: number;
-  /** Completion latency, microseconds. */
-  latency: LatencySummary;
+  /** Whether the run was stopped early by its signal. */
+  interrupted: boolean;
 }
 
 const READ = 0, WRITE = 1;
+
+function nextPowerOfTwo(n: number): number {
+  let p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+/**
+ * The queue size that holds `iodepth` plain requests in flight without
+ * indirect descriptors (3 ring entries each), at least 256.
+ *
+ * @param iodepth requests per queue
+ * @returns a power of two
+ */
+export function queueSizeFor(iodepth: number): number {
+  return Math.max(256, nextPowerOfTwo(3 * iodepth));
+}
 
 /**
  * Checks a job against a device.
@@ -95,7 +127,15 @@ export function validateJob(blk: VirtioBlk, job: FioJob): string | undefined {
   }
   if (job.bs > blk.maxSegmentSize) return `--bs is above the device's segment limit ${blk.maxSegmentSize}`;
   if (!(Number.isInteger(job.iodepth) && job.iodepth >= 1)) return "--iodepth must be a positive integer";
-  if (job.iodepth > blk.queueSize) return `--iodepth ${job.iodepth} is above --queue-size ${blk.queueSize}`;
+  const holds = blk.queue(0).maxInFlight(1);
+  if (job.iodepth > holds) {
+    const fits = queueSizeFor(job.iodepth);
+    return `--iodepth ${job.iodepth} is more than a queue holds: a ring of ${blk.queueSize} entries takes ` +
+      `${holds} requests of 3 descriptors (header, data, status)${
+        blk.features.indirect ? "" : " and the device offers no indirect descriptors"
+      }. Use --queue-size ${fits} (or leave --queue-size out to size it from --iodepth)` +
+      `${blk.features.indirect ? ", --indirect always (one ring entry per request)" : ""}, or --iodepth ${holds}`;
+  }
   if (!(Number.isInteger(job.queues) && job.queues >= 1 && job.queues <= blk.numQueues)) {
     return `--queues must be from 1 to ${blk.numQueues}`;
   }
@@ -121,12 +161,25 @@ class Rng {
   }
 }
 
+function stats(hist: LatencyHistogram, bs: number, seconds: number): FioStats {
+  const latency = hist.summary();
+  const bytes = latency.count * bs;
+  return {
+    ios: latency.count,
+    bytes,
+    iops: seconds > 0 ? latency.count / seconds : 0,
+    bytesPerSecond: seconds > 0 ? bytes / seconds : 0,
+    latency,
+  };
+}
+
 /**
  * Runs a workload.
  *
  * @param blk a connected device
  * @param job the workload
  * @returns the measurements
+ * @throws {RangeError} for a job the device cannot run (see {@linkcode validateJob})
  */
 export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
   const problem = validateJob(blk, job);
@@ -150,7 +203,7 @@ export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
   };
   const nextKind = (): number => (mix === 100 ? READ : mix === 0 ? WRITE : rng.next() % 100 < mix ? READ : WRITE);
 
-  const hist = new LatencyHistogram();
+  const hists = [new LatencyHistogram(), new LatencyHistogram()];
   const slots = job.iodepth * job.queues;
   const start = new Float64Array(slots);
   const kind = new Uint8Array(slots);
@@ -160,29 +213,59 @@ export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
     return b;
   });
   let counting = false; // inside the measured window
-  let measured = false; // the window has started (it ends at `end`)
   let stopping = false;
-  let ios = 0, reads = 0, writes = 0, errors = 0, intervalIos = 0;
+  let errors = 0, intervalIos = 0;
   let firstError: VirtioError | undefined;
 
   const t0 = now();
   const rampEnd = t0 + (job.rampTime ?? 0) * 1e9;
-  const end = rampEnd + job.runtime * 1e9;
-  let measureStart = t0;
+  let end = Infinity; // set when the measured window opens; moves up when the run is aborted
+  let measureStart = -1; // set when the measured window opens
+  let nextReport = t0 + 1e9;
   let lastReport = t0;
 
   const complete = (slot: number, error: VirtioError | undefined): void => {
-    const t = now();
     if (error) {
-      errors++;
-      firstError ??= error;
+      // Failures while draining after the end (or an abort, when a Ctrl-C
+      // may have reached the device's daemon too) are not the run's.
+      if (!stopping) {
+        errors++;
+        firstError ??= error;
+      }
     } else if (counting) {
-      hist.record(t - start[slot]);
-      ios++;
-      if (kind[slot] === READ) reads++;
-      else writes++;
+      hists[kind[slot]].record(now() - start[slot]);
     }
     intervalIos++;
+  };
+
+  /** Opens and closes the measured window, reports progress, notices an abort. */
+  const tick = (t: number): void => {
+    if (!stopping && job.signal?.aborted) {
+      stopping = true;
+      if (t < end) end = t;
+    }
+    if (measureStart < 0 && t >= rampEnd && !stopping) {
+      counting = true;
+      measureStart = t;
+      end = t + job.runtime * 1e9;
+    }
+    if (t >= end) {
+      counting = false; // completions while draining are not measured
+      stopping = true;
+    }
+    if (errors > 100) stopping = true;
+    if (!stopping && t >= nextReport) {
+      const dt = (t - lastReport) / 1e9;
+      job.onProgress?.({
+        elapsed: (nextReport - t0) / 1e9,
+        iops: intervalIos / dt,
+        bytesPerSecond: (intervalIos * job.bs) / dt,
+        ramping: nextReport <= rampEnd,
+      });
+      intervalIos = 0;
+      lastReport = t;
+      while (nextReport <= t) nextReport += 1e9;
+    }
   };
 
   try {
@@ -197,25 +280,13 @@ export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
             complete(slot, undefined);
           } catch (e) {
             complete(slot, e as VirtioError);
-            if (errors > 100) stopping = true;
           }
         }
       };
       const workers = Array.from({ length: slots }, (_, i) => worker(i));
       while (!stopping) {
-        await new Promise((r) => setTimeout(r, 50));
-        const t = now();
-        if (!measured && t >= rampEnd) {
-          counting = measured = true;
-          measureStart = t;
-        }
-        if (t - lastReport >= 1e9) {
-          report(t);
-        }
-        if (t >= end) {
-          stopping = true;
-          counting = false;
-        }
+        await new Promise((r) => setTimeout(r, 20));
+        tick(now());
       }
       await Promise.all(workers);
     } else {
@@ -227,26 +298,29 @@ export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
         if (k === READ) q.read(nextOffset(), bufs[slot], slot);
         else q.write(nextOffset(), bufs[slot], slot);
       };
+      // A failed queue refuses new requests at once: count that as the
+      // request's failure (its slot then rests) rather than let it escape.
+      const reissue = (slot: number): void => {
+        try {
+          issue(slot);
+        } catch (e) {
+          complete(slot, e as VirtioError);
+          stopping = true;
+        }
+      };
       const onDone = (slot: number, error: VirtioError | undefined): void => {
         complete(slot, error);
-        if (!stopping) issue(slot);
+        if (!stopping) reissue(slot);
       };
-      for (let s = 0; s < slots; s++) issue(s);
+      for (let s = 0; s < slots; s++) reissue(s);
       for (const q of queues) q.submit();
       let turns = 0;
       for (;;) {
         let n = 0;
         for (const q of queues) n += q.poll(onDone);
         if (n > 0) { for (const q of queues) q.submit(); }
-        const t = now();
-        if (!measured && t >= rampEnd) {
-          counting = measured = true;
-          measureStart = t; // nothing was recorded before: complete() records only while counting
-        }
-        if (!stopping && (t >= end || errors > 100)) stopping = true;
-        if (t >= end) counting = false; // completions while draining are not measured
+        tick(now());
         if (stopping && queues.every((q) => q.inFlight === 0)) break;
-        if (t - lastReport >= 1e9) report(t);
         if (n === 0) {
           if (blk.mode === "eventfd") {
             await (queues.length === 1 ? queues[0].wait() : Promise.race(queues.map((q) => q.wait())));
@@ -260,30 +334,22 @@ export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
   } finally {
     for (const b of bufs) if (b.byteLength > 0) blk.freeBuffer(b);
   }
-  const seconds = (Math.min(now(), end) - measureStart) / 1e9;
-  if (errors > 0 && ios === 0 && firstError) throw firstError;
-  const { onProgress: _, ...plain } = job;
+  const seconds = measureStart < 0 ? 0 : (end - measureStart) / 1e9;
+  const [read, write] = hists.map((h) => stats(h, job.bs, seconds));
+  const interrupted = job.signal?.aborted ?? false;
+  if (errors > 0 && read.ios + write.ios === 0 && firstError && !interrupted) throw firstError;
+  const total = new LatencyHistogram();
+  total.merge(hists[READ]);
+  total.merge(hists[WRITE]);
+  const { onProgress: _p, signal: _s, ...plain } = job;
   return {
     job: plain,
-    ios,
-    reads,
-    writes,
+    read,
+    write,
+    total: stats(total, job.bs, seconds),
     errors,
+    ...(firstError ? { firstError: firstError.message } : {}),
     seconds,
-    iops: ios / seconds,
-    mbps: (ios * job.bs) / seconds / 1e6,
-    latency: hist.summary(),
+    interrupted,
   };
-
-  function report(t: number): void {
-    const dt = (t - lastReport) / 1e9;
-    job.onProgress?.({
-      elapsed: (t - t0) / 1e9,
-      iops: intervalIos / dt,
-      mbps: (intervalIos * job.bs) / dt / 1e6,
-      ramping: !counting,
-    });
-    intervalIos = 0;
-    lastReport = t;
-  }
 }

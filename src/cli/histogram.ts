@@ -33,6 +33,8 @@ export interface LatencySummary {
   count: number;
   /** Mean (exact). */
   mean: number;
+  /** Standard deviation (exact, population). */
+  stdev: number;
   /** Minimum (exact). */
   min: number;
   /** Median (bucket precision). */
@@ -49,7 +51,8 @@ export interface LatencySummary {
 export class LatencyHistogram {
   readonly #counts = new Float64Array(BUCKETS);
   #count = 0;
-  #sum = 0;
+  #mean = 0; // Welford's running mean and sum of squared deviations
+  #m2 = 0;
   #min = Infinity;
   #max = 0;
 
@@ -60,10 +63,29 @@ export class LatencyHistogram {
    */
   record(ns: number): void {
     this.#counts[bucketOf(ns)]++;
-    this.#count++;
-    this.#sum += ns;
+    const n = ++this.#count;
+    const d = ns - this.#mean;
+    this.#mean += d / n;
+    this.#m2 += d * (ns - this.#mean);
     if (ns < this.#min) this.#min = ns;
     if (ns > this.#max) this.#max = ns;
+  }
+
+  /**
+   * Adds every sample of `other` (as if each had been recorded here).
+   *
+   * @param other another histogram
+   */
+  merge(other: LatencyHistogram): void {
+    if (other.#count === 0) return;
+    for (let i = 0; i < BUCKETS; i++) this.#counts[i] += other.#counts[i];
+    const n = this.#count + other.#count;
+    const d = other.#mean - this.#mean;
+    this.#m2 += other.#m2 + (d * d * this.#count * other.#count) / n;
+    this.#mean += (d * other.#count) / n;
+    this.#count = n;
+    if (other.#min < this.#min) this.#min = other.#min;
+    if (other.#max > this.#max) this.#max = other.#max;
   }
 
   /**
@@ -88,7 +110,8 @@ export class LatencyHistogram {
     const us = (ns: number) => ns / 1000;
     return {
       count: this.#count,
-      mean: this.#count ? us(this.#sum / this.#count) : 0,
+      mean: this.#count ? us(this.#mean) : 0,
+      stdev: this.#count ? us(Math.sqrt(this.#m2 / this.#count)) : 0,
       min: this.#count ? us(this.#min) : 0,
       p50: us(this.percentile(50)),
       p99: us(this.percentile(99)),

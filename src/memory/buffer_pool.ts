@@ -49,7 +49,6 @@ export class BufferPool {
     this.#freeStart.push(0);
     this.#freeLen.push(region.size);
     this.#available = region.size;
-    if (region.fd === -1) this.#bases.set(region.bytes.buffer, 0); // heap views share the region's buffer
   }
 
   /** Bytes not allocated (possibly fragmented). */
@@ -145,7 +144,7 @@ export class BufferPool {
       this.freeOffset(offset);
       throw e;
     }
-    if (view.buffer !== this.region.bytes.buffer) this.#bases.set(view.buffer, offset);
+    this.#bases.set(view.buffer, offset); // every view has an ArrayBuffer of its own
     return view;
   }
 
@@ -160,7 +159,7 @@ export class BufferPool {
     if (base === undefined) return false;
     const offset = base + view.byteOffset;
     if (this.#allocated.get(offset) !== view.byteLength) return false;
-    if (view.buffer !== this.region.bytes.buffer) this.#bases.delete(view.buffer);
+    this.#bases.delete(view.buffer);
     this.region.release(view);
     this.freeOffset(offset);
     return true;

@@ -4,7 +4,9 @@
  * A {@linkcode MemfdRegion} is a memfd mapped once into this process; its
  * descriptor is what vhost-user and vhost-vdpa hand to the device side. A
  * {@linkcode HeapRegion} is an ordinary ArrayBuffer, for the in-process mock
- * device, which needs no native code at all.
+ * device, which needs no native code and no permissions. Both hand callers
+ * views with an ArrayBuffer of their own, detached when released, so a freed
+ * buffer reads as empty on either.
  *
  * @module
  */
@@ -38,6 +40,12 @@ export interface SharedRegion {
   slice(offset: number, length: number): Uint8Array<ArrayBuffer>;
   /** Detaches a view made by {@linkcode SharedRegion.slice} (it reads as empty from now on). */
   release(view: Uint8Array<ArrayBuffer>): void;
+  /**
+   * The bytes at `[offset, offset + length)` as the device sees them: what
+   * an in-process device (the mock) reads and writes. For memory mapped into
+   * this process it is a view of {@linkcode SharedRegion.bytes}.
+   */
+  deviceBytes(offset: number, length: number): Uint8Array;
   /** Detaches every view, unmaps the memory and closes the descriptor. */
   close(): void;
 }
@@ -120,6 +128,10 @@ export class MemfdRegion implements SharedRegion {
     if (this.#views.delete(view.buffer)) detach(view.buffer);
   }
 
+  deviceBytes(offset: number, length: number): Uint8Array {
+    return this.bytes.subarray(offset, offset + length);
+  }
+
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
@@ -135,9 +147,21 @@ export class MemfdRegion implements SharedRegion {
   }
 }
 
+/** A caller's view of a {@linkcode HeapRegion}: its own ArrayBuffer, standing in for `[offset, offset + length)`. */
+interface HeapView {
+  readonly offset: number;
+  readonly length: number;
+  readonly buffer: ArrayBuffer;
+}
+
 /**
  * A region in the JavaScript heap, for the mock device (which runs in this
- * process and reads the same ArrayBuffer). Its views share one ArrayBuffer.
+ * process). It behaves as shared memory does for a caller: each view it
+ * hands out has an ArrayBuffer of its own (so it cannot reach past its
+ * range), starts with what that memory last held, is what the device reads
+ * and writes while it lives, and reads as empty once released — its bytes
+ * go back to the region, where the next view over them finds them, but the
+ * old view never aliases a new one.
  */
 export class HeapRegion implements SharedRegion {
   /** A name for diagnostics. */
@@ -150,8 +174,10 @@ export class HeapRegion implements SharedRegion {
   readonly fd: number = -1;
   /** IOVA of byte 0 once mapped for the mock device, else -1. */
   iova: number = -1;
-  /** The whole region. */
+  /** The region's own bytes (outside live views), for the driver's own use. */
   readonly bytes: Uint8Array<ArrayBuffer>;
+  // Live views, sorted by offset (they never overlap: the pool hands out disjoint ranges).
+  readonly #views: HeapView[] = [];
   #closed = false;
 
   /**
@@ -170,21 +196,68 @@ export class HeapRegion implements SharedRegion {
     return this.#closed;
   }
 
+  /** Live caller views (0 means {@linkcode HeapRegion.bytes} is what the device sees everywhere). */
+  get liveViews(): number {
+    return this.#views.length;
+  }
+
+  /** Index of the first live view that ends after `offset`. */
+  #search(offset: number): number {
+    const v = this.#views;
+    let lo = 0, hi = v.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (v[mid].offset + v[mid].length <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
   slice(offset: number, length: number): Uint8Array<ArrayBuffer> {
     if (this.#closed) throw new RangeError(`region ${this.name} is closed`);
     if (offset < 0 || length < 0 || offset + length > this.size) {
       throw new RangeError(`[${offset}, +${length}) is outside region ${this.name}`);
     }
-    return this.bytes.subarray(offset, offset + length);
+    const i = this.#search(offset);
+    const next = this.#views[i];
+    if (next !== undefined && next.offset < offset + length) {
+      throw new RangeError(`[${offset}, +${length}) overlaps a live view of region ${this.name}`);
+    }
+    const view = new Uint8Array(new ArrayBuffer(length));
+    view.set(this.bytes.subarray(offset, offset + length));
+    this.#views.splice(i, 0, { offset, length, buffer: view.buffer });
+    return view;
   }
 
-  release(_view: Uint8Array<ArrayBuffer>): void {
-    // Views share the region's ArrayBuffer; they are detached on close.
+  release(view: Uint8Array<ArrayBuffer>): void {
+    const i = this.#views.findIndex((v) => v.buffer === view.buffer);
+    if (i < 0) return;
+    const [v] = this.#views.splice(i, 1);
+    // Its bytes stay in the memory, as they would in shared memory.
+    this.bytes.set(new Uint8Array(v.buffer), v.offset);
+    detach(v.buffer);
+  }
+
+  deviceBytes(offset: number, length: number): Uint8Array {
+    if (this.#views.length > 0) {
+      const v = this.#views[this.#search(offset)];
+      if (v !== undefined && v.offset < offset + length) {
+        if (offset >= v.offset && offset + length <= v.offset + v.length) {
+          return new Uint8Array(v.buffer, offset - v.offset, length);
+        }
+        throw new RangeError(
+          `[${offset}, +${length}) of heap region ${this.name} spans the edge of a caller's buffer`,
+        );
+      }
+    }
+    return this.bytes.subarray(offset, offset + length);
   }
 
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    for (const v of this.#views) detach(v.buffer);
+    this.#views.length = 0;
     detach(this.bytes.buffer);
   }
 }

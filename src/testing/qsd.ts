@@ -2,8 +2,17 @@
  * Starts and stops a private qemu-storage-daemon exporting a vhost-user-blk
  * device on a temporary socket: for tests, the demo, the CLI and benchmarks.
  *
+ * A daemon started here never outlives an interrupted program: on SIGINT or
+ * SIGTERM it is killed and its folder removed before the process exits
+ * (with status 130 or 143; see `src/process/terminate.ts`).
+ *
  * @module
  */
+
+import { onTermination } from "../process/terminate.ts";
+
+/** What to install when the daemon is missing (one line, for messages). */
+export const QSD_INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install qemu-system-common qemu-utils)";
 
 /** Options of {@linkcode QemuStorageDaemon.start}. */
 export interface QemuStorageDaemonOptions {
@@ -29,6 +38,12 @@ export interface QemuStorageDaemonOptions {
   binary?: string;
   /** Where the socket, image and log go; default a new temporary directory (removed on stop). */
   dir?: string;
+  /**
+   * Kill the daemon and remove its folder when this process gets SIGINT or
+   * SIGTERM, then exit with 130 or 143 (default true). Set it to false when
+   * your program handles those signals itself and stops the daemon.
+   */
+  stopOnSignal?: boolean;
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -38,6 +53,30 @@ async function exists(path: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/**
+ * The path of an executable: `name` itself when it has a slash, else the
+ * first match on `$PATH`; undefined when there is none.
+ */
+function findExecutable(name: string): string | undefined {
+  const isExecutable = (p: string) => {
+    try {
+      const st = Deno.statSync(p);
+      return st.isFile && ((st.mode ?? 0o111) & 0o111) !== 0;
+    } catch {
+      return false;
+    }
+  };
+  if (name.includes("/")) return isExecutable(name) ? name : undefined;
+  let path = "";
+  try {
+    path = Deno.env.get("PATH") ?? "";
+  } catch {
+    // no --allow-env
+  }
+  for (const dir of path.split(":")) if (dir && isExecutable(`${dir}/${name}`)) return `${dir}/${name}`;
+  return undefined;
 }
 
 function defaultBinary(): string {
@@ -73,6 +112,7 @@ export class QemuStorageDaemon implements AsyncDisposable {
   #child: Deno.ChildProcess | undefined;
   #status: Promise<Deno.CommandStatus | undefined> = Promise.resolve(undefined);
   #stopped = false;
+  #signalHook: Disposable | undefined;
 
   private constructor(
     binary: string,
@@ -166,13 +206,32 @@ export class QemuStorageDaemon implements AsyncDisposable {
       imagePath,
       logPath,
     );
+    if (options.stopOnSignal ?? true) daemon.#signalHook = onTermination(() => daemon.#stopNow());
     try {
       await daemon.#spawn();
     } catch (e) {
+      daemon.#signalHook?.[Symbol.dispose]();
       if (ownsDir) await Deno.remove(dir, { recursive: true }).catch(() => {});
       throw e;
     }
     return daemon;
+  }
+
+  /** The termination hook: kills the daemon and removes its folder, synchronously. */
+  #stopNow(): void {
+    this.#stopped = true;
+    try {
+      this.#child?.kill("SIGKILL");
+    } catch {
+      // already exited
+    }
+    if (this.#ownsDir) {
+      try {
+        Deno.removeSync(this.dir, { recursive: true });
+      } catch {
+        // already gone
+      }
+    }
   }
 
   /** Starts the process and waits for its socket. */
@@ -181,8 +240,14 @@ export class QemuStorageDaemon implements AsyncDisposable {
     const log = await Deno.open(this.logPath, { create: true, append: true });
     let child: Deno.ChildProcess;
     try {
-      child = new Deno.Command(this.#binary, {
-        args: this.#args,
+      const binary = findExecutable(this.#binary);
+      if (binary === undefined) throw new Deno.errors.NotFound(`${this.#binary} not found: ${QSD_INSTALL_HINT}`);
+      // In a session of its own, so that a Ctrl-C meant for this program does
+      // not reach the daemon first: the termination hook stops it once the
+      // program has finished with it (fio prints its summary before).
+      const setsid = findExecutable("setsid");
+      child = new Deno.Command(setsid ?? binary, {
+        args: setsid ? [binary, ...this.#args] : this.#args,
         stdin: "null",
         stdout: "piped",
         stderr: "piped",
@@ -241,6 +306,7 @@ export class QemuStorageDaemon implements AsyncDisposable {
    * graceful shutdown right after a front-end disconnected) and removes the folder it created.
    */
   async stop(): Promise<void> {
+    this.#signalHook?.[Symbol.dispose]();
     if (this.#stopped) return;
     this.#stopped = true;
     let done = false;

@@ -128,7 +128,7 @@ export class MockTransport implements Transport {
   mapMemRegion(region: SharedRegion): Promise<void> {
     region.iova = this.#nextIova;
     this.#nextIova += Math.ceil(region.size / 0x20_0000) * 0x20_0000 + 0x20_0000;
-    this.device.map(region.iova, region.bytes);
+    this.device.map(region.iova, region);
     return Promise.resolve();
   }
 

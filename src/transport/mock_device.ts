@@ -37,6 +37,7 @@ import { type DeviceChain, DevicePackedRing, type DeviceRing, DeviceSplitRing, M
 
 export { MockDeviceError };
 import type { QueueConfig } from "./transport.ts";
+import { HeapRegion, type SharedRegion } from "../memory/region.ts";
 
 /** When the mock device processes what the driver made available. */
 export type MockCompletionMode = "immediate" | "microtask" | "manual";
@@ -113,7 +114,8 @@ export interface MockRequest {
 
 interface MemMapping {
   iova: number;
-  bytes: Uint8Array;
+  size: number;
+  region: SharedRegion;
 }
 
 interface Segment {
@@ -242,9 +244,9 @@ export class MockBlkDevice {
     this.#onInterrupt = fn;
   }
 
-  /** Makes `bytes` reachable at `iova`. @internal */
-  map(iova: number, bytes: Uint8Array): void {
-    this.#mem.push({ iova, bytes });
+  /** Makes `region` reachable at `iova`. @internal */
+  map(iova: number, region: SharedRegion): void {
+    this.#mem.push({ iova, size: region.size, region });
   }
 
   /** Withdraws the mapping at `iova`. @internal */
@@ -262,9 +264,12 @@ export class MockBlkDevice {
    */
   translate(iova: number, length: number): Uint8Array {
     for (const m of this.#mem) {
-      if (iova >= m.iova && iova + length <= m.iova + m.bytes.byteLength) {
-        const at = m.bytes.byteOffset + iova - m.iova;
-        return new Uint8Array(m.bytes.buffer, at, length);
+      if (iova >= m.iova && iova + length <= m.iova + m.size) {
+        try {
+          return m.region.deviceBytes(iova - m.iova, length);
+        } catch (e) {
+          throw new MockDeviceError(`the driver gave ${iova.toString(16)} (+${length}): ${(e as Error).message}`);
+        }
       }
     }
     throw new MockDeviceError(`the driver gave an unmapped address ${iova.toString(16)} (+${length})`);
@@ -381,8 +386,12 @@ export class MockBlkDevice {
       let written = false;
       for (let k = 0; k < this.#mem.length; k++) {
         const m = this.#mem[k];
-        if (addr >= m.iova && addr < m.iova + m.bytes.byteLength) {
-          m.bytes[addr - m.iova] = VIRTIO_BLK_S_OK;
+        if (addr >= m.iova && addr < m.iova + m.size) {
+          // Status bytes live in the queue region's request slots, which hand
+          // out no caller views: its own bytes are what the device sees.
+          const r = m.region;
+          if (r instanceof HeapRegion && r.liveViews === 0) r.bytes[addr - m.iova] = VIRTIO_BLK_S_OK;
+          else r.deviceBytes(addr - m.iova, 1)[0] = VIRTIO_BLK_S_OK;
           written = true;
           break;
         }

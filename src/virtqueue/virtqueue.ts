@@ -371,6 +371,25 @@ export abstract class Virtqueue {
   }
 
   /**
+   * How many chains of `count` descriptors an empty ring holds at once,
+   * under the same placement policy as {@linkcode Virtqueue.beginChain}:
+   * direct while they fit, then (with indirect descriptors) one ring entry
+   * each for the rest. A 256-entry ring holds 85 direct chains of 3, plus
+   * one indirect chain with indirect descriptors on.
+   *
+   * @param count descriptors per chain
+   * @returns the number of chains
+   */
+  maxChains(count: number): number {
+    const q = this.queueSize;
+    if (!(count >= 1)) return 0;
+    const canIndirect = this.indirectMax > 0 && count > 1 && count <= this.indirectMax;
+    if (canIndirect && count >= this.indirectThreshold) return q;
+    const direct = Math.floor(q / count);
+    return canIndirect ? direct + (q - direct * count) : direct;
+  }
+
+  /**
    * Whether a chain of `count` descriptors goes through an indirect table:
    * long chains always, shorter ones when the ring lacks room for them.
    *

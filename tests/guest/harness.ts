@@ -719,8 +719,7 @@ function shellQuote(s: string): string {
 export async function buildHostShim(assets: Pick<GuestAssets, "cacheDir">): Promise<string> {
   const loader = await import("../../ffi/loader.ts");
   const source = await Deno.readTextFile(new URL("../../ffi/shim.c", import.meta.url));
-  const flags = `${loader.SHIM_CFLAGS.join(" ")} ${Deno.env.get("VIRTIO_SHIM_CFLAGS") ?? ""}`;
-  const path = `${assets.cacheDir}/shim/${await sha256Hex(`${source}\n${flags}`)}/${loader.SHIM_FILE_NAME}`;
+  const path = `${assets.cacheDir}/shim/${await loader.shimBuildHash(source)}/${loader.SHIM_FILE_NAME}`;
   if (!await exists(path)) await loader.compileShim(path, source);
   return path;
 }

@@ -10,8 +10,10 @@ import { requireShim } from "../../../ffi/loader.ts";
 import { check, closeFd, cString, eventfd, LINUX } from "../../../ffi/syscalls.ts";
 import {
   ClosedError,
+  ConnectFailedError,
   ConnectionLostError,
   DeviceProtocolError,
+  errnoName,
   OsError,
   TimeoutError,
   type VirtioError,
@@ -38,6 +40,50 @@ function name(request: number): string {
   return VHOST_USER_REQUEST_NAMES[request] ?? `request ${request}`;
 }
 
+/** What is at `path`, for a message: "a regular file", "a directory", or undefined (missing or a socket). */
+function describeNonSocket(path: string): string | undefined {
+  try {
+    const st = Deno.statSync(path);
+    if (st.isFile) return "a regular file";
+    if (st.isDirectory) return "a directory";
+    if (st.isSocket) return undefined;
+    return "not a socket";
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The error for a failed connect(2) to a vhost-user socket, naming the cause.
+ *
+ * @param path the socket path
+ * @param errno the positive errno
+ * @returns the error
+ */
+export function connectError(path: string, errno: number): ConnectFailedError {
+  const e = errnoName(errno);
+  const cause = new OsError("connect", errno, path);
+  const other = describeNonSocket(path);
+  let message: string;
+  if (other !== undefined) {
+    message = `not a socket: ${path} is ${other} (${e}); give the path of the back-end's vhost-user socket`;
+  } else if (e === "ENOENT") {
+    message = `no such socket: ${path} (ENOENT); is the back-end running, and is this the socket it listens on?`;
+  } else if (e === "ECONNREFUSED") {
+    message = `connection refused: ${path} (ECONNREFUSED); nothing listens on this socket ` +
+      `(a back-end that exited and left it behind?)`;
+  } else if (e === "EACCES" || e === "EPERM") {
+    message = `permission denied: ${path} (${e}); this user may not connect to the socket (or enter a folder above it)`;
+  } else if (e === "ENOTDIR") {
+    message = `no such socket: ${path} (ENOTDIR); a part of the path is not a folder`;
+  } else if (e === "ENAMETOOLONG") {
+    message = `socket path too long: ${path} (ENAMETOOLONG); Unix socket paths hold at most 107 bytes`;
+  } else {
+    message = `cannot connect to the vhost-user socket ${path} (${e})`;
+  }
+  return new ConnectFailedError(path, e, message, { cause });
+}
+
 /**
  * A connected vhost-user socket. Requests are serialised: one is on the wire
  * at a time. A malformed reply, a timeout or a hang-up breaks the connection
@@ -51,6 +97,7 @@ export class VhostUserConnection {
   #tail: Promise<unknown> = Promise.resolve();
   #broken: VirtioError | undefined;
   #closed = false;
+  #answered = false; // a reply arrived on this connection
   readonly #fdsOut = new Int32Array(8);
   readonly #info = new Int32Array(3);
 
@@ -67,17 +114,13 @@ export class VhostUserConnection {
    * @param path the Unix socket path
    * @param timeoutMs reply timeout
    * @returns the connection
-   * @throws {ConnectionLostError} when nothing listens there
+   * @throws {ConnectFailedError} naming the cause: no such socket, nothing listening, not a socket…
    */
   static connect(path: string, timeoutMs = DEFAULT_TIMEOUT_MS): VhostUserConnection {
     const shim = requireShim();
     const p = cString(path);
     const fd = shim.vd_unix_connect(p, p.byteLength - 1, 1);
-    if (fd < 0) {
-      throw new ConnectionLostError(`cannot connect to vhost-user socket ${path}`, {
-        cause: new OsError("connect", -fd, path),
-      });
-    }
+    if (fd < 0) throw connectError(path, -fd);
     let cancel: number;
     try {
       cancel = eventfd();
@@ -166,22 +209,26 @@ export class VhostUserConnection {
     }
   }
 
+  /** The error for a reply that did not come in time. */
+  #timeout(what: string): TimeoutError {
+    const base = `no answer from the vhost-user back-end at ${this.#path} within ${this.#timeoutMs} ms (${what})`;
+    if (this.#answered) return new TimeoutError(base);
+    // Nothing ever answered: the back-end took the connection into its listen
+    // backlog but does not serve it.
+    return new TimeoutError(
+      `${base}: it accepted the connection but never answered. Back-ends such as qemu-storage-daemon, ` +
+        `SPDK and DPDK serve one front-end at a time: is another program connected to this socket?`,
+    );
+  }
+
   /** Waits until the socket is ready for `events`, the deadline passes, or close() cancels. */
   async #wait(events: number, deadline: number, what: string): Promise<void> {
     const remaining = Math.ceil(deadline - performance.now());
-    if (remaining <= 0) {
-      throw new TimeoutError(
-        `no answer from the vhost-user back-end at ${this.#path} within ${this.#timeoutMs} ms (${what})`,
-      );
-    }
+    if (remaining <= 0) throw this.#timeout(what);
     const r = await requireShim().vd_poll2(this.#fd, events | LINUX.POLLRDHUP, this.#cancelFd, LINUX.POLLIN, remaining);
     if (r < 0) throw new OsError("poll", -r, what);
     if (this.#closed || (r >>> 16) !== 0) throw new ClosedError("the vhost-user connection was closed");
-    if (r === 0) {
-      throw new TimeoutError(
-        `no answer from the vhost-user back-end at ${this.#path} within ${this.#timeoutMs} ms (${what})`,
-      );
-    }
+    if (r === 0) throw this.#timeout(what);
     // POLLHUP/POLLERR/POLLRDHUP: the next read or write reports the details.
   }
 
@@ -225,6 +272,7 @@ export class VhostUserConnection {
     try {
       const hdr = new Uint8Array(VHOST_USER_HEADER_SIZE);
       await this.#readExact(hdr, deadline, what, stray);
+      this.#answered = true;
       const h = decodeHeader(hdr);
       if (h.request !== request) {
         throw new DeviceProtocolError("reply-wrong-request", `${what}: the back-end answered ${name(h.request)}`);

@@ -1,0 +1,151 @@
+/**
+ * `fio`: a fio-like workload against a device, or against a private
+ * qemu-storage-daemon this command starts (and stops, also on Ctrl-C).
+ *
+ * @module
+ */
+
+import { onTermination } from "../process/terminate.ts";
+import { QemuStorageDaemon } from "../testing/qsd.ts";
+import {
+  type CommandSpec,
+  parseChoice,
+  type ParsedFlags,
+  parseInteger,
+  parseQueueSize,
+  parseSeconds,
+  parseSize,
+  UsageError,
+} from "./args.ts";
+import { deviceFlags, openDevice } from "./device_flags.ts";
+import { type FioJob, queueSizeFor, runFio, RW_PATTERNS } from "./fio.ts";
+import { type FioBackend, formatFioSummary, formatProgress } from "./fio_report.ts";
+
+/** The `fio` command. */
+export const FIO: CommandSpec = {
+  name: "fio",
+  usage: "deno task fio [--path SOCKET] [--rw R] [--bs N] [--iodepth N] [--runtime S] [flags]",
+  description:
+    "Keeps --iodepth requests in flight on each of --queues queues for --ramp seconds (not measured), then\n" +
+    "--runtime seconds (measured), and prints IOPS, bandwidth (MiB/s and MB/s) and latency for reads and\n" +
+    "writes. Without --path it starts a private qemu-storage-daemon (null-co: stores nothing) and stops it\n" +
+    "at the end or on Ctrl-C, which prints what was measured so far (exit status 130).",
+  flags: [
+    ...deviceFlags("poll", "a vhost-user socket (or /dev/vhost-vdpa-N); default: a private qemu-storage-daemon")
+      .map((f) =>
+        f.name === "queue-size" ? { ...f, default: "256, or 3 × --iodepth rounded up to a power of two" } : f
+      ),
+    { name: "rw", kind: "string", value: "R", default: "randread", help: RW_PATTERNS.join(", ") },
+    { name: "bs", kind: "string", value: "N", default: "4k", help: "bytes per request (k, M suffixes)" },
+    { name: "iodepth", kind: "string", value: "N", default: "1", help: "requests in flight per queue" },
+    { name: "runtime", kind: "string", value: "S", default: "5", help: "seconds measured (after the ramp)" },
+    { name: "ramp", kind: "string", value: "S", default: "1", help: "seconds of warm-up first, not measured" },
+    { name: "size", kind: "string", value: "N", default: "the whole device", help: "bytes addressed, from 0" },
+    { name: "rwmixread", kind: "string", value: "PCT", default: "50", help: "randrw: percentage of reads" },
+    {
+      name: "api",
+      kind: "string",
+      value: "A",
+      default: "batch",
+      help: "batch (VirtioBlkQueue, no allocation per request) or promise (blk.read/blk.write)",
+    },
+    {
+      name: "backend",
+      kind: "string",
+      value: "B",
+      default: "null",
+      help: "private daemon only: null (null-co, 1 GiB, stores nothing) or file (a 256 MiB image)",
+    },
+    { name: "json", kind: "boolean", help: "print one JSON object instead of text (no progress lines)" },
+  ],
+  examples: [
+    "deno task fio --rw randread --bs 4k --iodepth 32 --runtime 5",
+    "deno task fio --rw randrw --rwmixread 70 --iodepth 16 --backend file",
+    "deno task fio --path /tmp/x.sock --rw write --bs 128k --iodepth 16 --json > result.json",
+  ],
+};
+
+/**
+ * Runs `fio`.
+ *
+ * @param flags the parsed flags
+ */
+export async function fio(flags: ParsedFlags): Promise<void> {
+  const external = flags.path !== undefined || flags.device !== undefined ||
+    (flags.transport !== undefined && flags.transport !== "vhost-user");
+  if (external && flags.backend !== undefined) {
+    throw new UsageError("--backend chooses the private daemon's storage; it does not apply with --path or --device");
+  }
+  const backend = parseChoice(flags.backend ?? "null", "--backend", ["null", "file"] as const);
+  const iodepth = parseInteger(flags.iodepth ?? "1", "--iodepth", 1, 32768);
+  const queues = flags.queues === undefined ? 1 : parseInteger(flags.queues, "--queues", 1, 65535);
+  const job: FioJob = {
+    rw: parseChoice(flags.rw ?? "randread", "--rw", RW_PATTERNS),
+    bs: parseSize(flags.bs ?? "4k", "--bs"),
+    iodepth,
+    queues,
+    runtime: parseSeconds(flags.runtime ?? "5", "--runtime", false),
+    rampTime: parseSeconds(flags.ramp ?? "1", "--ramp", true),
+    rwmixread: parseInteger(flags.rwmixread ?? "50", "--rwmixread", 0, 100),
+    size: flags.size === undefined ? undefined : parseSize(flags.size, "--size"),
+    api: parseChoice(flags.api ?? "batch", "--api", ["batch", "promise"] as const),
+  };
+  if (job.bs === 0) throw new UsageError("--bs must be at least one block");
+  const queueSize = flags["queue-size"] === undefined ? queueSizeFor(iodepth) : parseQueueSize(flags["queue-size"]);
+
+  let daemon: QemuStorageDaemon | undefined;
+  let described: FioBackend;
+  if (external) {
+    described = { kind: "external", description: String(flags.path ?? flags.device), storesData: true };
+  } else {
+    daemon = await QemuStorageDaemon.start({
+      driver: backend === "null" ? "null-co" : "file",
+      size: job.size ?? (backend === "null" ? 2 ** 30 : 256 * 2 ** 20),
+      numQueues: queues,
+    });
+    described = backend === "null"
+      ? { kind: "private", description: "private qemu-storage-daemon, null-co (1 GiB)", storesData: false }
+      : {
+        kind: "private",
+        description: `private qemu-storage-daemon, file image ${daemon.imagePath}`,
+        storesData: true,
+      };
+  }
+  try {
+    await using blk = await openDevice(flags, "poll", { path: daemon?.socketPath, queueSize });
+    const tty = Deno.stderr.isTerminal();
+    const encoder = new TextEncoder();
+    const total = job.runtime + (job.rampTime ?? 0);
+    if (!flags.json) {
+      job.onProgress = (p) => {
+        const line = formatProgress(p, total);
+        if (tty) Deno.stderr.writeSync(encoder.encode(`\r${line}\x1b[K`));
+        else console.error(line);
+      };
+    }
+    // Ctrl-C or SIGTERM: stop issuing, let what is in flight finish, print
+    // what was measured; the daemon's own hook then stops it.
+    const abort = new AbortController();
+    job.signal = abort.signal;
+    const printed = Promise.withResolvers<void>();
+    using _hook = onTermination(async () => {
+      abort.abort();
+      await printed.promise;
+    });
+    try {
+      const result = await runFio(blk, job);
+      if (tty && !flags.json) Deno.stderr.writeSync(encoder.encode("\r\x1b[K"));
+      if (flags.json) {
+        console.log(
+          JSON.stringify({ ...result, mode: blk.mode, queueSize: blk.queueSize, backend: described }, null, 2),
+        );
+      } else {
+        console.log(formatFioSummary(result, blk.mode, described));
+      }
+    } finally {
+      printed.resolve();
+    }
+  } finally {
+    await daemon?.stop();
+  }
+}

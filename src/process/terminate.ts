@@ -1,0 +1,104 @@
+/**
+ * Clean exits on SIGINT and SIGTERM.
+ *
+ * Deno ends a process on SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal
+ * closed) without running any `finally` block, which would leave child
+ * processes (a private qemu-storage-daemon) and temporary folders behind.
+ * Code that owns such a resource registers a hook here; the first signal
+ * runs every hook, newest first, each bounded in time, then exits with
+ * status 128 + the signal number (130 for SIGINT, 143 for SIGTERM, 129 for
+ * SIGHUP), as a shell expects. A second
+ * signal exits at once. With no hook registered nothing is listened to,
+ * and a listener never keeps the process alive.
+ *
+ * @module
+ */
+
+/** What a hook is told. */
+export type TerminationSignal = "SIGINT" | "SIGTERM" | "SIGHUP";
+
+/** A hook: release what you own; may be async (bounded by {@linkcode HOOK_TIMEOUT_MS}). */
+export type TerminationHook = (signal: TerminationSignal) => void | Promise<void>;
+
+/** How long one hook may take before the next one runs. */
+export const HOOK_TIMEOUT_MS = 1500;
+
+const SIGNALS: readonly TerminationSignal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+const EXIT_STATUS: Record<TerminationSignal, number> = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 };
+
+const hooks: TerminationHook[] = [];
+const listeners = new Map<TerminationSignal, () => void>();
+let terminating = false;
+
+function install(): void {
+  if (Deno.build.os === "windows") return;
+  for (const signal of SIGNALS) {
+    const listener = () => void terminate(signal);
+    try {
+      Deno.addSignalListener(signal, listener);
+      listeners.set(signal, listener);
+    } catch {
+      // No permission to listen (or not supported): the default action stays.
+    }
+  }
+}
+
+function uninstall(): void {
+  for (const [signal, listener] of listeners) Deno.removeSignalListener(signal, listener);
+  listeners.clear();
+}
+
+async function terminate(signal: TerminationSignal): Promise<void> {
+  const status = EXIT_STATUS[signal];
+  if (terminating) Deno.exit(status); // a second signal: do not wait any longer
+  terminating = true;
+  for (const hook of hooks.slice().reverse()) {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      await Promise.race([
+        Promise.resolve().then(() => hook(signal)),
+        new Promise((resolve) => (timer = setTimeout(resolve, HOOK_TIMEOUT_MS))),
+      ]);
+    } catch (e) {
+      console.error(`error while stopping on ${signal}: ${(e as Error)?.message ?? e}`);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  Deno.exit(status);
+}
+
+/**
+ * Runs `hook` if the process gets SIGINT, SIGTERM or SIGHUP, before it exits
+ * with 130, 143 or 129. Hooks run newest first, so a hook registered while using a
+ * resource runs before the hook of the resource itself.
+ *
+ * @example
+ * ```ts
+ * import { onTermination } from "./terminate.ts";
+ * using _hook = onTermination(() => console.error("interrupted: cleaning up"));
+ * // ... work ...
+ * ```
+ *
+ * @param hook what to do
+ * @returns a handle whose disposal unregisters the hook
+ */
+export function onTermination(hook: TerminationHook): Disposable {
+  if (hooks.length === 0 && !terminating) install();
+  hooks.push(hook);
+  let done = false;
+  return {
+    [Symbol.dispose]() {
+      if (done) return;
+      done = true;
+      const i = hooks.indexOf(hook);
+      if (i >= 0) hooks.splice(i, 1);
+      if (hooks.length === 0 && !terminating) uninstall();
+    },
+  };
+}
+
+/** Whether a termination signal is being handled (hooks run, exit follows). */
+export function isTerminating(): boolean {
+  return terminating;
+}

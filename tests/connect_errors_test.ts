@@ -1,0 +1,109 @@
+// Connecting to something that is not a serving vhost-user back-end: the
+// error names its cause, and nothing is left open afterwards.
+import assert from "node:assert/strict";
+import { ConnectFailedError, loadShim, QemuStorageDaemon, TimeoutError, VirtioBlk, VirtioError } from "../mod.ts";
+import { fdCount, missing } from "./_support.ts";
+
+await loadShim();
+
+async function connectError(path: string, requestTimeoutMs = 5000): Promise<VirtioError> {
+  try {
+    const blk = await VirtioBlk.connect({ transport: "vhost-user", path, requestTimeoutMs });
+    await blk.close();
+  } catch (e) {
+    assert.ok(e instanceof VirtioError, `a typed error, got ${e}`);
+    return e;
+  }
+  throw new Error(`connecting to ${path} succeeded`);
+}
+
+Deno.test("connect: a missing path, a regular file, a directory and a dead socket each name their cause", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/file`, "not a socket");
+    await Deno.mkdir(`${dir}/dir`);
+    // A back-end that died and left its socket behind: killed, it cannot unlink it.
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "eval",
+        `Deno.listen({ transport: "unix", path: "${dir}/dead.sock" }); console.log("up"); setTimeout(() => {}, 60000);`,
+      ],
+      stdout: "piped",
+    }).spawn();
+    const reader = child.stdout.getReader();
+    await reader.read(); // "up"
+    await reader.cancel();
+    child.kill("SIGKILL");
+    await child.status;
+    const cases: [string, string, RegExp][] = [
+      [`${dir}/missing.sock`, "ENOENT", /^no such socket: .*missing\.sock \(ENOENT\)/],
+      [`${dir}/file`, "ECONNREFUSED", /^not a socket: .*file is a regular file \(ECONNREFUSED\)/],
+      [`${dir}/dir`, "ECONNREFUSED", /^not a socket: .*dir is a directory \(ECONNREFUSED\)/],
+      [`${dir}/dead.sock`, "ECONNREFUSED", /^connection refused: .*dead\.sock \(ECONNREFUSED\); nothing listens/],
+      [`${dir}/file/below`, "ENOTDIR", /^no such socket: .*below \(ENOTDIR\); a part of the path is not a folder/],
+    ];
+    const fds = fdCount();
+    for (const [path, errno, message] of cases) {
+      const e = await connectError(path);
+      assert.ok(e instanceof ConnectFailedError, `${path}: ${e.name}`);
+      assert.equal(e.code, "ERR_CONNECT_FAILED", "never connected: not ERR_CONNECTION_LOST");
+      assert.equal(e.errno, errno);
+      assert.equal(e.target, path);
+      assert.match(e.message, message);
+    }
+    assert.equal(fdCount(), fds, "nothing left open");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("connect: a socket nobody accepts on times out with a message about one front-end at a time", async () => {
+  const dir = await Deno.makeTempDir();
+  const listener = Deno.listen({ transport: "unix", path: `${dir}/busy.sock` }); // never accepts
+  try {
+    const e = await connectError(`${dir}/busy.sock`, 300);
+    assert.ok(e instanceof TimeoutError);
+    assert.match(e.message, /within 300 ms \(reply to GET_FEATURES\): it accepted the connection but never answered/);
+    assert.match(e.message, /serve one front-end at a time: is another program connected to this socket\?/);
+  } finally {
+    listener.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "connect: a second client of a busy qemu-storage-daemon is told why it gets no answer",
+  ignore: missing("qemu-storage-daemon"),
+  fn: async () => {
+    await using qsd = await QemuStorageDaemon.start({ size: 1 << 20 });
+    await using _first = await VirtioBlk.connect({ transport: "vhost-user", path: qsd.socketPath });
+    const e = await connectError(qsd.socketPath, 500);
+    assert.ok(e instanceof TimeoutError);
+    assert.match(e.message, /serve one front-end at a time/);
+  },
+});
+
+Deno.test("connect: control-path timeouts release every descriptor", async () => {
+  const dir = await Deno.makeTempDir();
+  const listener = Deno.listen({ transport: "unix", path: `${dir}/silent.sock` });
+  const accepted: Deno.UnixConn[] = [];
+  const accepting = (async () => {
+    for await (const c of listener) accepted.push(c);
+  })();
+  try {
+    // Deno itself opens a socketpair about 0.5 s after start (with its
+    // SIGINT/SIGTERM/SIGHUP handlers): count after that, so as to count only ours.
+    await new Promise((r) => setTimeout(r, 700));
+    const fds = fdCount();
+    for (let i = 0; i < 5; i++) {
+      assert.ok((await connectError(`${dir}/silent.sock`, 100)) instanceof TimeoutError);
+      for (const c of accepted.splice(0)) c.close();
+    }
+    assert.equal(fdCount(), fds, "no descriptor outlives a timed-out connect");
+  } finally {
+    listener.close();
+    await accepting;
+    for (const c of accepted) c.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

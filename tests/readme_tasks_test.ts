@@ -1,0 +1,215 @@
+// Every `deno task` command the README shows is run exactly as written,
+// through `sh -c` in a scratch folder (so `> out.bin` goes through a pipe
+// into a file, as in a shell), against a daemon this test starts, whose
+// socket is `$SOCK`. The tasks CI runs itself are checked to be in .ci/run.
+import assert from "node:assert/strict";
+import { QemuStorageDaemon } from "../mod.ts";
+import { firstDifference, missing } from "./_support.ts";
+
+const root = new URL("..", import.meta.url).pathname;
+const readme = await Deno.readTextFile(`${root}README.md`);
+const ciRun = await Deno.readTextFile(`${root}.ci/run`);
+
+/** The `deno task …` lines of each sh block, in order (a block's commands share a folder and a daemon). */
+function readmeTaskBlocks(): string[][] {
+  const blocks: string[][] = [];
+  for (const block of readme.matchAll(/```sh\n([\s\S]*?)```/g)) {
+    const lines = block[1].split("\n").filter((l) => l.startsWith("deno task ")).map((l) => l.trim());
+    if (lines.length > 0) blocks.push(lines);
+  }
+  return blocks;
+}
+
+/** `deno task …` in inline code outside the blocks (those the blocks also show are run there). */
+function readmeInlineTasks(inBlocks: readonly string[]): string[] {
+  const prose = readme.replace(/```[\s\S]*?```/g, "");
+  const shown = new Set(inBlocks.map(keyOf));
+  return [...new Set([...prose.matchAll(/`(deno task [^`]*)`/g)].map((m) => m[1]))].filter((c) => !shown.has(keyOf(c)));
+}
+
+/** A command without its comment and extra spaces: the key of its expectation. */
+function keyOf(command: string): string {
+  return command.replace(/\s+#.*$/, "").replace(/\s+/g, " ");
+}
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+  dir: string;
+  qsd: QemuStorageDaemon;
+}
+
+/** What a command must do: run here and check, or be run by CI (then it must be in .ci/run). */
+type Expectation = { check: (r: Run) => Promise<void> | void } | { ci: string } | { generic: true };
+
+const MiB = 1 << 20;
+const image = (r: Run) => Deno.readFile(r.qsd.imagePath!);
+
+const EXPECTED: Record<string, Expectation> = {
+  "deno task demo": {
+    check: (r) => {
+      assert.match(r.stdout, /started qemu-storage-daemon/);
+      assert.match(r.stdout, /wrote 1 MiB at offset 0, flushed, read it back: verified/);
+      assert.match(r.stdout, /QD32: [\d,]+ IOPS/);
+    },
+  },
+  "deno task test": { ci: "deno task test" },
+  "deno task demo --path $SOCK": {
+    check: async (r) => {
+      assert.match(r.stdout, /not writing to a device the demo did not create: reads only/);
+      assert.ok((await image(r)).subarray(0, MiB).every((b) => b === 0), "the device was not written");
+    },
+  },
+  "deno task demo --path $SOCK --yes": {
+    check: async (r) => {
+      assert.match(r.stdout, /verified/);
+      assert.ok((await image(r)).subarray(0, MiB).some((b) => b !== 0), "the demo wrote its 1 MiB");
+    },
+  },
+  "deno task info --path $SOCK": {
+    check: (r) => {
+      assert.match(r.stdout, /^transport +vhost-user\ncapacity +67108864 bytes/);
+    },
+  },
+  "deno task info --path $SOCK --json > info.json": {
+    check: async (r) => {
+      const info = JSON.parse(await Deno.readTextFile(`${r.dir}/info.json`));
+      assert.equal(info.capacity, 64 * MiB);
+      assert.equal(info.transport, "vhost-user");
+    },
+  },
+  "deno task write --path $SOCK --offset 1M --input data.bin": {
+    check: async (r) => {
+      const data = await Deno.readFile(`${r.dir}/data.bin`);
+      assert.equal(firstDifference((await image(r)).subarray(MiB, MiB + data.length), data), -1);
+      assert.equal(r.stdout, "");
+    },
+  },
+  "deno task read --path $SOCK --offset 1M --length 4k > out.bin": {
+    check: async (r) => {
+      const out = await Deno.readFile(`${r.dir}/out.bin`);
+      assert.equal(out.length, 4096);
+      assert.equal(firstDifference(out, (await image(r)).subarray(MiB, MiB + 4096)), -1, "byte-identical");
+      assert.equal(firstDifference(out, (await Deno.readFile(`${r.dir}/data.bin`)).subarray(0, 4096)), -1);
+    },
+  },
+  "deno task fio --rw randread --bs 4k --iodepth 32 --runtime 5": {
+    check: (r) => {
+      assert.match(r.stdout, /^randread: bs=4k, iodepth=32 per queue/);
+      assert.match(r.stdout, /\n {2}read: IOPS=/);
+      assert.match(r.stdout, /stores nothing/);
+    },
+  },
+  "deno task fio --path $SOCK --rw randwrite --bs 64k --iodepth 8 --runtime 2 --json > fio.json": {
+    check: async (r) => {
+      const result = JSON.parse(await Deno.readTextFile(`${r.dir}/fio.json`));
+      assert.equal(result.job.rw, "randwrite");
+      assert.ok(result.write.ios > 0 && result.errors === 0);
+      assert.equal(result.backend.storesData, true);
+    },
+  },
+  "deno task build": {
+    check: (r) => assert.equal(r.stdout, "", "the build prints nothing on stdout"),
+  },
+  "deno task bench": { ci: "deno task bench" },
+  "deno task fuzz": { ci: "deno task fuzz" },
+  "deno task soak": { ci: "deno task soak" },
+  "deno task test:guest": { ci: "deno task test:guest" },
+  "deno task test:asan": { ci: "deno task test:asan" },
+  "deno task check": { ci: "deno task check" },
+  "deno task <command> --help": { generic: true },
+  "deno task <command>": { generic: true },
+};
+
+const blocks = readmeTaskBlocks();
+const inline = readmeInlineTasks(blocks.flat());
+
+Deno.test("README: every deno task command it shows has a check here", () => {
+  const all = [...blocks.flat(), ...inline];
+  assert.ok(all.length >= 10, `found ${all.length}`);
+  for (const c of all) assert.ok(keyOf(c) in EXPECTED, `no check for the README command: ${c}`);
+});
+
+for (const command of inline) {
+  const expected = EXPECTED[keyOf(command)];
+  if (expected !== undefined && "ci" in expected) {
+    Deno.test(`README: ${keyOf(command)} is run by .ci/run`, () => {
+      assert.ok(ciRun.includes(expected.ci), `.ci/run does not run ${expected.ci}`);
+    });
+  }
+}
+
+/**
+ * The environment of a user's shell: ours, with `$SOCK`, and without the
+ * `INIT_CWD` that the `deno task test` running this left (deno task keeps
+ * one already set, and would resolve the user's relative paths from there).
+ */
+function shellEnv(sock: string): Record<string, string> {
+  const env = Deno.env.toObject();
+  delete env.INIT_CWD;
+  return { ...env, SOCK: sock, NO_COLOR: "1" };
+}
+
+/** Runs one README command exactly as written with `sh -c` in `dir`, and applies its check. */
+async function runCommand(command: string, dir: string, qsd: QemuStorageDaemon): Promise<void> {
+  const expected = EXPECTED[keyOf(command)];
+  if (expected === undefined || "generic" in expected) return;
+  if ("ci" in expected) {
+    assert.ok(ciRun.includes(expected.ci), `.ci/run does not run ${expected.ci}`);
+    return;
+  }
+  const out = await new Deno.Command("sh", {
+    args: ["-c", command],
+    cwd: dir,
+    env: shellEnv(qsd.socketPath),
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const run: Run = {
+    code: out.code,
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+    dir,
+    qsd,
+  };
+  assert.equal(run.code, 0, `${command} exited with ${run.code}:\n${run.stderr}`);
+  assert.doesNotMatch(run.stderr, /\n\s+at .*:\d+:\d+/, `${command}: no stack trace`);
+  await expected.check(run);
+}
+
+/** A scratch folder inside the checkout (where a user's shell would be) and a daemon on a 64 MiB image. */
+async function inScratch(fn: (dir: string, qsd: QemuStorageDaemon) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ dir: root, prefix: ".readme-run-" });
+  const qsd = await QemuStorageDaemon.start({ size: 64 * MiB });
+  try {
+    await Deno.writeFile(`${dir}/data.bin`, crypto.getRandomValues(new Uint8Array(8192)));
+    await fn(dir, qsd);
+  } finally {
+    await qsd.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+for (const command of inline) {
+  const expected = EXPECTED[keyOf(command)];
+  if (expected !== undefined && "check" in expected) {
+    Deno.test({
+      name: `README: ${command} (exactly as written)`,
+      ignore: missing("qemu-storage-daemon"),
+      fn: () => inScratch((dir, qsd) => runCommand(command, dir, qsd)),
+    });
+  }
+}
+
+for (const block of blocks) {
+  Deno.test({
+    name: `README: the block starting "${keyOf(block[0])}" runs as written, in order`,
+    ignore: missing("qemu-storage-daemon"),
+    fn: () =>
+      inScratch(async (dir, qsd) => {
+        for (const command of block) await runCommand(command, dir, qsd);
+      }),
+  });
+}
