@@ -27,6 +27,7 @@ export {
   type BlkCompletion,
   type CompletionHandler,
   VirtioBlkQueue,
+  type VirtioBlkQueueStats,
   type WriteZeroesOptions,
 } from "./src/blk/queue.ts";
 export type { CompletionMode } from "./src/blk/completion_driver.ts";

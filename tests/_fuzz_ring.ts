@@ -53,7 +53,11 @@ export function fuzzRing(seed: number, iterations: number, format: VirtqueueForm
   const fresh = (): TestRing => {
     const size = SIZES[rng.int(0, SIZES.length - 1)];
     const indirect = rng.int(0, 1) ? Math.min(size, 8) : 0;
-    return makeRing(format, size, { eventIdx: rng.int(0, 1) === 1, indirect: size >= 2 ? indirect : 0 });
+    return makeRing(format, size, {
+      eventIdx: rng.int(0, 1) === 1,
+      indirect: size >= 2 ? indirect : 0,
+      strictUsedLength: rng.int(0, 1) === 1,
+    });
   };
   let r = fresh();
   // The model: chains in flight and their device-writable bytes; what the device holds.

@@ -25,7 +25,7 @@ export class RingDevice {
   lastAvail = 0;
   usedIdx = 0;
 
-  constructor(queueSize: number, options: { eventIdx?: boolean } = {}) {
+  constructor(queueSize: number, options: { eventIdx?: boolean; strictUsedLength?: boolean } = {}) {
     this.layout = new VirtqueueLayout(1, queueSize, { reqSize: 64 });
     this.region = new HeapRegion("ring", this.layout.totalSize);
     this.vq = new SplitVirtqueue({
@@ -34,6 +34,7 @@ export class RingDevice {
       iova: this.base,
       eventIdx: options.eventIdx,
       name: "test queue",
+      strictUsedLength: options.strictUsedLength,
     });
     this.#view = new DataView(this.region.bytes.buffer);
   }

@@ -35,7 +35,7 @@ export interface TestRing {
 export function makeRing(
   format: VirtqueueFormat,
   size: number,
-  options: { eventIdx?: boolean; indirect?: number } = {},
+  options: { eventIdx?: boolean; indirect?: number; strictUsedLength?: boolean } = {},
 ): TestRing {
   const indirect = options.indirect ?? 0;
   const reqSize = 64 + 16 * indirect;
@@ -49,6 +49,7 @@ export function makeRing(
     eventIdx: options.eventIdx,
     name: `test ${format} queue`,
     indirect: indirect > 0 ? { slotOffset: 64, maxDescriptors: indirect } : undefined,
+    strictUsedLength: options.strictUsedLength,
   };
   const vq = format === "packed" ? new PackedVirtqueue(opts) : new SplitVirtqueue(opts);
   const mem = {

@@ -21,7 +21,11 @@ interface Setup {
 }
 
 /** A device in manual mode with `n` reads submitted and taken by the device. */
-async function setup(mode: CompletionMode, n = 3, options: { stallTimeoutMs?: number } = {}): Promise<Setup> {
+async function setup(
+  mode: CompletionMode,
+  n = 3,
+  options: { stallTimeoutMs?: number; strictUsedLength?: boolean } = {},
+): Promise<Setup> {
   const device = new MockBlkDevice({ capacity: 1 << 20, completion: "manual" });
   const blk = await VirtioBlk.connect({ transport: "mock", device, mode, queueSize: 16, ...options });
   const pending = Array.from(
@@ -74,17 +78,34 @@ for (const mode of MODES) {
     await expectViolation(s, "used-id-not-in-flight");
   });
 
-  Deno.test(`hostile (${mode}): reports a used length above the chain's writable bytes`, async () => {
-    const s = await setup(mode);
+  Deno.test(`hostile (${mode}, strict): reports a used length above the chain's writable bytes`, async () => {
+    const s = await setup(mode, 3, { strictUsedLength: true });
     s.device.hostilePushUsed(0, s.heads[1], 512 + 1 + 1);
     await expectViolation(s, "used-len-too-large");
   });
 
-  Deno.test(`hostile (${mode}): reports success for a read with fewer bytes written than its data`, async () => {
-    const s = await setup(mode);
+  Deno.test(`hostile (${mode}, strict): reports success for a read with fewer bytes than its data`, async () => {
+    const s = await setup(mode, 3, { strictUsedLength: true });
     s.device.hostileWrite(s.device.statusAddress(0, s.heads[1]), new Uint8Array([0]));
     s.device.hostilePushUsed(0, s.heads[1], 511); // 512 data bytes + status asked for
     await expectViolation(s, "short-read");
+  });
+
+  Deno.test(`hostile (${mode}, default): over-long and short used lengths are clamped and counted, no hang`, async () => {
+    const s = await setup(mode, 3);
+    for (const [i, len] of [[0, 0xffff_ffff], [1, 511], [2, 0]] as const) {
+      s.device.hostileWrite(s.device.statusAddress(0, s.heads[i]), new Uint8Array([0]));
+      s.device.hostilePushUsed(0, s.heads[i], len);
+    }
+    assert.deepEqual(await Promise.all(s.pending), ["ok", "ok", "ok"], "the status byte decides");
+    const stats = s.blk.queue(0).stats();
+    assert.equal(stats.usedLengthOver, 1);
+    assert.equal(stats.usedLengthShort, 2);
+    assert.equal(stats.completions, 3);
+    // The queue works on: the next request completes normally.
+    s.device.completion = "immediate";
+    await s.blk.read(0, s.blk.allocBuffer(512));
+    await s.blk.close();
   });
 
   Deno.test(`hostile (${mode}): a used length that covers the data but not the status byte is accepted`, async () => {

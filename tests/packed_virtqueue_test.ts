@@ -99,12 +99,24 @@ Deno.test("packed violation: id not in flight, and the same id twice", () => {
   assertViolation(() => r2.vq.nextUsed(), "used-id-not-in-flight");
 });
 
-Deno.test("packed violation: used length above the writable bytes", () => {
-  const r = makeRing("packed", 8);
+Deno.test("packed violation (strict): used length above the writable bytes", () => {
+  const r = makeRing("packed", 8, { strictUsedLength: true });
   const id = addChain(r, 512);
   const c = r.dev.take()!;
   r.dev.pushUsed(id, 514, c.ringLen);
   assertViolation(() => r.vq.nextUsed(), "used-len-too-large");
+  assert.equal(r.vq.inFlight, 1, "the chain stays in flight for its owner to reject");
+});
+
+Deno.test("packed default policy: a used length above the writable bytes is clamped and counted", () => {
+  const r = makeRing("packed", 8);
+  const id = addChain(r, 512);
+  const c = r.dev.take()!;
+  r.dev.pushUsed(id, 100_000, c.ringLen);
+  assert.equal(r.vq.nextUsed(), id);
+  assert.equal(r.vq.lastUsedLen, 513);
+  assert.equal(r.vq.usedLengthClamped, 1);
+  r.vq.assertConsistent();
 });
 
 Deno.test("packed: descriptors rewritten after submission cannot corrupt the driver", () => {

@@ -213,12 +213,13 @@ Deno.test("an id reused after its batch was consumed completes normally", () => 
   dev.vq.assertConsistent();
 });
 
-Deno.test("device violation: used length above the chain's writable bytes", () => {
-  const dev = new RingDevice(8);
+Deno.test("device violation (strict): used length above the chain's writable bytes", () => {
+  const dev = new RingDevice(8, { strictUsedLength: true });
   const a = addBlkLike(dev, 512); // 512 + 1 writable bytes
   dev.pushUsed(a, 514);
   assertViolation(() => dev.vq.nextUsed(), "used-len-too-large");
-  const dev2 = new RingDevice(8);
+  assert.equal(dev.vq.inFlight, 1, "the chain stays in flight for its owner to reject");
+  const dev2 = new RingDevice(8, { strictUsedLength: true });
   const b = addBlkLike(dev2, 512);
   dev2.pushUsed(b, 513);
   assert.equal(dev2.vq.nextUsed(), b);
@@ -304,3 +305,13 @@ function collectInFlight(dev: RingDevice): number[] {
   dev.vq.forEachInFlight((id) => ids.push(id));
   return ids;
 }
+
+Deno.test("default policy: a used length above the chain's writable bytes is clamped and counted", () => {
+  const dev = new RingDevice(8);
+  const a = addBlkLike(dev, 512);
+  dev.pushUsed(a, 0xffff_ffff);
+  assert.equal(dev.vq.nextUsed(), a);
+  assert.equal(dev.vq.lastUsedLen, 513, "clamped to the writable bytes");
+  assert.equal(dev.vq.usedLengthClamped, 1);
+  dev.vq.assertConsistent();
+});

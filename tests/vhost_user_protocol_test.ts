@@ -1,5 +1,6 @@
 // Golden bytes for the vhost-user messages this driver sends, derived from
 // QEMU's docs/interop/vhost-user.rst and <linux/vhost_types.h> layouts.
+import { decodeVringBase, encodeVringBase, FRESH_VRING_BASE } from "../src/transport/vring_base.ts";
 import assert from "node:assert/strict";
 import {
   decodeConfigReply,
@@ -110,4 +111,15 @@ Deno.test("payloads: config request and reply", () => {
   assert.deepEqual([d.offset, d.size, d.flags], [0, 4, 0]);
   assert.equal(hex(d.data), "aa bb cc dd");
   assert.throws(() => encodeConfigRequest(0, 257), RangeError);
+});
+
+Deno.test("vring base: packed rings carry both indices and both wrap counters; split only the avail index", () => {
+  assert.equal(encodeVringBase("packed", FRESH_VRING_BASE), 0x8000_8000);
+  assert.equal(encodeVringBase("split", FRESH_VRING_BASE), 0);
+  const pos = { availIdx: 0x1234, availWrap: 0, usedIdx: 0x7ffe, usedWrap: 1 };
+  assert.equal(encodeVringBase("packed", pos), 0xfffe_1234);
+  assert.deepEqual(decodeVringBase("packed", 0xfffe_1234), pos);
+  assert.deepEqual(decodeVringBase("packed", 0x8008), { availIdx: 8, availWrap: 1, usedIdx: 0, usedWrap: 0 });
+  assert.deepEqual(decodeVringBase("split", 0x1_0007), { availIdx: 7, availWrap: 0, usedIdx: 0, usedWrap: 0 });
+  assert.equal(encodeVringBase("split", { ...pos, availIdx: 0x1_2345 }), 0x2345);
 });

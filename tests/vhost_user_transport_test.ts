@@ -242,3 +242,23 @@ Deno.test("hostile back-end: one that never answers GET_VRING_BASE cannot stop c
     assert.ok(performance.now() - t0 < 2000);
   });
 });
+
+Deno.test("SET_VRING_BASE: 0 for a split ring; both wrap counters (0x80008000) for a packed one", async () => {
+  const offered = (1n << 32n) | (1n << 34n) | VHOST_USER_F_PROTOCOL_FEATURES; // VERSION_1, RING_PACKED
+  for (const [ring, golden] of [["split", "00 00 00 00 00 00 00 00"], ["packed", "00 00 00 00 00 80 00 80"]] as const) {
+    await withBackend({ features: offered }, async (b) => {
+      const blk = await VirtioBlk.connect({
+        transport: "vhost-user",
+        path: b.path,
+        requestTimeoutMs: 2000,
+        bufferPoolSize: 1 << 20,
+        ring,
+      });
+      await blk.close();
+      const base = b.received.filter((m) => m.request === R.SET_VRING_BASE);
+      assert.equal(base.length, 1);
+      const hex = [...base[0].payload].map((x) => x.toString(16).padStart(2, "0")).join(" ");
+      assert.equal(hex, golden, `${ring}: struct vhost_vring_state { index 0, num }`);
+    });
+  }
+});

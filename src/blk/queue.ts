@@ -53,6 +53,25 @@ export interface BlkCompletion<T> {
   readonly error: VirtioError | undefined;
 }
 
+/** Counters of one queue ({@linkcode VirtioBlkQueue.stats}). */
+export interface VirtioBlkQueueStats {
+  /** Requests the device completed. */
+  readonly completions: number;
+  /** Notifications (kicks) sent; fewer than requests when the device suppresses them. */
+  readonly notifications: number;
+  /**
+   * Completions whose used length exceeded the chain's device-writable
+   * bytes, clamped (a device bug the spec's intent makes harmless: virtio-blk
+   * needs no length). Always 0 with `strictUsedLength`, which fails instead.
+   */
+  readonly usedLengthOver: number;
+  /**
+   * Successful reads whose used length was shorter than their data, accepted
+   * because the status byte says OK. Always 0 with `strictUsedLength`.
+   */
+  readonly usedLengthShort: number;
+}
+
 /** Receives finished requests from {@linkcode VirtioBlkQueue.poll}. */
 export type CompletionHandler<T> = (context: T, error: VirtioError | undefined) => void;
 
@@ -155,6 +174,7 @@ export class VirtioBlkQueue<T = unknown> {
   #failure: VirtioError | undefined;
   #closed = false;
   #notifications = 0;
+  #usedLengthShort = 0;
   #reaped = 0; // chains reaped so far (watchdog progress)
   #watchReaped = 0;
   #stalledMs = 0;
@@ -228,6 +248,21 @@ export class VirtioBlkQueue<T = unknown> {
   /** Notifications sent to the device so far. */
   get notifications(): number {
     return this.#notifications;
+  }
+
+  /**
+   * What this queue has counted so far, among it the device's used-length
+   * anomalies that the default (non-strict) policy tolerates.
+   *
+   * @returns a snapshot
+   */
+  stats(): VirtioBlkQueueStats {
+    return {
+      completions: this.#reaped,
+      notifications: this.#notifications,
+      usedLengthOver: this.#vq.usedLengthClamped,
+      usedLengthShort: this.#usedLengthShort,
+    };
   }
 
   /** Why the queue failed (device protocol violation or lost connection), if it did. */
@@ -857,7 +892,18 @@ export class VirtioBlkQueue<T = unknown> {
         let value: unknown;
         if (status === VIRTIO_BLK_S_OK) {
           const dataBytes = vq.writableOf(id) - 1; // all it could write but the status byte
-          if ((op !== OP_READ && op !== OP_GET_ID) || vq.lastUsedLen >= dataBytes) {
+          const short = (op === OP_READ || op === OP_GET_ID) && vq.lastUsedLen < dataBytes;
+          if (short && vq.strictUsedLength) {
+            // Strict: success with fewer bytes written than the data asked for
+            // means what is in the buffer beyond them is not the device's answer.
+            error = new DeviceProtocolError(
+              "short-read",
+              `${OP_NAMES[op]} on queue ${this.index}: status OK but the device wrote ` +
+                `${vq.lastUsedLen} of ${dataBytes} data bytes`,
+            );
+          } else {
+            // The status byte decides; a short used length is only counted.
+            if (short) this.#usedLengthShort++;
             this.#release(id, true);
             if (op === OP_GET_ID) {
               const at = id * this.#slotSize + SLOT.ID;
@@ -866,13 +912,6 @@ export class VirtioBlkQueue<T = unknown> {
             this.#deliver(id, undefined, value, handler);
             continue;
           }
-          // Success with fewer bytes written than the data asked for: what is
-          // in the buffer beyond them is not the device's answer.
-          error = new DeviceProtocolError(
-            "short-read",
-            `${OP_NAMES[op]} on queue ${this.index}: status OK but the device wrote ` +
-              `${vq.lastUsedLen} of ${dataBytes} data bytes`,
-          );
         } else if (status === VIRTIO_BLK_S_IOERR) {
           error = new DeviceIoError(`${OP_NAMES[op]} on queue ${this.index}: the device reported an I/O error`);
         } else if (status === VIRTIO_BLK_S_UNSUPP) {

@@ -106,6 +106,16 @@ export interface VirtioBlkConnectOptions {
     indirect?: boolean;
   };
   /**
+   * Fail a queue (`used-len-too-large`, `short-read`) when the device reports
+   * a used length above what a request let it write, or a successful read
+   * shorter than its data. Default false: such lengths are clamped or
+   * accepted (the status byte decides) and counted in
+   * {@linkcode VirtioBlkQueue.stats}. virtio-blk needs no used length and
+   * the driver never uses it to touch memory, while real devices get it
+   * wrong (DPDK's vhost_blk example reports the data length for writes).
+   */
+  strictUsedLength?: boolean;
+  /**
    * With indirect descriptors: chains of at least this many descriptors go
    * through a table (shorter ones only when the ring lacks room). Default 4,
    * so a plain read or write (header, data, status) stays direct.
@@ -450,6 +460,7 @@ export class VirtioBlk implements AsyncDisposable {
           eventIdx,
           translate: (b: Uint8Array) => pool.iovaOf(b),
           name: `queue ${i}`,
+          strictUsedLength: options.strictUsedLength ?? false,
           indirect: indirect
             ? { slotOffset: SLOT.SIZE, maxDescriptors: tableEntries, threshold: options.indirectThreshold }
             : undefined,

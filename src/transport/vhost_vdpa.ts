@@ -17,6 +17,7 @@ import { IovaAllocator } from "../memory/iova_allocator.ts";
 import { IovaMappings } from "../memory/iova_mappings.ts";
 import { MemfdRegion, type SharedRegion } from "../memory/region.ts";
 import { settle } from "./settle.ts";
+import { encodeVringBase, FRESH_VRING_BASE } from "./vring_base.ts";
 import { Teardown } from "./teardown.ts";
 import { type InterruptSource, notifierOf, type QueueConfig, type QueueNotifier, type Transport } from "./transport.ts";
 import {
@@ -209,11 +210,10 @@ export class VhostVdpaTransport implements Transport {
         this.#callFds[q.index] = call;
         const fd = this.#fd;
         ioctl(fd, VHOST.SET_VRING_NUM, vringState(q.index, q.size), "VHOST_SET_VRING_NUM");
-        // Packed: last_avail_idx | avail wrap << 15 | last_used_idx << 16 | used wrap << 31, both wraps 1.
         ioctl(
           fd,
           VHOST.SET_VRING_BASE,
-          vringState(q.index, q.format === "packed" ? 0x8000_8000 : 0),
+          vringState(q.index, encodeVringBase(q.format, FRESH_VRING_BASE)),
           "VHOST_SET_VRING_BASE",
         );
         ioctl(

@@ -231,17 +231,13 @@ export class PackedVirtqueue extends Virtqueue {
     const pos = this.#lastUsed;
     if (!this.#usedAt(pos)) return -1;
     const id = this.#descU16[(pos << 3) + 6];
-    const len = this.#descU32[(pos << 2) + 2];
+    const reportedLen = this.#descU32[(pos << 2) + 2];
     if (id >= this.queueSize) {
       this.violation("used-id-out-of-range", `used buffer id ${id} is not below the queue size ${this.queueSize}`);
     }
     if (this.inFlightMap[id] !== 1) this.violation("used-id-not-in-flight", `used buffer id ${id} is not in flight`);
-    if (len > this.writableBytes[id]) {
-      this.violation(
-        "used-len-too-large",
-        `used length ${len} of id ${id} exceeds its ${this.writableBytes[id]} device-writable bytes`,
-      );
-    }
+    // Checked before any bookkeeping moves: a strict violation leaves the chain in flight.
+    const len = this.acceptUsedLength(id, reportedLen);
     const n = this.#chainLen[id];
     let next = pos + n;
     if (next >= this.#size) {

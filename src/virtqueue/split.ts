@@ -285,7 +285,7 @@ export class SplitVirtqueue extends Virtqueue {
     }
     const e = 1 + ((this.#lastUsed & this.#mask) << 1);
     const id = this.#usedU32[e];
-    const len = this.#usedU32[e + 1];
+    const reportedLen = this.#usedU32[e + 1];
     if (id >= this.queueSize) {
       this.violation("used-id-out-of-range", `used id ${id} is not below the queue size ${this.queueSize}`);
     }
@@ -300,12 +300,8 @@ export class SplitVirtqueue extends Virtqueue {
         `used element ${this.#usedConsumed} names id ${id}, published after that element (at ${this.#publishedAt[id]})`,
       );
     }
-    if (len > this.writableBytes[id]) {
-      this.violation(
-        "used-len-too-large",
-        `used length ${len} of id ${id} exceeds its ${this.writableBytes[id]} device-writable bytes`,
-      );
-    }
+    // Checked before any bookkeeping moves: a strict violation leaves the chain in flight.
+    const len = this.acceptUsedLength(id, reportedLen);
     this.#lastUsed = (this.#lastUsed + 1) & 0xffff;
     this.#usedPending--;
     this.#usedConsumed++;

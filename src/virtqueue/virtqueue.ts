@@ -63,6 +63,14 @@ export interface VirtqueueOptions {
    * slot), so using them allocates nothing.
    */
   indirect?: IndirectOptions;
+  /**
+   * A used length above the chain's device-writable bytes fails the queue
+   * (`used-len-too-large`) instead of being clamped and counted in
+   * {@linkcode Virtqueue.usedLengthClamped}. Default false: many devices
+   * report lengths the spec does not allow (Linux reverted its own check for
+   * that reason), and nothing in the driver uses the length to touch memory.
+   */
+  strictUsedLength?: boolean;
 }
 
 /** Indirect descriptor tables, one per request slot. */
@@ -132,8 +140,16 @@ export abstract class Virtqueue {
   readonly eventIdx: boolean;
   /** A name for messages. */
   readonly name: string;
-  /** Bytes the device reported for the chain last returned by {@linkcode Virtqueue.nextUsed}. */
+  /**
+   * Bytes the device reported for the chain last returned by
+   * {@linkcode Virtqueue.nextUsed}, clamped to the chain's device-writable
+   * bytes (unless strict, when a larger one fails the queue).
+   */
   lastUsedLen = 0;
+  /** Used elements whose length exceeded their chain's writable bytes and was clamped (a statistic). */
+  usedLengthClamped = 0;
+  /** Whether a used length above the writable bytes fails the queue. */
+  readonly strictUsedLength: boolean;
 
   /** The request slot of each chain id. */
   protected readonly slots: RequestSlot[];
@@ -186,6 +202,7 @@ export abstract class Virtqueue {
     }
     this.queueSize = layout.queueSize;
     this.eventIdx = options.eventIdx ?? false;
+    this.strictUsedLength = options.strictUsedLength ?? false;
     this.name = options.name ?? "virtqueue";
     this.translate = options.translate;
     this.descTableIova = iova + layout.descTableOffset;
@@ -496,6 +513,25 @@ export abstract class Virtqueue {
    * @param enabled whether to be notified
    */
   abstract setUsedNotifEnabled(enabled: boolean): void;
+
+  /**
+   * The used length to accept for chain `id`: `len` when it is within the
+   * chain's device-writable bytes; else those bytes, counted (or, strict, a
+   * `used-len-too-large` violation).
+   *
+   * @param id the chain
+   * @param len the length the device wrote
+   * @returns the length to keep
+   */
+  protected acceptUsedLength(id: number, len: number): number {
+    const writable = this.writableBytes[id];
+    if (len <= writable) return len;
+    if (this.strictUsedLength) {
+      this.violation("used-len-too-large", `used length ${len} of id ${id} exceeds its ${writable} device-writable bytes`);
+    }
+    this.usedLengthClamped++;
+    return writable;
+  }
 
   /** Throws a {@linkcode DeviceProtocolError} after failing the queue. */
   protected violation(kind: string, message: string): never {

@@ -25,6 +25,7 @@ import {
   type QueueNotifier,
   type Transport,
 } from "../transport.ts";
+import { encodeVringBase, FRESH_VRING_BASE } from "../vring_base.ts";
 import { DEFAULT_TIMEOUT_MS, type ReplyKind, VhostUserConnection } from "./connection.ts";
 import {
   decodeConfigReply,
@@ -253,8 +254,8 @@ export class VhostUserTransport implements Transport {
       const call = eventfd();
       this.#callFds[q.index] = call;
       await this.#set(R.SET_VRING_NUM, encodeVringState(q.index, q.size));
-      // Packed rings: bits 0-14 the next available index, bit 15 its wrap counter (1 at start).
-      await this.#set(R.SET_VRING_BASE, encodeVringState(q.index, q.format === "packed" ? 0x8000 : 0));
+      // Packed rings carry both wrap counters (1 at the start): 0x80008000.
+      await this.#set(R.SET_VRING_BASE, encodeVringState(q.index, encodeVringBase(q.format, FRESH_VRING_BASE)));
       await this.#set(R.SET_VRING_ADDR, encodeVringAddr(q.index, q.descIova, q.deviceIova, q.driverIova));
       await this.#set(R.SET_VRING_CALL, encodeVringFile(q.index, false), [call]);
       await this.#set(R.SET_VRING_KICK, encodeVringFile(q.index, false), [kick]);
