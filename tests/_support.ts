@@ -1,5 +1,6 @@
 /** Shared test helpers. */
 
+import { DpdkVhostBlk } from "../src/testing/dpdk_vhost_blk.ts";
 import { QemuStorageDaemon } from "../src/testing/qsd.ts";
 
 import { INSTALL_HINTS, type Requirement } from "./_requirements.ts";
@@ -7,6 +8,7 @@ import { INSTALL_HINTS, type Requirement } from "./_requirements.ts";
 const available: Record<Requirement, boolean> = {
   "qemu-storage-daemon": await QemuStorageDaemon.available(),
   "linux-headers": await Deno.stat("/usr/include/linux/vfio.h").then(() => true, () => false),
+  "dpdk-vhost-blk": (await DpdkVhostBlk.missing()) === undefined,
 };
 
 /** Whether qemu-storage-daemon can run here; when not, integration tests are skipped loudly. */

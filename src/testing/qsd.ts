@@ -2,14 +2,14 @@
  * Starts and stops a private qemu-storage-daemon exporting a vhost-user-blk
  * device on a temporary socket: for tests, the demo, the CLI and benchmarks.
  *
- * A daemon started here never outlives an interrupted program: on SIGINT or
- * SIGTERM it is killed and its folder removed before the process exits
- * (with status 130 or 143; see `src/process/terminate.ts`).
+ * A daemon started here never outlives an interrupted program: on SIGINT,
+ * SIGTERM or SIGHUP it is killed and its folder removed before the process
+ * exits (see `daemon_process.ts`).
  *
  * @module
  */
 
-import { onTermination } from "../process/terminate.ts";
+import { DaemonProcess } from "./daemon_process.ts";
 
 /** What to install when the daemon is missing (one line, for messages). */
 export const QSD_INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install qemu-system-common qemu-utils)";
@@ -46,39 +46,6 @@ export interface QemuStorageDaemonOptions {
   stopOnSignal?: boolean;
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * The path of an executable: `name` itself when it has a slash, else the
- * first match on `$PATH`; undefined when there is none.
- */
-function findExecutable(name: string): string | undefined {
-  const isExecutable = (p: string) => {
-    try {
-      const st = Deno.statSync(p);
-      return st.isFile && ((st.mode ?? 0o111) & 0o111) !== 0;
-    } catch {
-      return false;
-    }
-  };
-  if (name.includes("/")) return isExecutable(name) ? name : undefined;
-  let path = "";
-  try {
-    path = Deno.env.get("PATH") ?? "";
-  } catch {
-    // no --allow-env
-  }
-  for (const dir of path.split(":")) if (dir && isExecutable(`${dir}/${name}`)) return `${dir}/${name}`;
-  return undefined;
-}
-
 function defaultBinary(): string {
   try {
     return Deno.env.get("QEMU_STORAGE_DAEMON") || "qemu-storage-daemon";
@@ -106,27 +73,11 @@ export class QemuStorageDaemon implements AsyncDisposable {
   readonly logPath: string;
   /** The folder holding socket, log (and a created image). */
   readonly dir: string;
-  readonly #ownsDir: boolean;
-  readonly #binary: string;
-  readonly #args: string[];
-  #child: Deno.ChildProcess | undefined;
-  #status: Promise<Deno.CommandStatus | undefined> = Promise.resolve(undefined);
-  #stopped = false;
-  #signalHook: Disposable | undefined;
+  readonly #process: DaemonProcess;
 
-  private constructor(
-    binary: string,
-    args: string[],
-    dir: string,
-    ownsDir: boolean,
-    socketPath: string,
-    imagePath: string | undefined,
-    logPath: string,
-  ) {
-    this.#binary = binary;
-    this.#args = args;
-    this.dir = dir;
-    this.#ownsDir = ownsDir;
+  private constructor(process: DaemonProcess, socketPath: string, imagePath: string | undefined, logPath: string) {
+    this.#process = process;
+    this.dir = process.dir;
     this.socketPath = socketPath;
     this.imagePath = imagePath;
     this.logPath = logPath;
@@ -149,8 +100,7 @@ export class QemuStorageDaemon implements AsyncDisposable {
 
   /** The process id (of the current run). */
   get pid(): number {
-    if (!this.#child) throw new Error("qemu-storage-daemon is not running");
-    return this.#child.pid;
+    return this.#process.pid;
   }
 
   /**
@@ -158,6 +108,7 @@ export class QemuStorageDaemon implements AsyncDisposable {
    *
    * @param options what to export
    * @returns the running daemon
+   * @throws {Deno.errors.NotFound} (one line naming what to install) when the binary is missing
    */
   static async start(options: QemuStorageDaemonOptions = {}): Promise<QemuStorageDaemon> {
     const ownsDir = options.dir === undefined;
@@ -168,18 +119,23 @@ export class QemuStorageDaemon implements AsyncDisposable {
     const size = options.size ?? 64 << 20;
     let imagePath: string | undefined;
     let blockdev: string;
-    if (driver === "file") {
-      imagePath = options.image ?? `${dir}/disk.img`;
-      if (!options.image) {
-        const f = await Deno.open(imagePath, { create: true, write: true, truncate: true });
-        await f.truncate(size);
-        f.close();
+    try {
+      if (driver === "file") {
+        imagePath = options.image ?? `${dir}/disk.img`;
+        if (!options.image) {
+          const f = await Deno.open(imagePath, { create: true, write: true, truncate: true });
+          await f.truncate(size);
+          f.close();
+        }
+        blockdev = `driver=file,node-name=disk,filename=${imagePath},cache.direct=${
+          options.cacheDirect ? "on" : "off"
+        },discard=unmap${options.aio ? `,aio=${options.aio}` : ""}`;
+      } else {
+        blockdev = `driver=null-co,node-name=disk,size=${size},read-zeroes=on`;
       }
-      blockdev = `driver=file,node-name=disk,filename=${imagePath},cache.direct=${
-        options.cacheDirect ? "on" : "off"
-      },discard=unmap${options.aio ? `,aio=${options.aio}` : ""}`;
-    } else {
-      blockdev = `driver=null-co,node-name=disk,size=${size},read-zeroes=on`;
+    } catch (e) {
+      if (ownsDir) await Deno.remove(dir, { recursive: true }).catch(() => {});
+      throw e;
     }
     const exportArgs = [
       "type=vhost-user-blk",
@@ -197,83 +153,20 @@ export class QemuStorageDaemon implements AsyncDisposable {
       exportArgs.push("iothread=iothread0");
     }
     args.push("--export", exportArgs.join(","));
-    const daemon = new QemuStorageDaemon(
-      options.binary ?? defaultBinary(),
-      args,
+    const process = await DaemonProcess.start(
+      {
+        name: "qemu-storage-daemon",
+        binary: options.binary ?? defaultBinary(),
+        args,
+        socketPath,
+        logPath,
+        installHint: QSD_INSTALL_HINT,
+      },
       dir,
       ownsDir,
-      socketPath,
-      imagePath,
-      logPath,
+      options.stopOnSignal ?? true,
     );
-    if (options.stopOnSignal ?? true) daemon.#signalHook = onTermination(() => daemon.#stopNow());
-    try {
-      await daemon.#spawn();
-    } catch (e) {
-      daemon.#signalHook?.[Symbol.dispose]();
-      if (ownsDir) await Deno.remove(dir, { recursive: true }).catch(() => {});
-      throw e;
-    }
-    return daemon;
-  }
-
-  /** The termination hook: kills the daemon and removes its folder, synchronously. */
-  #stopNow(): void {
-    this.#stopped = true;
-    try {
-      this.#child?.kill("SIGKILL");
-    } catch {
-      // already exited
-    }
-    if (this.#ownsDir) {
-      try {
-        Deno.removeSync(this.dir, { recursive: true });
-      } catch {
-        // already gone
-      }
-    }
-  }
-
-  /** Starts the process and waits for its socket. */
-  async #spawn(): Promise<void> {
-    await Deno.remove(this.socketPath).catch(() => {}); // a stale socket of a killed run
-    const log = await Deno.open(this.logPath, { create: true, append: true });
-    let child: Deno.ChildProcess;
-    try {
-      const binary = findExecutable(this.#binary);
-      if (binary === undefined) throw new Deno.errors.NotFound(`${this.#binary} not found: ${QSD_INSTALL_HINT}`);
-      // In a session of its own, so that a Ctrl-C meant for this program does
-      // not reach the daemon first: the termination hook stops it once the
-      // program has finished with it (fio prints its summary before).
-      const setsid = findExecutable("setsid");
-      child = new Deno.Command(setsid ?? binary, {
-        args: setsid ? [binary, ...this.#args] : this.#args,
-        stdin: "null",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-    } catch (e) {
-      log.close();
-      throw e;
-    }
-    this.#child = child;
-    // Copy the daemon's output into the log file (a writable stream takes one pipe at a time).
-    const copy = async (stream: ReadableStream<Uint8Array>) => {
-      for await (const chunk of stream) await log.write(chunk);
-    };
-    const pump = Promise.all([copy(child.stdout), copy(child.stderr)]).finally(() => log.close());
-    this.#status = Promise.all([child.status, pump.catch(() => {})]).then(([s]) => s);
-    const deadline = performance.now() + 10_000;
-    let exited = false;
-    this.#status.then(() => (exited = true));
-    while (!(await exists(this.socketPath))) {
-      if (exited || performance.now() > deadline) {
-        await this.kill();
-        const text = await Deno.readTextFile(this.logPath).catch(() => "");
-        throw new Error(`qemu-storage-daemon did not start (${this.#args.join(" ")}):\n${text}`);
-      }
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    return new QemuStorageDaemon(process, socketPath, imagePath, logPath);
   }
 
   /**
@@ -281,9 +174,8 @@ export class QemuStorageDaemon implements AsyncDisposable {
    * socket and image, as after a crash.
    */
   async restart(): Promise<void> {
-    if (this.#stopped) throw new Error("qemu-storage-daemon was stopped");
-    await this.kill();
-    await this.#spawn();
+    await this.#process.kill();
+    await this.#process.spawn();
   }
 
   /**
@@ -292,40 +184,16 @@ export class QemuStorageDaemon implements AsyncDisposable {
    *
    * @param signal the signal
    */
-  async kill(signal: Deno.Signal = "SIGKILL"): Promise<void> {
-    try {
-      this.#child?.kill(signal);
-    } catch {
-      // already exited
-    }
-    await this.#status;
+  kill(signal: Deno.Signal = "SIGKILL"): Promise<void> {
+    return this.#process.kill(signal);
   }
 
   /**
    * Stops the daemon (SIGTERM, then SIGKILL after 1 s: qemu-storage-daemon 7.2 occasionally hangs in its
    * graceful shutdown right after a front-end disconnected) and removes the folder it created.
    */
-  async stop(): Promise<void> {
-    this.#signalHook?.[Symbol.dispose]();
-    if (this.#stopped) return;
-    this.#stopped = true;
-    let done = false;
-    const status = this.#status.then(() => (done = true));
-    try {
-      this.#child?.kill("SIGTERM");
-    } catch {
-      // already exited
-    }
-    const t = setTimeout(() => {
-      if (!done) {
-        try {
-          this.#child?.kill("SIGKILL");
-        } catch { /* exited */ }
-      }
-    }, 1000);
-    await status;
-    clearTimeout(t);
-    if (this.#ownsDir) await Deno.remove(this.dir, { recursive: true }).catch(() => {});
+  stop(): Promise<void> {
+    return this.#process.stop(1000);
   }
 
   /** Same as {@linkcode QemuStorageDaemon.stop}. */

@@ -1,0 +1,242 @@
+/**
+ * A back-end daemon run as a child process for tests, the demo, the CLI and
+ * benchmarks: started in a session of its own, its output copied to a log,
+ * ready once its socket exists, and never outliving the program (stopped and
+ * its folder removed on SIGINT, SIGTERM or SIGHUP; see
+ * `src/process/terminate.ts`).
+ *
+ * Its own session keeps a Ctrl-C meant for the program from reaching the
+ * daemon first: the program finishes with it (fio prints its summary), then
+ * the termination hook stops it.
+ *
+ * @module
+ */
+
+import { onTermination } from "../process/terminate.ts";
+
+/**
+ * The path of an executable: `name` itself when it has a slash, else the
+ * first match on `$PATH`.
+ *
+ * @param name a program name or path
+ * @returns its path, or undefined when there is none
+ */
+export function findExecutable(name: string): string | undefined {
+  const isExecutable = (p: string) => {
+    try {
+      const st = Deno.statSync(p);
+      return st.isFile && ((st.mode ?? 0o111) & 0o111) !== 0;
+    } catch {
+      return false;
+    }
+  };
+  if (name.includes("/")) return isExecutable(name) ? name : undefined;
+  let path = "";
+  try {
+    path = Deno.env.get("PATH") ?? "";
+  } catch {
+    // no --allow-env: nothing to search
+  }
+  for (const dir of path.split(":")) if (dir && isExecutable(`${dir}/${name}`)) return `${dir}/${name}`;
+  return undefined;
+}
+
+/**
+ * Whether a Unix socket is listening at `path` (from /proc/net/unix: the
+ * socket file appears at bind(), a moment before listen(), and a connect in
+ * between is refused).
+ *
+ * @param path the socket path
+ * @returns true once it accepts connections
+ */
+export async function isListening(path: string): Promise<boolean> {
+  const SO_ACCEPTCON = 0x10000;
+  const table = await Deno.readTextFile("/proc/net/unix").catch(() => "");
+  for (const line of table.split("\n")) {
+    if (!line.endsWith(` ${path}`)) continue;
+    const flags = parseInt(line.split(/\s+/)[3], 16);
+    if (flags & SO_ACCEPTCON) return true;
+  }
+  return false;
+}
+
+/** How to run a daemon. */
+export interface DaemonSpec {
+  /** For messages, e.g. `qemu-storage-daemon`. */
+  readonly name: string;
+  /** The program (a name looked up on `$PATH`, or a path). */
+  readonly binary: string;
+  /** Its arguments. */
+  readonly args: readonly string[];
+  /** Its working folder (default: the daemon's folder). */
+  readonly cwd?: string;
+  /** Extra environment variables. */
+  readonly env?: Readonly<Record<string, string>>;
+  /** The socket whose appearance means it is ready. */
+  readonly socketPath: string;
+  /** Where its stdout and stderr go (appended). */
+  readonly logPath: string;
+  /** What to install when the binary is missing (one line). */
+  readonly installHint: string;
+  /** The signal that asks it to stop; default SIGTERM. */
+  readonly stopSignal?: Deno.Signal;
+  /** How long to wait for its socket; default 10000 ms. */
+  readonly startTimeoutMs?: number;
+}
+
+/** A daemon process, restartable, owning its folder when it created it. */
+export class DaemonProcess {
+  /** The folder of its socket, log and data. */
+  readonly dir: string;
+  readonly #spec: DaemonSpec;
+  readonly #ownsDir: boolean;
+  #child: Deno.ChildProcess | undefined;
+  #status: Promise<Deno.CommandStatus | undefined> = Promise.resolve(undefined);
+  #exited = true;
+  #stopped = false;
+  #hook: Disposable | undefined;
+
+  private constructor(spec: DaemonSpec, dir: string, ownsDir: boolean) {
+    this.#spec = spec;
+    this.dir = dir;
+    this.#ownsDir = ownsDir;
+  }
+
+  /**
+   * Starts a daemon and waits until its socket exists. On failure nothing is
+   * left running and an owned folder is removed.
+   *
+   * @param spec how to run it
+   * @param dir its folder
+   * @param ownsDir whether {@linkcode DaemonProcess.stop} removes the folder
+   * @param stopOnSignal whether SIGINT/SIGTERM/SIGHUP stop it (default true)
+   * @returns the running daemon
+   */
+  static async start(spec: DaemonSpec, dir: string, ownsDir: boolean, stopOnSignal = true): Promise<DaemonProcess> {
+    const d = new DaemonProcess(spec, dir, ownsDir);
+    if (stopOnSignal) d.#hook = onTermination(() => d.#stopNow());
+    try {
+      await d.spawn();
+    } catch (e) {
+      d.#hook?.[Symbol.dispose]();
+      if (ownsDir) await Deno.remove(dir, { recursive: true }).catch(() => {});
+      throw e;
+    }
+    return d;
+  }
+
+  /** The process id of the current run. */
+  get pid(): number {
+    if (!this.#child) throw new Error(`${this.#spec.name} is not running`);
+    return this.#child.pid;
+  }
+
+  /** Whether the current run has ended. */
+  get exited(): boolean {
+    return this.#exited;
+  }
+
+  /** Starts (again) and waits until its socket listens; a stale socket of an earlier run is removed first. */
+  async spawn(): Promise<void> {
+    if (this.#stopped) throw new Error(`${this.#spec.name} was stopped`);
+    const spec = this.#spec;
+    await Deno.remove(spec.socketPath).catch(() => {});
+    const binary = findExecutable(spec.binary);
+    if (binary === undefined) throw new Deno.errors.NotFound(`${spec.binary} not found: ${spec.installHint}`);
+    const setsid = findExecutable("setsid");
+    const log = await Deno.open(spec.logPath, { create: true, append: true });
+    let child: Deno.ChildProcess;
+    try {
+      child = new Deno.Command(setsid ?? binary, {
+        args: setsid ? [binary, ...spec.args] : [...spec.args],
+        cwd: spec.cwd ?? this.dir,
+        env: spec.env ? { ...spec.env } : undefined,
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+    } catch (e) {
+      log.close();
+      throw e;
+    }
+    this.#child = child;
+    this.#exited = false;
+    // Copy the output into the log (a writable stream takes one pipe at a time).
+    const copy = async (stream: ReadableStream<Uint8Array>) => {
+      for await (const chunk of stream) await log.write(chunk);
+    };
+    const pump = Promise.all([copy(child.stdout), copy(child.stderr)]).finally(() => log.close());
+    this.#status = Promise.all([child.status, pump.catch(() => {})]).then(([s]) => {
+      this.#exited = true;
+      return s;
+    });
+    const deadline = performance.now() + (spec.startTimeoutMs ?? 10_000);
+    while (!(await isListening(spec.socketPath))) {
+      if (this.#exited || performance.now() > deadline) {
+        await this.kill();
+        const text = await Deno.readTextFile(spec.logPath).catch(() => "");
+        throw new Error(`${spec.name} did not start (${spec.args.join(" ")}):\n${text}`);
+      }
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  /**
+   * Sends a signal (SIGKILL by default) and waits for the process to exit.
+   * The folder stays until {@linkcode DaemonProcess.stop}.
+   *
+   * @param signal the signal
+   */
+  async kill(signal: Deno.Signal = "SIGKILL"): Promise<void> {
+    try {
+      this.#child?.kill(signal);
+    } catch {
+      // already exited
+    }
+    await this.#status;
+  }
+
+  /**
+   * Stops the daemon (its stop signal, then SIGKILL after `graceMs`: some
+   * hang in a graceful shutdown) and removes the folder it owns.
+   *
+   * @param graceMs how long to wait before SIGKILL
+   */
+  async stop(graceMs = 1000): Promise<void> {
+    this.#hook?.[Symbol.dispose]();
+    if (this.#stopped) return;
+    this.#stopped = true;
+    if (!this.#exited) {
+      try {
+        this.#child?.kill(this.#spec.stopSignal ?? "SIGTERM");
+      } catch {
+        // already exited
+      }
+      const t = setTimeout(() => {
+        try {
+          this.#child?.kill("SIGKILL");
+        } catch { /* exited */ }
+      }, graceMs);
+      await this.#status;
+      clearTimeout(t);
+    }
+    if (this.#ownsDir) await Deno.remove(this.dir, { recursive: true }).catch(() => {});
+  }
+
+  /** The termination hook: kills the daemon and removes its folder, synchronously. */
+  #stopNow(): void {
+    this.#stopped = true;
+    try {
+      this.#child?.kill("SIGKILL");
+    } catch {
+      // already exited
+    }
+    if (this.#ownsDir) {
+      try {
+        Deno.removeSync(this.dir, { recursive: true });
+      } catch {
+        // already gone
+      }
+    }
+  }
+}
