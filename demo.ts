@@ -18,6 +18,7 @@
 
 import { type CommandSpec, formatHelp, parseChoice, parseFlags, parseSeconds, UsageError } from "./src/cli/args.ts";
 import { loadShim } from "./ffi/loader.ts";
+import { onTermination } from "./src/process/terminate.ts";
 import { MockBlkDevice, QemuStorageDaemon, VirtioBlk, type VirtioBlkConnectOptions, VirtioError } from "./mod.ts";
 import { ShimLoadError } from "./src/errors.ts";
 
@@ -106,7 +107,10 @@ async function main(args: string[]): Promise<number> {
     const missing = await realBackendMissing();
     if (missing === undefined) {
       daemon = await QemuStorageDaemon.start({ size: 256 * MiB });
-      console.log(`started qemu-storage-daemon (pid ${daemon.pid}) on ${daemon.imagePath}`);
+      console.log(
+        `started qemu-storage-daemon (pid ${daemon.pid}) on a 256 MiB file image, ${daemon.imagePath}: ` +
+          "reads and writes go through the host's page cache",
+      );
       options = { transport: "vhost-user", path: daemon.socketPath, mode };
     } else {
       console.log(`${missing}: running on the in-process mock device instead (no daemon, no native code).`);
@@ -114,6 +118,8 @@ async function main(args: string[]): Promise<number> {
       options = { transport: "mock", device: new MockBlkDevice({ capacity: 256 * MiB }), mode };
     }
   }
+  // Runs before the daemon's own hook stops it (hooks run newest first).
+  using _interrupted = onTermination((signal) => console.log(`interrupted (${signal}): stopping`));
   try {
     await using blk = await VirtioBlk.connect(options);
     const where = options.transport === "mock" ? "the mock device" : (options as { path: string }).path;

@@ -143,6 +143,19 @@ export function eventfd(): number {
 }
 
 /**
+ * Takes an eventfd's counter without blocking: the number of signals since
+ * the last take (0 when there was none).
+ *
+ * @param fd a non-blocking eventfd
+ * @returns the counter
+ */
+export function eventfdTake(fd: number): number {
+  const r = Number(requireShim().vd_eventfd_read(fd));
+  if (r === -LINUX.EAGAIN) return 0;
+  return check("read", r, `eventfd ${fd}`);
+}
+
+/**
  * A view of `len` bytes at process address `addr`, with its own ArrayBuffer.
  * Costs ~650 ns: make views once, never per request.
  *

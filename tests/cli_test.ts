@@ -171,7 +171,7 @@ Deno.test({
     assert.equal(r.total.ios, r.read.ios + r.write.ios);
     assert.equal(r.total.bytes, r.total.ios * 8192);
     assert.ok(Math.abs(r.seconds - 0.5) < 0.01, `measured ${r.seconds} s`);
-    assert.ok(r.read.latency.p50 > 0 && r.read.latency.max >= r.read.latency.p99 && r.read.latency.stdev >= 0);
+    assert.ok(r.read.latencyUs.p50 > 0 && r.read.latencyUs.max >= r.read.latencyUs.p99 && r.read.latencyUs.stdev >= 0);
   },
 });
 
@@ -279,6 +279,52 @@ Deno.test({
       const past = await cli(["read", "--path", qsd.socketPath, "--offset", "4M", "--length", "1"]);
       assert.equal(past.code, 2);
       assert.match(past.stderr, /past the capacity of 4194304 bytes/);
+    });
+  },
+});
+
+Deno.test({
+  name: "cli: flags the device cannot take, and missing files, are usage errors naming the flag (exit 2)",
+  ignore: missing("qemu-storage-daemon"),
+  fn: async () => {
+    await withDaemon(async (qsd) => {
+      const cases: [string[], RegExp][] = [
+        [["info", "--path", qsd.socketPath, "--queues", "4"], /--queues 4 is more than the device offers \(1\)/],
+        [["fio", "--path", qsd.socketPath, "--bs", "100M"], /--bs 104857600 is larger than the device/],
+        [
+          ["write", "--path", qsd.socketPath, "--input", "/nonexistent/x.bin"],
+          /--input \/nonexistent\/x.bin: no such file/,
+        ],
+        [
+          ["read", "--path", qsd.socketPath, "--length", "1", "--output", "/nonexistent/x"],
+          /--output .*: no such file/,
+        ],
+      ];
+      for (const [args, want] of cases) {
+        const r = await cli(args);
+        assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+        assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+        assert.match(r.stderr, want);
+      }
+    });
+  },
+});
+
+Deno.test({
+  name: "cli: fio against a back-end that dies: the summary covers the time that ran, exit status 1",
+  ignore: missing("qemu-storage-daemon"),
+  fn: async () => {
+    await withDaemon(async (qsd) => {
+      const run = cli(["fio", "--path", qsd.socketPath, "--runtime", "10", "--ramp", "0", "--json"]);
+      await new Promise((r) => setTimeout(r, 2500));
+      await qsd.kill("SIGKILL");
+      const r = await run;
+      assert.equal(r.code, 1, r.stderr);
+      const result = JSON.parse(r.text);
+      assert.equal(result.errors, 1, "the first error ends the run");
+      assert.match(result.firstError, /hung up|connection/);
+      assert.ok(result.seconds > 0.5 && result.seconds < 4, `measured ${result.seconds} s, not the 10 asked for`);
+      assert.match(r.stderr, /^error: the run ended at its first error/m);
     });
   },
 });

@@ -477,7 +477,8 @@ export class VirtioBlk implements AsyncDisposable {
         });
       }
       await transport.setupQueues(queueConfigs);
-      interrupts = await transport.createInterruptSource();
+      // Poll mode waits on no interrupt: the queues' signals are not watched.
+      interrupts = await transport.createInterruptSource({ queues: mode === "eventfd" });
       return new VirtioBlk({
         transport,
         regions,

@@ -7,6 +7,7 @@
 
 import type { CompletionMode } from "../blk/completion_driver.ts";
 import { VirtioBlk, type VirtioBlkConnectOptions } from "../blk/virtio_blk.ts";
+import { InvalidArgumentError } from "../errors.ts";
 import { type FlagSpec, parseChoice, type ParsedFlags, parseInteger, parseQueueSize, UsageError } from "./args.ts";
 
 /** The transports the CLI reaches. */
@@ -21,7 +22,7 @@ export const CLI_TRANSPORTS = ["vhost-user", "vhost-vdpa", "vfio-pci"] as const;
  */
 export function deviceFlags(mode: CompletionMode, pathHelp: string): FlagSpec[] {
   return [
-    { name: "path", kind: "string", value: "PATH", help: pathHelp },
+    { name: "path", kind: "string", value: "SOCKET", help: pathHelp },
     {
       name: "transport",
       kind: "string",
@@ -116,5 +117,23 @@ export async function openDevice(
   mode: CompletionMode,
   overrides: { path?: string; queueSize?: number } = {},
 ): Promise<VirtioBlk> {
-  return await VirtioBlk.connect(connectOptions(flags, mode, overrides));
+  try {
+    return await VirtioBlk.connect(connectOptions(flags, mode, overrides));
+  } catch (e) {
+    // An option the device cannot take (more queues than it offers, a ring
+    // above its maximum) is a flag the user chose: say which, exit 2.
+    if (e instanceof InvalidArgumentError) {
+      throw new UsageError(
+        Object.entries(FLAG_OF_OPTION).reduce((m, [option, flag]) => m.replaceAll(option, flag), e.message),
+      );
+    }
+    throw e;
+  }
 }
+
+/** The flag behind each connect option, for messages. */
+const FLAG_OF_OPTION: Readonly<Record<string, string>> = {
+  numQueues: "--queues",
+  queueSize: "--queue-size",
+  spinMicros: "--spin-us",
+};

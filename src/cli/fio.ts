@@ -69,8 +69,8 @@ export interface FioStats {
   iops: number;
   /** Bytes per second. */
   bytesPerSecond: number;
-  /** Completion latency, microseconds. */
-  latency: LatencySummary;
+  /** Completion latency in microseconds (min, max, mean, stdev, percentiles). */
+  latencyUs: LatencySummary;
 }
 
 /** The result of a run. */
@@ -83,7 +83,7 @@ export interface FioResult {
   write: FioStats;
   /** Reads and writes together. */
   total: FioStats;
-  /** Requests that failed before the run ended (during the ramp too). */
+  /** Requests that failed before the run ended (the first error ends it, as in fio). */
   errors: number;
   /** The first failure's message, when there was one. */
   firstError?: string;
@@ -125,6 +125,7 @@ export function validateJob(blk: VirtioBlk, job: FioJob): string | undefined {
   if (!(Number.isInteger(job.bs) && job.bs > 0 && job.bs % blk.blockSize === 0)) {
     return `--bs must be a positive multiple of the block size ${blk.blockSize}`;
   }
+  if (job.bs > Number(blk.capacity)) return `--bs ${job.bs} is larger than the device (${blk.capacity} bytes)`;
   if (job.bs > blk.maxSegmentSize) return `--bs is above the device's segment limit ${blk.maxSegmentSize}`;
   if (!(Number.isInteger(job.iodepth) && job.iodepth >= 1)) return "--iodepth must be a positive integer";
   const holds = blk.queue(0).maxInFlight(1);
@@ -169,7 +170,7 @@ function stats(hist: LatencyHistogram, bs: number, seconds: number): FioStats {
     bytes,
     iops: seconds > 0 ? latency.count / seconds : 0,
     bytesPerSecond: seconds > 0 ? bytes / seconds : 0,
-    latency,
+    latencyUs: latency,
   };
 }
 
@@ -224,13 +225,24 @@ export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
   let nextReport = t0 + 1e9;
   let lastReport = t0;
 
+  /** Ends the run at `t`: nothing is issued or measured after it; what is in flight drains. */
+  const stop = (t: number): void => {
+    if (!stopping) {
+      stopping = true;
+      if (t < end) end = t;
+    }
+    counting = false;
+  };
+
   const complete = (slot: number, error: VirtioError | undefined): void => {
     if (error) {
-      // Failures while draining after the end (or an abort, when a Ctrl-C
-      // may have reached the device's daemon too) are not the run's.
+      // As fio by default: the first error ends the run. Failures while
+      // draining (after the end, or after an abort, when a Ctrl-C may have
+      // reached the device's daemon too) are not the run's.
       if (!stopping) {
         errors++;
         firstError ??= error;
+        stop(now());
       }
     } else if (counting) {
       hists[kind[slot]].record(now() - start[slot]);
@@ -240,20 +252,13 @@ export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
 
   /** Opens and closes the measured window, reports progress, notices an abort. */
   const tick = (t: number): void => {
-    if (!stopping && job.signal?.aborted) {
-      stopping = true;
-      if (t < end) end = t;
-    }
+    if (job.signal?.aborted) stop(t);
     if (measureStart < 0 && t >= rampEnd && !stopping) {
       counting = true;
       measureStart = t;
       end = t + job.runtime * 1e9;
     }
-    if (t >= end) {
-      counting = false; // completions while draining are not measured
-      stopping = true;
-    }
-    if (errors > 100) stopping = true;
+    if (t >= end) stop(t); // completions while draining are not measured
     if (!stopping && t >= nextReport) {
       const dt = (t - lastReport) / 1e9;
       job.onProgress?.({
@@ -305,7 +310,6 @@ export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
           issue(slot);
         } catch (e) {
           complete(slot, e as VirtioError);
-          stopping = true;
         }
       };
       const onDone = (slot: number, error: VirtioError | undefined): void => {

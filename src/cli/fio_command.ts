@@ -28,8 +28,10 @@ export const FIO: CommandSpec = {
   description:
     "Keeps --iodepth requests in flight on each of --queues queues for --ramp seconds (not measured), then\n" +
     "--runtime seconds (measured), and prints IOPS, bandwidth (MiB/s and MB/s) and latency for reads and\n" +
-    "writes. Without --path it starts a private qemu-storage-daemon (null-co: stores nothing) and stops it\n" +
-    "at the end or on Ctrl-C, which prints what was measured so far (exit status 130).",
+    "writes (latencies in microseconds). Without --path it starts a private qemu-storage-daemon (null-co:\n" +
+    "stores nothing) and stops it at the end or on Ctrl-C, which prints what was measured so far (exit\n" +
+    "status 130). The first failed request ends the run (exit status 1), as in fio. Write workloads\n" +
+    "overwrite what the device holds in --size (default: all of it).",
   flags: [
     ...deviceFlags("poll", "a vhost-user socket (or /dev/vhost-vdpa-N); default: a private qemu-storage-daemon")
       .map((f) =>
@@ -141,6 +143,9 @@ export async function fio(flags: ParsedFlags): Promise<void> {
         );
       } else {
         console.log(formatFioSummary(result, blk.mode, described));
+      }
+      if (result.errors > 0 && !result.interrupted) {
+        throw new Error(`the run ended at its first error, after ${result.seconds.toFixed(2)} s: ${result.firstError}`);
       }
     } finally {
       printed.resolve();

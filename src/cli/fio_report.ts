@@ -18,7 +18,7 @@ export interface FioBackend {
 }
 
 function direction(name: string, s: FioStats, seconds: number): string[] {
-  const l = s.latency;
+  const l = s.latencyUs;
   const f = (v: number) => v.toFixed(2);
   return [
     `  ${name}: IOPS=${formatCount(s.iops)}, BW=${formatBandwidth(s.bytesPerSecond)}(${formatBytes(s.bytes)}/${

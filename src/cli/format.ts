@@ -19,7 +19,7 @@ export function formatCount(n: number): string {
 }
 
 function significant(v: number): string {
-  if (v >= 100) return v.toFixed(0);
+  if (Number.isInteger(v) || v >= 100) return v.toFixed(0);
   if (v >= 10) return v.toFixed(1);
   return v.toFixed(2);
 }

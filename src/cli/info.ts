@@ -9,6 +9,7 @@ import type { VirtioBlk } from "../blk/virtio_blk.ts";
 import { describeFeatures } from "../features.ts";
 import type { CommandSpec, ParsedFlags } from "./args.ts";
 import { deviceFlags, openDevice } from "./device_flags.ts";
+import { formatBytes } from "./format.ts";
 
 /** The `info` command. */
 export const INFO: CommandSpec = {
@@ -69,13 +70,14 @@ export async function info(flags: ParsedFlags): Promise<void> {
   const c = blk.config;
   const cap = data.capacity as number;
   console.log(`transport      ${data.transport}`);
-  console.log(`capacity       ${cap} bytes (${(cap / 2 ** 30).toFixed(3)} GiB)`);
+  console.log(`capacity       ${cap} bytes (${formatBytes(cap)})`);
   console.log(`block size     ${data.blockSize}`);
   console.log(`read-only      ${data.readOnly}`);
   console.log(`queues         ${data.numQueues} in use, ${data.deviceQueues} offered, ${data.queueSize} entries each`);
   console.log(`segments       at most ${data.maxSegments} per request, ${data.maxSegmentSize} bytes each`);
   console.log(`features       ${(data.features as string[]).join(" ")} (${data.featureBits})`);
   if (c.topology) console.log(`topology       ${JSON.stringify(c.topology)}`);
+  if (c.writeback !== undefined) console.log(`write cache    ${c.writeback ? "writeback" : "writethrough"}`);
   if (c.discard) console.log(`discard        ${JSON.stringify(c.discard)}`);
   if (c.writeZeroes) console.log(`write zeroes   ${JSON.stringify(c.writeZeroes)}`);
   console.log(`id             ${data.id}`);

@@ -25,7 +25,7 @@ export const READ: CommandSpec = {
     ...deviceFlags("eventfd", "the vhost-user socket (or /dev/vhost-vdpa-N)"),
     { name: "length", kind: "string", value: "N", help: "bytes to read (required)" },
     { name: "offset", kind: "string", value: "N", default: "0", help: "byte offset on the device" },
-    { name: "output", kind: "string", value: "FILE", default: "- (stdout)", help: "where the bytes go" },
+    { name: "output", kind: "string", value: "FILE", default: "stdout", help: "where the bytes go (- is stdout)" },
     { name: "json", kind: "boolean", help: "print a JSON summary on stdout (needs --output FILE)" },
   ],
   examples: [
@@ -43,7 +43,7 @@ export const WRITE: CommandSpec = {
   flags: [
     ...deviceFlags("eventfd", "the vhost-user socket (or /dev/vhost-vdpa-N)"),
     { name: "offset", kind: "string", value: "N", default: "0", help: "byte offset on the device" },
-    { name: "input", kind: "string", value: "FILE", default: "- (stdin)", help: "where the bytes come from" },
+    { name: "input", kind: "string", value: "FILE", default: "stdin", help: "where the bytes come from (- is stdin)" },
     { name: "length", kind: "string", value: "N", default: "all of the input", help: "bytes to write" },
     { name: "json", kind: "boolean", help: "print a JSON summary on stdout" },
   ],
@@ -92,7 +92,7 @@ export async function read(flags: ParsedFlags): Promise<void> {
   const t0 = performance.now();
   const out = output === "-"
     ? Deno.stdout
-    : await Deno.open(userPath(output), { write: true, create: true, truncate: true });
+    : await fileOrUsageError("--output", output, (p) => Deno.open(p, { write: true, create: true, truncate: true }));
   try {
     const a = blk.blockSize;
     const buf = blk.allocBuffer(CHUNK);
@@ -113,8 +113,20 @@ export async function read(flags: ParsedFlags): Promise<void> {
   if (flags.json) console.log(JSON.stringify(summary("read", offset, length, output, t0)));
 }
 
+/** Opens a file the user named; a missing or forbidden one is a usage error (exit 2), in one line. */
+async function fileOrUsageError<T>(flag: string, path: string, open: (path: string) => Promise<T>): Promise<T> {
+  try {
+    return await open(userPath(path));
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new UsageError(`${flag} ${path}: no such file or folder`);
+    if (e instanceof Deno.errors.PermissionDenied) throw new UsageError(`${flag} ${path}: permission denied`);
+    if (e instanceof Deno.errors.IsADirectory) throw new UsageError(`${flag} ${path}: is a folder`);
+    throw e;
+  }
+}
+
 async function readInput(input: string): Promise<Uint8Array> {
-  if (input !== "-") return await Deno.readFile(userPath(input));
+  if (input !== "-") return await fileOrUsageError("--input", input, (p) => Deno.readFile(p));
   if (Deno.stdin.isTerminal()) {
     throw new UsageError("no input: pipe the data in (… | deno task write …) or give --input FILE");
   }

@@ -115,7 +115,9 @@ export class DpdkVhostBlk implements AsyncDisposable {
     const files = [...Deno.readDirSync(DPDK_VHOST_BLK_SOURCE)].filter((e) => e.isFile).map((e) => e.name).sort();
     const patch = unpatched ? new Uint8Array(0) : await Deno.readFile(PATCH);
     const parts = [patch];
-    for (const f of files) parts.push(new TextEncoder().encode(f), await Deno.readFile(`${DPDK_VHOST_BLK_SOURCE}/${f}`));
+    for (const f of files) {
+      parts.push(new TextEncoder().encode(f), await Deno.readFile(`${DPDK_VHOST_BLK_SOURCE}/${f}`));
+    }
     const dir = `${buildRoot()}/${await sha256Hex(parts)}${unpatched ? "-unpatched" : ""}`;
     const binary = `${dir}/build/vhost-blk`;
     if (await Deno.stat(binary).then(() => true, () => false)) return binary;

@@ -58,6 +58,12 @@ export interface InterruptSource {
   close(): Promise<void>;
 }
 
+/** Options of {@linkcode Transport.createInterruptSource}. */
+export interface InterruptSourceOptions {
+  /** Watch the queues' interrupts (default true); false in poll mode. */
+  readonly queues?: boolean;
+}
+
 /**
  * A way to reach one virtio device.
  *
@@ -139,11 +145,14 @@ export interface Transport {
   notifier(index: number): QueueNotifier;
 
   /**
-   * An interrupt source covering every queue set up, plus hang-up of the
-   * connection where the transport has one. The caller closes it before
-   * closing the transport.
+   * An interrupt source covering every queue set up (unless `queues` is
+   * false: poll mode waits on no interrupt), plus hang-up of the connection
+   * where the transport has one. The caller closes it before closing the
+   * transport.
+   *
+   * @param options `queues: false` to watch no queue interrupt
    */
-  createInterruptSource(): Promise<InterruptSource>;
+  createInterruptSource(options?: InterruptSourceOptions): Promise<InterruptSource>;
 
   /** Stops the device's use of the queues and releases every resource. Idempotent. */
   close(): Promise<void>;

@@ -30,7 +30,14 @@ import { IovaMappings } from "../memory/iova_mappings.ts";
 import { MemfdRegion, type SharedRegion } from "../memory/region.ts";
 import { settle } from "./settle.ts";
 import { Teardown } from "./teardown.ts";
-import { type InterruptSource, notifierOf, type QueueConfig, type QueueNotifier, type Transport } from "./transport.ts";
+import {
+  type InterruptSource,
+  type InterruptSourceOptions,
+  notifierOf,
+  type QueueConfig,
+  type QueueNotifier,
+  type Transport,
+} from "./transport.ts";
 import {
   COMMON_CFG as C,
   parsePciCapabilities,
@@ -469,8 +476,8 @@ export class VfioPciTransport implements Transport {
     return notifierOf(this.#notifiers, index);
   }
 
-  createInterruptSource(): Promise<InterruptSource> {
-    return Waker.forQueues(this.#callFds);
+  createInterruptSource(options: InterruptSourceOptions = {}): Promise<InterruptSource> {
+    return Waker.forQueues((options.queues ?? true) ? this.#callFds : []);
   }
 
   async close(): Promise<void> {

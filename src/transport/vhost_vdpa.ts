@@ -19,7 +19,14 @@ import { MemfdRegion, type SharedRegion } from "../memory/region.ts";
 import { settle } from "./settle.ts";
 import { encodeVringBase, FRESH_VRING_BASE } from "./vring_base.ts";
 import { Teardown } from "./teardown.ts";
-import { type InterruptSource, notifierOf, type QueueConfig, type QueueNotifier, type Transport } from "./transport.ts";
+import {
+  type InterruptSource,
+  type InterruptSourceOptions,
+  notifierOf,
+  type QueueConfig,
+  type QueueNotifier,
+  type Transport,
+} from "./transport.ts";
 import {
   iotlbMsg,
   u64Arg,
@@ -243,8 +250,8 @@ export class VhostVdpaTransport implements Transport {
     return notifierOf(this.#notifiers, index);
   }
 
-  createInterruptSource(): Promise<InterruptSource> {
-    return Waker.forQueues(this.#callFds);
+  createInterruptSource(options: InterruptSourceOptions = {}): Promise<InterruptSource> {
+    return Waker.forQueues((options.queues ?? true) ? this.#callFds : []);
   }
 
   close(): Promise<void> {

@@ -527,7 +527,10 @@ export abstract class Virtqueue {
     const writable = this.writableBytes[id];
     if (len <= writable) return len;
     if (this.strictUsedLength) {
-      this.violation("used-len-too-large", `used length ${len} of id ${id} exceeds its ${writable} device-writable bytes`);
+      this.violation(
+        "used-len-too-large",
+        `used length ${len} of id ${id} exceeds its ${writable} device-writable bytes`,
+      );
     }
     this.usedLengthClamped++;
     return writable;

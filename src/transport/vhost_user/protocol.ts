@@ -81,6 +81,22 @@ export const VhostUserProtocolFeature = {
   STATUS: 1n << 16n,
 } as const;
 
+/**
+ * Names the set bits of a protocol-feature mask.
+ *
+ * @param features the mask
+ * @returns e.g. `["MQ", "REPLY_ACK", "bit 20"]`
+ */
+export function describeProtocolFeatures(features: bigint): string[] {
+  const names: string[] = [];
+  for (let b = 0n; b < 64n; b++) {
+    if (!((features >> b) & 1n)) continue;
+    const name = Object.entries(VhostUserProtocolFeature).find(([, v]) => v === 1n << b)?.[0];
+    names.push(name ?? `bit ${b}`);
+  }
+  return names;
+}
+
 /** A memory region as vhost-user describes it. */
 export interface VhostUserMemRegion {
   /** Address the driver uses in descriptors (IOVA; here the process address). */

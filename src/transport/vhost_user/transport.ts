@@ -9,7 +9,7 @@
  */
 
 import { requireShim } from "../../../ffi/loader.ts";
-import { closeFd, eventfd } from "../../../ffi/syscalls.ts";
+import { closeFd, eventfd, eventfdTake } from "../../../ffi/syscalls.ts";
 import { MAX_WAKER_TOKEN, Waker } from "../../../ffi/waker.ts";
 import {
   ConnectionLostError,
@@ -20,6 +20,7 @@ import {
 import { MemfdRegion, type SharedRegion } from "../../memory/region.ts";
 import {
   type InterruptSource,
+  type InterruptSourceOptions,
   notifierOf,
   type QueueConfig,
   type QueueNotifier,
@@ -78,6 +79,8 @@ export class VhostUserTransport implements Transport {
   readonly deviceFeatures: bigint;
   /** Protocol features both sides use. */
   readonly protocolFeatures: bigint;
+  /** Protocol features the back-end offered (0 without VHOST_USER_F_PROTOCOL_FEATURES). */
+  readonly offeredProtocolFeatures: bigint;
   readonly maxQueues: number;
   readonly maxQueueSize = 32768;
   readonly maxMemRegions: number;
@@ -93,6 +96,7 @@ export class VhostUserTransport implements Transport {
     path: string,
     conn: VhostUserConnection,
     deviceFeatures: bigint,
+    offeredProtocolFeatures: bigint,
     protocolFeatures: bigint,
     maxQueues: number,
     maxMemRegions: number,
@@ -101,6 +105,7 @@ export class VhostUserTransport implements Transport {
     this.#conn = conn;
     this.deviceFeatures = deviceFeatures;
     this.protocolFeatures = protocolFeatures;
+    this.offeredProtocolFeatures = offeredProtocolFeatures;
     this.maxQueues = maxQueues;
     this.maxMemRegions = maxMemRegions;
   }
@@ -121,9 +126,9 @@ export class VhostUserTransport implements Transport {
     try {
       await conn.call(R.SET_OWNER, EMPTY, { reply: NONE });
       const features = decodeU64(await conn.call(R.GET_FEATURES, EMPTY, { reply: U64 }));
-      let proto = 0n;
+      let proto = 0n, offered = 0n;
       if (features & VHOST_USER_F_PROTOCOL_FEATURES) {
-        const offered = decodeU64(await conn.call(R.GET_PROTOCOL_FEATURES, EMPTY, { reply: U64 }));
+        offered = decodeU64(await conn.call(R.GET_PROTOCOL_FEATURES, EMPTY, { reply: U64 }));
         proto = offered & VHOST_USER_DRIVER_PROTOCOL_FEATURES;
         await conn.call(R.SET_PROTOCOL_FEATURES, encodeU64(proto), { reply: NONE });
       }
@@ -139,7 +144,15 @@ export class VhostUserTransport implements Transport {
         if (n < 1n || n > 65536n) throw new DeviceProtocolError("bad-mem-slots", `GET_MAX_MEM_SLOTS answered ${n}`);
         slots = Number(n);
       }
-      return new VhostUserTransport(path, conn, features & ~VHOST_USER_F_PROTOCOL_FEATURES, proto, maxQueues, slots);
+      return new VhostUserTransport(
+        path,
+        conn,
+        features & ~VHOST_USER_F_PROTOCOL_FEATURES,
+        offered,
+        proto,
+        maxQueues,
+        slots,
+      );
     } catch (e) {
       await conn.close();
       throw e;
@@ -272,9 +285,25 @@ export class VhostUserTransport implements Transport {
     return notifierOf(this.#notifiers, index);
   }
 
-  async createInterruptSource(): Promise<InterruptSource> {
+  async createInterruptSource(options: InterruptSourceOptions = {}): Promise<InterruptSource> {
     if (this.closed) throw new ConnectionLostError(`the vhost-user connection to ${this.#path} is closed`);
-    return await Waker.forQueues(this.#callFds, { fd: this.#conn.fd, token: MAX_WAKER_TOKEN });
+    const callFds = (options.queues ?? true) ? this.#callFds : [];
+    return await Waker.forQueues(callFds, { fd: this.#conn.fd, token: MAX_WAKER_TOKEN });
+  }
+
+  /**
+   * Interrupts the back-end signalled on queue `index` since the last call
+   * (its call eventfd's counter), for diagnostics such as whether it honours
+   * interrupt suppression. Meaningful only while no interrupt source watches
+   * the queue (poll mode), which would take the counter itself.
+   *
+   * @param index the queue
+   * @returns the number of signals
+   */
+  takeInterruptCount(index: number): number {
+    const fd = this.#callFds[index];
+    if (fd === undefined) throw new InvalidArgumentError(`queue ${index} is not set up`);
+    return eventfdTake(fd);
   }
 
   async close(): Promise<void> {
