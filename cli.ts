@@ -1,5 +1,5 @@
 /**
- * The command-line tool: `info`, `read`, `write` and `fio`.
+ * The command-line tool: `info`, `read`, `write`, `fio` and `probe`.
  *
  * ```sh
  * deno task info --path /tmp/x.sock
@@ -19,17 +19,20 @@
 import { type CommandSpec, formatHelp, type ParsedFlags, parseFlags, UsageError } from "./src/cli/args.ts";
 import { FIO, fio } from "./src/cli/fio_command.ts";
 import { INFO, info } from "./src/cli/info.ts";
+import { PROBE, probe } from "./src/cli/probe_command.ts";
 import { READ, read, WRITE, write } from "./src/cli/read_write.ts";
 import { VirtioError } from "./src/errors.ts";
 import { isTerminating } from "./src/process/terminate.ts";
 
 export { parseSize } from "./src/cli/args.ts";
 
-const COMMANDS: readonly { spec: CommandSpec; run: (flags: ParsedFlags) => Promise<void> }[] = [
+/** A command returns its exit status, or nothing for 0. */
+const COMMANDS: readonly { spec: CommandSpec; run: (flags: ParsedFlags) => Promise<number | void> }[] = [
   { spec: INFO, run: info },
   { spec: READ, run: read },
   { spec: WRITE, run: write },
   { spec: FIO, run: fio },
+  { spec: PROBE, run: probe },
 ];
 
 const SUMMARY: Record<string, string> = {
@@ -37,6 +40,7 @@ const SUMMARY: Record<string, string> = {
   read: "read a byte range of the device to a file or a pipe",
   write: "write a file or a pipe to the device at an offset",
   fio: "run a fio-like workload and print IOPS, bandwidth and latency",
+  probe: "report what a vhost-user-blk back-end offers and how it behaves",
 };
 
 const USAGE = [
@@ -72,8 +76,7 @@ export async function main(args: string[]): Promise<number> {
       console.log(formatHelp(command.spec));
       return 0;
     }
-    await command.run(flags);
-    return 0;
+    return (await command.run(flags)) ?? 0;
   } catch (e) {
     if (e instanceof UsageError || e instanceof RangeError) {
       console.error(`error: ${e.message}`);

@@ -29,6 +29,9 @@ export const VIRTIO_F_NOTIFICATION_DATA: bigint = bit(38);
 
 /** Names of device-independent bits, for {@linkcode describeFeatures}. */
 export const VIRTIO_FEATURE_NAMES: Readonly<Record<number, string>> = {
+  24: "NOTIFY_ON_EMPTY",
+  26: "LOG_ALL",
+  27: "ANY_LAYOUT",
   28: "INDIRECT_DESC",
   29: "EVENT_IDX",
   32: "VERSION_1",

@@ -55,6 +55,13 @@ const EXPECTED: Record<string, Expectation> = {
     },
   },
   "deno task test": { ci: "deno task test" },
+  "deno task probe --path $SOCK": {
+    check: (r) => {
+      assert.match(r.stdout, /^probe of the vhost-user-blk back-end at /);
+      assert.match(r.stdout, /conforming: nothing non-conforming was seen/);
+    },
+  },
+  "deno task probe --path SOCKET --write-test": { generic: true },
   "deno task demo --path $SOCK": {
     check: async (r) => {
       assert.match(r.stdout, /not writing to a device the demo did not create: reads only/);

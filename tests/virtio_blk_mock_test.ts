@@ -490,3 +490,11 @@ Deno.test("queue sizes too small for a request are refused at connect", async ()
   await blk.write(0, blk.allocBuffer(512));
   await blk.readv(0, [blk.allocBuffer(512), blk.allocBuffer(512)]);
 });
+
+Deno.test("maxSegments caps the data buffers per request below the device's seg_max", async () => {
+  await using blk = await VirtioBlk.connect({ transport: "mock", device: new MockBlkDevice(), maxSegments: 3 });
+  assert.equal(blk.maxSegments, 3);
+  const segs = Array.from({ length: 4 }, () => blk.allocBuffer(512));
+  await blk.readv(0, segs.slice(0, 3));
+  await assert.rejects(blk.readv(0, segs), InvalidArgumentError);
+});

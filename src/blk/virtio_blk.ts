@@ -106,6 +106,13 @@ export interface VirtioBlkConnectOptions {
     indirect?: boolean;
   };
   /**
+   * Most data buffers per request, below what the device's seg_max and the
+   * ring allow: for a back-end that offers no seg_max but drops requests
+   * above a limit of its own (DPDK's vhost_blk example: 126). Requests with
+   * more are refused before they reach the device.
+   */
+  maxSegments?: number;
+  /**
    * Fail a queue (`used-len-too-large`, `short-read`) when the device reports
    * a used length above what a request let it write, or a successful read
    * shorter than its data. Default false: such lengths are clamped or
@@ -381,6 +388,7 @@ export class VirtioBlk implements AsyncDisposable {
     checkPositiveInt("stallTimeoutMs", options.stallTimeoutMs, 2 ** 31);
     checkPositiveInt("closeTimeoutMs", options.closeTimeoutMs, 2 ** 31);
     checkPositiveInt("indirectThreshold", options.indirectThreshold, 32768);
+    checkPositiveInt("maxSegments", options.maxSegments, 32768);
     if (options.ring !== undefined && options.ring !== "split" && options.ring !== "packed") {
       throw new InvalidArgumentError(`ring must be "split" or "packed", got ${JSON.stringify(options.ring)}`);
     }
@@ -437,7 +445,10 @@ export class VirtioBlk implements AsyncDisposable {
       const indirect = (features & VIRTIO_F_INDIRECT_DESC) !== 0n;
       // A chain is header + data segments + status, never longer than the ring
       // (nor than an indirect table, which has as many entries as the ring).
-      const maxSegments = Math.max(1, Math.min(config.segMax ?? Infinity, queueSize - 2));
+      const maxSegments = Math.max(
+        1,
+        Math.min(config.segMax ?? Infinity, queueSize - 2, options.maxSegments ?? Infinity),
+      );
       const tableEntries = Math.min(queueSize, maxSegments + 2);
       const slotSize = SLOT.SIZE + (indirect ? Math.ceil((16 * tableEntries) / 64) * 64 : 0);
       const layout = new VirtqueueLayout(numQueues, queueSize, { reqSize: slotSize, format: ring });
