@@ -166,13 +166,22 @@ export class SplitVirtqueue extends Virtqueue {
     }
     const i = this.#cursor;
     const d = i << 2;
-    this.#descU32[d] = iova >>> 0;
-    this.#descU32[d + 1] = (iova / 4294967296) >>> 0;
-    this.#descU32[d + 2] = length;
     const more = --this.#remaining > 0;
     const next = this.#next[i];
-    this.#descU16[(i << 3) + 6] = (fromDevice ? DESC_F_WRITE : 0) | (more ? DESC_F_NEXT : 0);
-    this.#descU16[(i << 3) + 7] = more ? next : 0;
+    const lo = iova >>> 0, hi = (iova / 4294967296) >>> 0;
+    const flagsNext = ((fromDevice ? DESC_F_WRITE : 0) | (more ? DESC_F_NEXT : 0)) | ((more ? next : 0) << 16);
+    // Store only what changed: the device has a copy of this cache line (it
+    // read the descriptor last time), and a store takes the line away from it
+    // even when the value is the same. A request reusing a buffer and a slot
+    // then costs the device no descriptor miss. The device never writes split
+    // descriptors, and one that did would only make us store again.
+    const desc = this.#descU32;
+    if (desc[d] !== lo || desc[d + 1] !== hi || desc[d + 2] !== length || desc[d + 3] !== flagsNext) {
+      desc[d] = lo;
+      desc[d + 1] = hi;
+      desc[d + 2] = length;
+      desc[d + 3] = flagsNext;
+    }
     if (fromDevice) this.writableBytes[this.#head] += length;
     this.#last = i;
     this.#cursor = next;
