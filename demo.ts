@@ -17,7 +17,7 @@
  */
 
 import { type CommandSpec, formatHelp, parseChoice, parseFlags, parseSeconds, UsageError } from "./src/cli/args.ts";
-import { loadShim } from "./ffi/loader.ts";
+import { loadShim } from "./src/os/loader.ts";
 import { onTermination } from "./src/process/terminate.ts";
 import { MockBlkDevice, QemuStorageDaemon, VirtioBlk, type VirtioBlkConnectOptions, VirtioError } from "./mod.ts";
 import { ShimLoadError } from "./src/errors.ts";

@@ -71,5 +71,5 @@ export {
 } from "./src/transport/mock_device.ts";
 export { HeapRegion, MemfdRegion, type SharedRegion } from "./src/memory/region.ts";
 export { BufferPool } from "./src/memory/buffer_pool.ts";
-export { loadShim } from "./ffi/loader.ts";
+export { loadShim } from "./src/os/loader.ts";
 export { QemuStorageDaemon, type QemuStorageDaemonOptions } from "./src/testing/qsd.ts";

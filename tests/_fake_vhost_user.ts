@@ -4,8 +4,9 @@
  * can be told to misbehave per message. It never touches the rings.
  */
 
-import { requireShim } from "../ffi/loader.ts";
-import { cString, eventfd, LINUX } from "../ffi/syscalls.ts";
+import { eventfd, eventfdSignal } from "../src/os/eventfd.ts";
+import { closeFd, LINUX } from "../src/os/syscalls.ts";
+import { pollTwo, recvMsg, sendMsg, socketPair } from "../src/os/unix_socket.ts";
 import { MockBlkDevice } from "../src/transport/mock_device.ts";
 import {
   decodeHeader,
@@ -79,22 +80,23 @@ function reply(request: number, payload: Uint8Array): Uint8Array<ArrayBuffer> {
   return rawMessage(request, 1 | VHOST_USER_REPLY_MASK, payload);
 }
 
-/** A vhost-user back-end on a temporary socket, served by this process. */
+/**
+ * A vhost-user back-end served by this process over one end of a socket
+ * pair; the driver gets the other end ({@linkcode FakeVhostUserBackend.driverSocket},
+ * for `VirtioBlk.connect({ transport: "vhost-user", fd })`).
+ */
 export class FakeVhostUserBackend {
-  readonly path: string;
   readonly received: FakeMessage[] = [];
-  readonly #dir: string;
-  readonly #listenFd: number;
   readonly #cancelFd: number;
-  #connFd = -1;
+  #connFd: number;
+  #driverFd: number;
   #serving: Promise<void>;
   #closed = false;
   readonly #opts: Required<Omit<FakeBackendOptions, "hook">> & { hook?: FakeHook };
 
-  private constructor(dir: string, listenFd: number, options: FakeBackendOptions) {
-    this.#dir = dir;
-    this.path = `${dir}/vhost.sock`;
-    this.#listenFd = listenFd;
+  private constructor(connFd: number, driverFd: number, options: FakeBackendOptions) {
+    this.#connFd = connFd;
+    this.#driverFd = driverFd;
     this.#cancelFd = eventfd();
     this.#opts = {
       features: options.features ?? ((new MockBlkDevice().features) | VHOST_USER_F_PROTOCOL_FEATURES),
@@ -107,13 +109,18 @@ export class FakeVhostUserBackend {
     this.#serving = this.#serve().catch(() => {});
   }
 
-  /** Starts listening. */
-  static async start(options: FakeBackendOptions = {}): Promise<FakeVhostUserBackend> {
-    const dir = await Deno.makeTempDir({ prefix: "virtio-fake-" });
-    const p = cString(`${dir}/vhost.sock`);
-    const fd = requireShim().vd_unix_listen(p, p.byteLength - 1);
-    if (fd < 0) throw new Error(`listen failed: ${-fd}`);
-    return new FakeVhostUserBackend(dir, fd, options);
+  /** Starts serving. */
+  static start(options: FakeBackendOptions = {}): Promise<FakeVhostUserBackend> {
+    const [backend, driver] = socketPair();
+    return Promise.resolve(new FakeVhostUserBackend(backend, driver, options));
+  }
+
+  /** The driver's end of the connection: hand it to the driver, which takes it over (once). */
+  get driverSocket(): number {
+    const fd = this.#driverFd;
+    if (fd < 0) throw new Error("the driver's socket was handed over already");
+    this.#driverFd = -1;
+    return fd;
   }
 
   /** Request codes received, in order. */
@@ -122,25 +129,16 @@ export class FakeVhostUserBackend {
   }
 
   async #waitReadable(fd: number): Promise<boolean> {
-    const r = await requireShim().vd_poll2(fd, LINUX.POLLIN, this.#cancelFd, LINUX.POLLIN, 10_000);
+    const r = await pollTwo(fd, LINUX.POLLIN, this.#cancelFd, LINUX.POLLIN, 10_000);
     return r > 0 && (r >>> 16) === 0 && !this.#closed;
   }
 
   async #readExact(n: number, fds: number[]): Promise<Uint8Array<ArrayBuffer> | undefined> {
-    const shim = requireShim();
     const buf = new Uint8Array(n);
     const fdOut = new Int32Array(8), info = new Int32Array(3);
     let at = 0;
     while (at < n) {
-      const view = buf.subarray(at);
-      const r = Number(shim.vd_recvmsg(
-        this.#connFd,
-        view,
-        BigInt(view.byteLength),
-        new Uint8Array(fdOut.buffer),
-        8,
-        new Uint8Array(info.buffer),
-      ));
+      const r = recvMsg(this.#connFd, buf.subarray(at), fdOut, info);
       if (r > 0) {
         for (let i = 0; i < info[0]; i++) fds.push(fdOut[i]);
         at += r;
@@ -154,8 +152,7 @@ export class FakeVhostUserBackend {
   }
 
   #send(bytes: Uint8Array<ArrayBuffer>, fds: number[] = []): void {
-    const fdBuf = new Int32Array(fds);
-    requireShim().vd_sendmsg(this.#connFd, bytes, BigInt(bytes.byteLength), new Uint8Array(fdBuf.buffer), fds.length);
+    sendMsg(this.#connFd, bytes, new Int32Array(fds));
   }
 
   #defaultReply(m: FakeMessage): Uint8Array<ArrayBuffer> | undefined {
@@ -184,15 +181,6 @@ export class FakeVhostUserBackend {
   }
 
   async #serve(): Promise<void> {
-    const shim = requireShim();
-    for (;;) {
-      if (!(await this.#waitReadable(this.#listenFd))) return;
-      const c = shim.vd_accept(this.#listenFd);
-      if (c >= 0) {
-        this.#connFd = c;
-        break;
-      }
-    }
     for (;;) {
       const fds: number[] = [];
       const hdr = await this.#readExact(12, fds);
@@ -200,12 +188,12 @@ export class FakeVhostUserBackend {
       const h = decodeHeader(hdr);
       const payload = h.size > 0 ? await this.#readExact(h.size, fds) : new Uint8Array(0);
       if (!payload) return;
-      for (const fd of fds) shim.vd_close(fd);
+      for (const fd of fds) closeFd(fd);
       const msg: FakeMessage = { request: h.request, flags: h.flags, payload, fdCount: fds.length };
       this.received.push(msg);
       const action = this.#opts.hook?.(msg);
       if (action?.close) {
-        shim.vd_close(this.#connFd);
+        closeFd(this.#connFd);
         this.#connFd = -1;
         return;
       }
@@ -219,17 +207,15 @@ export class FakeVhostUserBackend {
     }
   }
 
-  /** Stops serving and releases everything. */
+  /** Stops serving and releases everything (the driver's end too, if it was never handed over). */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    const shim = requireShim();
-    shim.vd_eventfd_write(this.#cancelFd, 1n);
+    eventfdSignal(this.#cancelFd);
     await this.#serving;
-    if (this.#connFd >= 0) shim.vd_close(this.#connFd);
-    shim.vd_close(this.#listenFd);
-    shim.vd_close(this.#cancelFd);
-    await Deno.remove(this.#dir, { recursive: true });
+    if (this.#connFd >= 0) closeFd(this.#connFd);
+    if (this.#driverFd >= 0) closeFd(this.#driverFd);
+    closeFd(this.#cancelFd);
   }
 }
 

@@ -38,7 +38,7 @@ async function withBackend(
 function connect(b: FakeVhostUserBackend, timeout = 2000): Promise<VirtioBlk> {
   return VirtioBlk.connect({
     transport: "vhost-user",
-    path: b.path,
+    fd: b.driverSocket,
     requestTimeoutMs: timeout,
     bufferPoolSize: 1 << 20,
   });
@@ -249,7 +249,7 @@ Deno.test("SET_VRING_BASE: 0 for a split ring; both wrap counters (0x80008000) f
     await withBackend({ features: offered }, async (b) => {
       const blk = await VirtioBlk.connect({
         transport: "vhost-user",
-        path: b.path,
+        fd: b.driverSocket,
         requestTimeoutMs: 2000,
         bufferPoolSize: 1 << 20,
         ring,

@@ -4,8 +4,8 @@
  * @module
  */
 
-import { loadShim } from "../../ffi/loader.ts";
-import { monotonicClock } from "../../ffi/syscalls.ts";
+import { loadShim } from "../os/loader.ts";
+import { monotonicClock } from "../os/syscalls.ts";
 import {
   ClosedError,
   ConnectionLostError,
@@ -62,7 +62,11 @@ export interface VirtioBlkConnectOptions {
   transport: "vhost-user" | "vhost-vdpa" | "vfio-pci" | "mock" | Transport;
   /** vhost-user: the socket path. vhost-vdpa: the character device, e.g. `/dev/vhost-vdpa-0`. */
   path?: string;
-  /** vhost-vdpa: an already-open descriptor of the device instead of `path` (the driver takes it over). */
+  /**
+   * vhost-vdpa: an already-open descriptor of the device; vhost-user: a
+   * connected socket to the back-end. Instead of `path`; the driver takes
+   * it over (and closes it).
+   */
   fd?: number;
   /** vfio-pci: the PCI address, e.g. `"0000:00:04.0"`. mock: the device (a fresh 16 MiB one when omitted). */
   device?: string | MockBlkDevice;
@@ -198,11 +202,12 @@ async function openTransport(options: VirtioBlkConnectOptions): Promise<Transpor
       return await VfioPciTransport.connect(options.device, { interrupts: (options.mode ?? "eventfd") === "eventfd" });
     }
     case "vhost-user": {
-      if (typeof options.path !== "string" || options.path === "") {
-        throw new InvalidArgumentError('transport "vhost-user" needs `path`, the socket of the backend');
+      if (options.fd === undefined && (typeof options.path !== "string" || options.path === "")) {
+        throw new InvalidArgumentError('transport "vhost-user" needs `path`, the socket of the back-end, or `fd`');
       }
       await loadShim();
-      return await VhostUserTransport.connect(options.path, { timeoutMs: options.requestTimeoutMs });
+      const target = options.fd !== undefined ? { fd: options.fd } : options.path!;
+      return await VhostUserTransport.connect(target, { timeoutMs: options.requestTimeoutMs });
     }
     default:
       throw new InvalidArgumentError(`unknown transport ${JSON.stringify(t)}`);

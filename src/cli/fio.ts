@@ -8,7 +8,7 @@
  * @module
  */
 
-import { monotonicClock } from "../../ffi/syscalls.ts";
+import { monotonicClock } from "../os/syscalls.ts";
 import type { VirtioBlk } from "../blk/virtio_blk.ts";
 import type { VirtioError } from "../errors.ts";
 import { LatencyHistogram, type LatencySummary } from "./histogram.ts";

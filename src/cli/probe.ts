@@ -12,7 +12,7 @@
  * @module
  */
 
-import { loadShim } from "../../ffi/loader.ts";
+import { loadShim } from "../os/loader.ts";
 import { VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_MQ, VIRTIO_BLK_FEATURE_NAMES } from "../blk/features.ts";
 import type { VirtioBlkQueueStats } from "../blk/queue.ts";
 import { VirtioBlk, type VirtioBlkConnectOptions } from "../blk/virtio_blk.ts";

@@ -11,7 +11,7 @@
  * @module
  */
 
-import { closeFd, memfdCreate, mmapShared, munmap, PAGE_SIZE, viewAt } from "../../ffi/syscalls.ts";
+import { closeFd, memfdCreate, mmapShared, munmap, PAGE_SIZE, viewAt } from "../os/syscalls.ts";
 
 /** Memory shared with the device. */
 export interface SharedRegion {

@@ -44,10 +44,6 @@ class MockInterruptSource implements InterruptSource {
     return new Promise((resolve) => (this.#resolve = resolve));
   }
 
-  ref(): void {}
-
-  unref(): void {}
-
   close(): Promise<void> {
     this.#closed = true;
     this.#device.setInterruptHandler(undefined);

@@ -50,10 +50,6 @@ export interface InterruptSource {
   wait(): Promise<void>;
   /** True once the peer hung up (the connection is gone). */
   readonly hungUp: boolean;
-  /** Keeps the event loop alive while a wait is outstanding (default). */
-  ref(): void;
-  /** Lets the process exit even while a wait is outstanding. */
-  unref(): void;
   /** Stops waiting and releases everything (an outstanding wait resolves). */
   close(): Promise<void>;
 }

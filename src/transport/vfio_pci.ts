@@ -8,11 +8,19 @@
  * @module
  */
 
-import { requireShim } from "../../ffi/loader.ts";
+import {
+  doorbell16,
+  mmioFenceWrite16,
+  mmioFenceWrite32,
+  mmioFenceWrite8,
+  mmioRead16,
+  mmioRead32,
+  mmioRead8,
+} from "../os/mmio.ts";
+import { eventfd } from "../os/eventfd.ts";
 import {
   closeFd,
   cString,
-  eventfd,
   ioctl,
   ioctlValue,
   LINUX,
@@ -21,8 +29,8 @@ import {
   openFile,
   preadExact,
   pwriteExact,
-} from "../../ffi/syscalls.ts";
-import { Waker } from "../../ffi/waker.ts";
+} from "../os/syscalls.ts";
+import { Waker } from "./waker.ts";
 import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError, TimeoutError } from "../errors.ts";
 import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_STATUS as S } from "../features.ts";
 import { IovaAllocator } from "../memory/iova_allocator.ts";
@@ -303,24 +311,24 @@ export class VfioPciTransport implements Transport {
     return new DataView(b.buffer).getUint16(0, true);
   }
 
-  // Register accesses of the exact width, through the shim (volatile).
+  // Register accesses of the exact width (volatile); each write follows a full fence.
   #r8(off: number): number {
-    return requireShim().vd_mmio_read8(BigInt(this.#common + off));
+    return mmioRead8(BigInt(this.#common + off));
   }
   #r16(off: number): number {
-    return requireShim().vd_mmio_read16(BigInt(this.#common + off));
+    return mmioRead16(BigInt(this.#common + off));
   }
   #r32(off: number): number {
-    return requireShim().vd_mmio_read32(BigInt(this.#common + off));
+    return mmioRead32(BigInt(this.#common + off));
   }
   #w8(off: number, v: number): void {
-    requireShim().vd_mmio_write8(BigInt(this.#common + off), v);
+    mmioFenceWrite8(BigInt(this.#common + off), v);
   }
   #w16(off: number, v: number): void {
-    requireShim().vd_mmio_write16(BigInt(this.#common + off), v);
+    mmioFenceWrite16(BigInt(this.#common + off), v);
   }
   #w32(off: number, v: number): void {
-    requireShim().vd_mmio_write32(BigInt(this.#common + off), v >>> 0);
+    mmioFenceWrite32(BigInt(this.#common + off), v);
   }
   #w64(off: number, v: number): void {
     // 64-bit fields may be written as two 32-bit halves, low first (virtio 1.2, 4.1.3.1).
@@ -378,7 +386,6 @@ export class VfioPciTransport implements Transport {
           `config [${offset}, +${length}) beyond its ${this.#deviceCfgLength} bytes`,
         );
       }
-      const shim = requireShim();
       const out = new Uint8Array(length);
       const v = new DataView(out.buffer);
       // Retry until config_generation is the same before and after (4.1.4.3.2).
@@ -387,13 +394,13 @@ export class VfioPciTransport implements Transport {
         for (let at = 0; at < length;) {
           const a = BigInt(this.#deviceCfg + offset + at);
           if ((offset + at) % 4 === 0 && length - at >= 4) {
-            v.setUint32(at, shim.vd_mmio_read32(a), true);
+            v.setUint32(at, mmioRead32(a), true);
             at += 4;
           } else if ((offset + at) % 2 === 0 && length - at >= 2) {
-            v.setUint16(at, shim.vd_mmio_read16(a), true);
+            v.setUint16(at, mmioRead16(a), true);
             at += 2;
           } else {
-            v.setUint8(at, shim.vd_mmio_read8(a));
+            v.setUint8(at, mmioRead8(a));
             at += 1;
           }
         }
@@ -417,7 +424,6 @@ export class VfioPciTransport implements Transport {
 
   setupQueues(queues: readonly QueueConfig[]): Promise<void> {
     return settle(() => {
-      const shim = requireShim();
       if (this.interrupts) {
         if (this.#msixSize < queues.length) {
           throw new FeatureNegotiationError(
@@ -456,9 +462,7 @@ export class VfioPciTransport implements Transport {
             `queue ${q.index}: notify offset ${off} outside the notify area`,
           );
         }
-        const doorbell = BigInt(this.#notifyBase + off);
-        const write = shim.vd_mmio_write16, index = q.index;
-        this.#notifiers[q.index] = { notify: () => write(doorbell, index) };
+        this.#notifiers[q.index] = { notify: doorbell16(BigInt(this.#notifyBase + off), q.index) };
         this.#w16(C.QUEUE_ENABLE, 1);
       }
       this.#setStatus(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK);

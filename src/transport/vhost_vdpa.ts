@@ -8,9 +8,9 @@
  * @module
  */
 
-import { closeFd, eventfd, ioctl, ioctlValue, LINUX, openFile, writeExact } from "../../ffi/syscalls.ts";
-import { requireShim } from "../../ffi/loader.ts";
-import { Waker } from "../../ffi/waker.ts";
+import { eventfd, eventfdNotifier } from "../os/eventfd.ts";
+import { closeFd, ioctl, ioctlValue, LINUX, openFile, writeExact } from "../os/syscalls.ts";
+import { Waker } from "./waker.ts";
 import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError, OsError } from "../errors.ts";
 import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_STATUS as S } from "../features.ts";
 import { IovaAllocator } from "../memory/iova_allocator.ts";
@@ -149,7 +149,7 @@ export class VhostVdpaTransport implements Transport {
       try {
         return new VhostVdpaTransport(path, fd);
       } catch (e) {
-        requireShim().vd_close(fd);
+        closeFd(fd);
         throw e;
       }
     });
@@ -210,7 +210,6 @@ export class VhostVdpaTransport implements Transport {
 
   setupQueues(queues: readonly QueueConfig[]): Promise<void> {
     return settle(() => {
-      const shim = requireShim();
       for (const q of queues) {
         const kick = eventfd(), call = eventfd();
         this.#kickFds[q.index] = kick;
@@ -232,8 +231,7 @@ export class VhostVdpaTransport implements Transport {
         ioctl(fd, VHOST.SET_VRING_KICK, vringState(q.index, kick), "VHOST_SET_VRING_KICK");
         ioctl(fd, VHOST.SET_VRING_CALL, vringState(q.index, call), "VHOST_SET_VRING_CALL");
         ioctl(fd, VHOST.VDPA_SET_VRING_ENABLE, vringState(q.index, 1), "VHOST_VDPA_SET_VRING_ENABLE");
-        const write = shim.vd_eventfd_write;
-        this.#notifiers[q.index] = { notify: () => void write(kick, 1n) };
+        this.#notifiers[q.index] = { notify: eventfdNotifier(kick) };
       }
       this.#setStatus(this.#status | S.DRIVER_OK);
       const status = this.#getStatus();

@@ -107,7 +107,7 @@ export interface RunOptions {
   /** QEMU `-cpu` model; default `host` under KVM, `max` under TCG. */
   cpu?: string;
   /**
-   * Where the native shim comes from: `"host"` (default) compiles `ffi/shim.c` on the host into the cache
+   * Where the native shim comes from: `"host"` (default) compiles `src/os/shim.c` on the host into the cache
    * (see {@linkcode buildHostShim}) and sets `VIRTIO_SHIM_PATH` in the guest, because compiling it under TCG
    * takes several seconds more; `"guest"` leaves it to the loader inside the guest
    * (`VIRTIO_SHIM_CACHE=/tmp/shim-cache`).
@@ -711,14 +711,14 @@ function shellQuote(s: string): string {
 }
 
 /**
- * Compiles the project's native shim (`ffi/shim.c`, with the loader's flags) on the host into
+ * Compiles the project's native shim (`src/os/shim.c`, with the loader's flags) on the host into
  * `<cacheDir>/shim/<hash>/libvirtio_shim.so`, once per source and flags, for `VIRTIO_SHIM_PATH` in a guest.
  *
  * @returns the path of the shared object
  */
 export async function buildHostShim(assets: Pick<GuestAssets, "cacheDir">): Promise<string> {
-  const loader = await import("../../ffi/loader.ts");
-  const source = await Deno.readTextFile(new URL("../../ffi/shim.c", import.meta.url));
+  const loader = await import("../../src/os/loader.ts");
+  const source = await Deno.readTextFile(new URL("../../src/os/shim.c", import.meta.url));
   const path = `${assets.cacheDir}/shim/${await loader.shimBuildHash(source)}/${loader.SHIM_FILE_NAME}`;
   if (!await exists(path)) await loader.compileShim(path, source);
   return path;

@@ -49,7 +49,7 @@ echo "SMOKE: cc works (probe exited $rc)"
 [ "$rc" = 42 ]
 # The shim: built on the host (VIRTIO_SHIM_PATH), or by the loader in the guest with --guest-shim.
 echo "SMOKE: VIRTIO_SHIM_PATH=$VIRTIO_SHIM_PATH"
-deno eval "const m = await import('file:///work/main/ffi/loader.ts');
+deno eval "const m = await import('${new URL("../../src/os/loader.ts", import.meta.url).href}');
   if (!Deno.env.get('VIRTIO_SHIM_PATH')) console.log('SMOKE: compiled the shim in the guest with ' +
     await m.compileShim('/tmp/shim-cache/smoke/libvirtio_shim.so'));
   await m.loadShim();

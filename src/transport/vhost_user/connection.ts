@@ -6,8 +6,9 @@
  * @module
  */
 
-import { requireShim } from "../../../ffi/loader.ts";
-import { check, closeFd, cString, eventfd, LINUX } from "../../../ffi/syscalls.ts";
+import { eventfd, eventfdSignal } from "../../os/eventfd.ts";
+import { closeFd, LINUX } from "../../os/syscalls.ts";
+import { pollTwo, recvMsg, sendMsg, setNonBlocking, unixConnect } from "../../os/unix_socket.ts";
 import {
   ClosedError,
   ConnectFailedError,
@@ -117,10 +118,30 @@ export class VhostUserConnection {
    * @throws {ConnectFailedError} naming the cause: no such socket, nothing listening, not a socket…
    */
   static connect(path: string, timeoutMs = DEFAULT_TIMEOUT_MS): VhostUserConnection {
-    const shim = requireShim();
-    const p = cString(path);
-    const fd = shim.vd_unix_connect(p, p.byteLength - 1, 1);
+    const fd = unixConnect(path);
     if (fd < 0) throw connectError(path, -fd);
+    return VhostUserConnection.#over(path, fd, timeoutMs);
+  }
+
+  /**
+   * Runs over a socket that is already connected (handed over by the program
+   * that made it, as libvirt does), which this connection then owns.
+   *
+   * @param fd the connected socket
+   * @param timeoutMs reply timeout
+   * @returns the connection
+   */
+  static fromSocket(fd: number, timeoutMs = DEFAULT_TIMEOUT_MS): VhostUserConnection {
+    try {
+      setNonBlocking(fd);
+    } catch (e) {
+      closeFd(fd);
+      throw e;
+    }
+    return VhostUserConnection.#over(`fd ${fd}`, fd, timeoutMs);
+  }
+
+  static #over(path: string, fd: number, timeoutMs: number): VhostUserConnection {
     let cancel: number;
     try {
       cancel = eventfd();
@@ -183,14 +204,11 @@ export class VhostUserConnection {
   }
 
   async #send(request: number, msg: Uint8Array<ArrayBuffer>, fds: readonly number[], deadline: number): Promise<void> {
-    const shim = requireShim();
     let at = 0;
     let fdBuf = new Int32Array(fds);
     while (at < msg.byteLength) {
       const chunk = at === 0 ? msg : msg.subarray(at);
-      const r = Number(
-        shim.vd_sendmsg(this.#fd, chunk, BigInt(chunk.byteLength), new Uint8Array(fdBuf.buffer), fdBuf.length),
-      );
+      const r = sendMsg(this.#fd, chunk, fdBuf);
       if (r >= 0) {
         at += r;
         fdBuf = new Int32Array(0); // descriptors travel with the first byte only
@@ -225,7 +243,7 @@ export class VhostUserConnection {
   async #wait(events: number, deadline: number, what: string): Promise<void> {
     const remaining = Math.ceil(deadline - performance.now());
     if (remaining <= 0) throw this.#timeout(what);
-    const r = await requireShim().vd_poll2(this.#fd, events | LINUX.POLLRDHUP, this.#cancelFd, LINUX.POLLIN, remaining);
+    const r = await pollTwo(this.#fd, events | LINUX.POLLRDHUP, this.#cancelFd, LINUX.POLLIN, remaining);
     if (r < 0) throw new OsError("poll", -r, what);
     if (this.#closed || (r >>> 16) !== 0) throw new ClosedError("the vhost-user connection was closed");
     if (r === 0) throw this.#timeout(what);
@@ -234,18 +252,10 @@ export class VhostUserConnection {
 
   /** Reads exactly `buf.byteLength` bytes; collects stray descriptors to close. */
   async #readExact(buf: Uint8Array<ArrayBuffer>, deadline: number, what: string, strayFds: number[]): Promise<void> {
-    const shim = requireShim();
     let at = 0;
     while (at < buf.byteLength) {
       const view = at === 0 ? buf : buf.subarray(at);
-      const r = Number(shim.vd_recvmsg(
-        this.#fd,
-        view,
-        BigInt(view.byteLength),
-        new Uint8Array(this.#fdsOut.buffer),
-        this.#fdsOut.length,
-        new Uint8Array(this.#info.buffer),
-      ));
+      const r = recvMsg(this.#fd, view, this.#fdsOut, this.#info);
       if (r > 0) {
         for (let i = 0; i < this.#info[0]; i++) strayFds.push(this.#fdsOut[i]);
         if (this.#info[1] > 0) strayFds.push(-1); // some were closed by the shim already
@@ -296,7 +306,7 @@ export class VhostUserConnection {
       }
       return payload;
     } finally {
-      for (const fd of stray) if (fd >= 0) requireShim().vd_close(fd);
+      for (const fd of stray) if (fd >= 0) closeFd(fd);
     }
   }
 
@@ -307,11 +317,10 @@ export class VhostUserConnection {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    const shim = requireShim();
-    shim.vd_eventfd_write(this.#cancelFd, 1n);
+    eventfdSignal(this.#cancelFd);
     await this.#tail;
-    check("close", shim.vd_close(this.#fd));
-    check("close", shim.vd_close(this.#cancelFd));
+    closeFd(this.#fd);
+    closeFd(this.#cancelFd);
     this.#fd = -1;
     this.#cancelFd = -1;
   }

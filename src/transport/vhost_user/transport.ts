@@ -8,9 +8,9 @@
  * @module
  */
 
-import { requireShim } from "../../../ffi/loader.ts";
-import { closeFd, eventfd, eventfdTake } from "../../../ffi/syscalls.ts";
-import { MAX_WAKER_TOKEN, Waker } from "../../../ffi/waker.ts";
+import { eventfd, eventfdNotifier, eventfdTake } from "../../os/eventfd.ts";
+import { closeFd } from "../../os/syscalls.ts";
+import { MAX_WAKER_TOKEN, Waker } from "../waker.ts";
 import {
   ConnectionLostError,
   DeviceProtocolError,
@@ -115,14 +115,20 @@ export class VhostUserTransport implements Transport {
    * GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_MAX_MEM_SLOTS.
    * Needs the shim loaded (`loadShim()`).
    *
-   * @param path the back-end's socket
+   * @param target the back-end's socket path, or a connected socket (`{ fd }`, taken over)
    * @param options timeouts
    * @returns the transport
    */
-  static async connect(path: string, options: VhostUserTransportOptions = {}): Promise<VhostUserTransport> {
+  static async connect(
+    target: string | { fd: number },
+    options: VhostUserTransportOptions = {},
+  ): Promise<VhostUserTransport> {
     const timeout = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     if (!(timeout > 0)) throw new InvalidArgumentError(`timeoutMs must be positive, got ${timeout}`);
-    const conn = VhostUserConnection.connect(path, timeout);
+    const conn = typeof target === "string"
+      ? VhostUserConnection.connect(target, timeout)
+      : VhostUserConnection.fromSocket(target.fd, timeout);
+    const path = typeof target === "string" ? target : `fd ${target.fd}`;
     try {
       await conn.call(R.SET_OWNER, EMPTY, { reply: NONE });
       const features = decodeU64(await conn.call(R.GET_FEATURES, EMPTY, { reply: U64 }));
@@ -259,7 +265,6 @@ export class VhostUserTransport implements Transport {
   }
 
   async setupQueues(queues: readonly QueueConfig[]): Promise<void> {
-    const shim = requireShim();
     for (const q of queues) {
       if (q.index > 255) throw new InvalidArgumentError("vhost-user addresses queues 0 to 255 in kick/call messages");
       const kick = eventfd();
@@ -276,8 +281,7 @@ export class VhostUserTransport implements Transport {
         // With protocol features, rings start disabled until enabled.
         await this.#set(R.SET_VRING_ENABLE, encodeVringState(q.index, 1));
       }
-      const write = shim.vd_eventfd_write;
-      this.#notifiers[q.index] = { notify: () => void write(kick, 1n) };
+      this.#notifiers[q.index] = { notify: eventfdNotifier(kick) };
     }
   }
 

@@ -36,7 +36,7 @@
 #define VD_API __attribute__((visibility("default")))
 
 /* Version of this ABI; the loader refuses a library that reports another. */
-VD_API uint32_t vd_abi_version(void) { return 5; }
+VD_API uint32_t vd_abi_version(void) { return 6; }
 
 /* ------------------------------------------------------------------ memory */
 
@@ -61,11 +61,6 @@ VD_API int32_t vd_munmap(uint64_t addr, uint64_t len) {
   return munmap((void *)(uintptr_t)addr, (size_t)len) < 0 ? -errno : 0;
 }
 
-VD_API int32_t vd_fallocate(int32_t fd, int32_t mode, uint64_t offset,
-                            uint64_t len) {
-  return fallocate(fd, mode, (off_t)offset, (off_t)len) < 0 ? -errno : 0;
-}
-
 /* CLOCK_MONOTONIC in nanoseconds, as a double (exact to the nanosecond for
  * the first 104 days of uptime, to 2 ns after that). A fast call: ~25 ns,
  * where performance.now() costs ~100 ns here. */
@@ -74,10 +69,6 @@ VD_API double vd_now_ns(void) {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
-
-/* A full (sequentially consistent) memory fence: orders every earlier load
- * and store before every later one, on the CPU and in the compiler. */
-VD_API void vd_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 /* ------------------------------------------------------------------- MMIO */
 
@@ -88,18 +79,19 @@ VD_API uint32_t vd_mmio_read8(uint64_t addr) { return *(volatile uint8_t *)(uint
 VD_API uint32_t vd_mmio_read16(uint64_t addr) { return *(volatile uint16_t *)(uintptr_t)addr; }
 VD_API uint32_t vd_mmio_read32(uint64_t addr) { return *(volatile uint32_t *)(uintptr_t)addr; }
 
-/* Writes are preceded by a full fence: every store to the rings (descriptors,
- * the available index) is visible to the device before the register write
- * that tells it to look (store-store and store-MMIO ordering; an mfence/dmb). */
-VD_API void vd_mmio_write8(uint64_t addr, uint32_t v) {
+/* Fence-then-write: a full fence precedes each register write, so every
+ * store to the rings (descriptors, the available index) is visible to the
+ * device before the write that tells it to look (store-store and store-MMIO
+ * ordering; an mfence/dmb). The names say so. */
+VD_API void vd_mmio_fence_write8(uint64_t addr, uint32_t v) {
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
   *(volatile uint8_t *)(uintptr_t)addr = (uint8_t)v;
 }
-VD_API void vd_mmio_write16(uint64_t addr, uint32_t v) {
+VD_API void vd_mmio_fence_write16(uint64_t addr, uint32_t v) {
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
   *(volatile uint16_t *)(uintptr_t)addr = (uint16_t)v;
 }
-VD_API void vd_mmio_write32(uint64_t addr, uint32_t v) {
+VD_API void vd_mmio_fence_write32(uint64_t addr, uint32_t v) {
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
   *(volatile uint32_t *)(uintptr_t)addr = v;
 }
@@ -111,11 +103,6 @@ VD_API int32_t vd_close(int32_t fd) { return close(fd) < 0 ? -errno : 0; }
 VD_API int32_t vd_open(const char *path, int32_t flags) {
   int fd = open(path, flags | O_CLOEXEC);
   return fd < 0 ? -errno : fd;
-}
-
-VD_API int32_t vd_dup(int32_t fd) {
-  int r = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-  return r < 0 ? -errno : r;
 }
 
 VD_API int32_t vd_eventfd(uint32_t initval, int32_t flags) {
@@ -139,17 +126,6 @@ VD_API int64_t vd_eventfd_read(int32_t fd) {
   return r < 0 ? -errno : -EIO;
 }
 
-/* poll() on one descriptor: returns revents (0 on timeout) or -errno. */
-VD_API int32_t vd_poll1(int32_t fd, int32_t events, int32_t timeout_ms) {
-  struct pollfd p = {.fd = fd, .events = (short)events, .revents = 0};
-  for (;;) {
-    int r = poll(&p, 1, timeout_ms);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return -errno;
-    return r == 0 ? 0 : p.revents;
-  }
-}
-
 /* poll() on two descriptors (a socket and a cancel eventfd): returns
  * revents of the first in bits 0..15 and of the second in bits 16..31,
  * 0 on timeout, or -errno. */
@@ -165,11 +141,6 @@ VD_API int32_t vd_poll2(int32_t fd0, int32_t events0, int32_t fd1,
     return (int32_t)((uint32_t)(uint16_t)p[0].revents |
                      ((uint32_t)(uint16_t)p[1].revents << 16));
   }
-}
-
-VD_API int64_t vd_read(int32_t fd, void *buf, uint64_t len) {
-  ssize_t r = read(fd, buf, (size_t)len);
-  return r < 0 ? -errno : r;
 }
 
 VD_API int64_t vd_write(int32_t fd, const void *buf, uint64_t len) {
@@ -233,29 +204,12 @@ VD_API int32_t vd_unix_connect(const char *path, uint32_t path_len,
   return fd;
 }
 
-/* Creates a listening, non-blocking, close-on-exec SOCK_STREAM Unix socket
- * at `path` (for in-process test back-ends). */
-VD_API int32_t vd_unix_listen(const char *path, uint32_t path_len) {
-  struct sockaddr_un addr;
-  memset(&addr, 0, sizeof addr);
-  addr.sun_family = AF_UNIX;
-  if (path_len == 0 || path_len >= sizeof addr.sun_path) return -ENAMETOOLONG;
-  memcpy(addr.sun_path, path, path_len);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) return -errno;
-  socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + path_len);
-  if (bind(fd, (struct sockaddr *)&addr, len) < 0 || listen(fd, 4) < 0) {
-    int e = errno;
-    close(fd);
-    return -e;
-  }
-  return fd;
-}
-
-/* Accepts a connection (non-blocking, close-on-exec); -EAGAIN when none waits. */
-VD_API int32_t vd_accept(int32_t fd) {
-  int c = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-  return c < 0 ? -errno : c;
+/* A connected pair of SOCK_STREAM Unix sockets, close-on-exec, non-blocking
+ * when `nonblock` is set: fds_out[0] and fds_out[1]. For vhost-user's
+ * back-end channel (one end goes to the back-end) and in-process peers. */
+VD_API int32_t vd_socketpair(int32_t nonblock, int32_t *fds_out) {
+  int type = SOCK_STREAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0);
+  return socketpair(AF_UNIX, type, 0, fds_out) < 0 ? -errno : 0;
 }
 
 /* Sends `len` bytes with up to 16 descriptors attached (SCM_RIGHTS).

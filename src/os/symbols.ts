@@ -1,5 +1,5 @@
 /**
- * The symbol table of the native shim (`ffi/shim.c`): one entry per C
+ * The symbol table of the native shim (`src/os/shim.c`): one entry per C
  * function, each parameter annotated with its C type. Functions that can fail
  * return a negative errno.
  *
@@ -10,7 +10,7 @@
  */
 
 /** The ABI version `vd_abi_version()` must report. */
-export const SHIM_ABI_VERSION = 5;
+export const SHIM_ABI_VERSION = 6;
 
 /** `Deno.dlopen` symbol definitions for the shim. */
 export const SHIM_SYMBOLS = {
@@ -47,23 +47,13 @@ export const SHIM_SYMBOLS = {
     ],
     result: "i32",
   },
-  vd_fallocate: {
-    parameters: [
-      "i32", // int fd
-      "i32", // int mode
-      "u64", // uint64_t offset
-      "u64", // uint64_t len
-    ],
-    result: "i32",
-  },
-  vd_fence: { parameters: [], result: "void" },
   vd_now_ns: { parameters: [], result: "f64" },
   vd_mmio_read8: { parameters: ["u64" /* uint64_t addr */], result: "u32" },
   vd_mmio_read16: { parameters: ["u64" /* uint64_t addr */], result: "u32" },
   vd_mmio_read32: { parameters: ["u64" /* uint64_t addr */], result: "u32" },
-  vd_mmio_write8: { parameters: ["u64", /* uint64_t addr */ "u32" /* uint32_t value */], result: "void" },
-  vd_mmio_write16: { parameters: ["u64", /* uint64_t addr */ "u32" /* uint32_t value */], result: "void" },
-  vd_mmio_write32: { parameters: ["u64", /* uint64_t addr */ "u32" /* uint32_t value */], result: "void" },
+  vd_mmio_fence_write8: { parameters: ["u64", /* uint64_t addr */ "u32" /* uint32_t value */], result: "void" },
+  vd_mmio_fence_write16: { parameters: ["u64", /* uint64_t addr */ "u32" /* uint32_t value */], result: "void" },
+  vd_mmio_fence_write32: { parameters: ["u64", /* uint64_t addr */ "u32" /* uint32_t value */], result: "void" },
   vd_close: {
     parameters: [
       "i32", // int fd
@@ -74,12 +64,6 @@ export const SHIM_SYMBOLS = {
     parameters: [
       "buffer", // const char *path (NUL-terminated)
       "i32", // int flags (O_CLOEXEC is added)
-    ],
-    result: "i32",
-  },
-  vd_dup: {
-    parameters: [
-      "i32", // int fd
     ],
     result: "i32",
   },
@@ -103,14 +87,6 @@ export const SHIM_SYMBOLS = {
     ],
     result: "i64",
   },
-  vd_poll1: {
-    parameters: [
-      "i32", // int fd
-      "i32", // short events
-      "i32", // int timeout_ms
-    ],
-    result: "i32", // revents, 0 on timeout, or -errno
-  },
   vd_poll2: {
     parameters: [
       "i32", // int fd0
@@ -121,14 +97,6 @@ export const SHIM_SYMBOLS = {
     ],
     result: "i32",
     nonblocking: true, // runs on a worker thread: the event loop keeps going
-  },
-  vd_read: {
-    parameters: [
-      "i32", // int fd
-      "buffer", // void *buf
-      "u64", // size_t len
-    ],
-    result: "i64",
   },
   vd_write: {
     parameters: [
@@ -180,16 +148,10 @@ export const SHIM_SYMBOLS = {
     ],
     result: "i32",
   },
-  vd_unix_listen: {
+  vd_socketpair: {
     parameters: [
-      "buffer", // const char *path
-      "u32", // uint32_t path_len
-    ],
-    result: "i32",
-  },
-  vd_accept: {
-    parameters: [
-      "i32", // int listen_fd
+      "i32", // int nonblock
+      "buffer", // int32_t fds_out[2]
     ],
     result: "i32",
   },

@@ -16,7 +16,7 @@
  * @module
  */
 
-import { ShimLoadError } from "../src/errors.ts";
+import { ShimLoadError } from "../errors.ts";
 import { type Shim, SHIM_ABI_VERSION, SHIM_SYMBOLS, type ShimLibrary } from "./symbols.ts";
 
 /** File name of the built shim. */
@@ -178,7 +178,7 @@ export async function shimBuildHash(source: string): Promise<string> {
 
 /** The checkout's build folder for the shim, when this module is a local file. */
 function projectShimDir(): string | undefined {
-  const url = new URL("../build/shim", import.meta.url);
+  const url = new URL("../../build/shim", import.meta.url);
   return url.protocol === "file:" ? decodeURIComponent(url.pathname) : undefined;
 }
 

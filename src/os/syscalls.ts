@@ -1,11 +1,13 @@
 /**
- * Typed wrappers over the shim: each checks the result and throws
- * {@linkcode OsError} on failure. Only this folder calls the shim directly.
+ * Typed wrappers over the shim's general system calls (memory, files,
+ * ioctl, the clock): each checks the result and throws {@linkcode OsError}
+ * on failure. Only this folder (`src/os/`) calls the shim; eventfds,
+ * sockets, MMIO and the waker thread have modules of their own here.
  *
  * @module
  */
 
-import { OsError } from "../src/errors.ts";
+import { OsError } from "../errors.ts";
 import { isShimLoaded, requireShim } from "./loader.ts";
 
 /** Linux constants used by the transports (x86_64 and aarch64 agree on these). */
@@ -131,31 +133,6 @@ export function closeFd(fd: number): void {
 }
 
 /**
- * A non-blocking, close-on-exec eventfd.
- *
- * @returns its descriptor
- */
-export function eventfd(): number {
-  return check(
-    "eventfd",
-    requireShim().vd_eventfd(0, LINUX.EFD_CLOEXEC | LINUX.EFD_NONBLOCK),
-  );
-}
-
-/**
- * Takes an eventfd's counter without blocking: the number of signals since
- * the last take (0 when there was none).
- *
- * @param fd a non-blocking eventfd
- * @returns the counter
- */
-export function eventfdTake(fd: number): number {
-  const r = Number(requireShim().vd_eventfd_read(fd));
-  if (r === -LINUX.EAGAIN) return 0;
-  return check("read", r, `eventfd ${fd}`);
-}
-
-/**
  * A view of `len` bytes at process address `addr`, with its own ArrayBuffer.
  * Costs ~650 ns: make views once, never per request.
  *
@@ -167,13 +144,6 @@ export function viewAt(addr: number, len: number): ArrayBuffer {
   const ptr = Deno.UnsafePointer.create(BigInt(addr));
   if (ptr === null) throw new OsError("getArrayBuffer", 22, "null address");
   return Deno.UnsafePointerView.getArrayBuffer(ptr, len);
-}
-
-/**
- * A full memory fence (orders every earlier load/store before every later one).
- */
-export function fullFence(): void {
-  requireShim().vd_fence();
 }
 
 /**

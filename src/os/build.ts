@@ -1,5 +1,5 @@
 /**
- * `deno task build`: makes sure the native shim for the current `ffi/shim.c`
+ * `deno task build`: makes sure the native shim for the current `src/os/shim.c`
  * is built (into `build/shim/<hash>/`, where the loader looks), and does
  * nothing when it is up to date. Messages go to stderr; stdout stays empty.
  * No task needs it first: the loader builds the shim on first use.
@@ -23,7 +23,7 @@ export const SANITIZER_CFLAGS = "-O1 -fno-omit-frame-pointer -fsanitize=address,
 async function main(): Promise<number> {
   try {
     if (Deno.args.includes("--sanitize")) {
-      const url = new URL(`../build/asan/${SHIM_FILE_NAME}`, import.meta.url);
+      const url = new URL(`../../build/asan/${SHIM_FILE_NAME}`, import.meta.url);
       if (url.protocol !== "file:") throw new Error("build.ts must run from a local checkout");
       const path = decodeURIComponent(url.pathname);
       Deno.env.set("VIRTIO_SHIM_CFLAGS", SANITIZER_CFLAGS);

@@ -1,0 +1,144 @@
+/**
+ * {@linkcode Waker}: the {@linkcode InterruptSource} of the kernel-backed
+ * transports. A waker thread of the OS layer watches each queue's call
+ * eventfd under the queue's index as token, and optionally a control socket
+ * for hang-up; `wait()` resolves on the thread's wake byte.
+ *
+ * @module
+ */
+
+import { MAX_WAKER_TOKEN, WAKER_WORDS, WakerThread } from "../os/waker_thread.ts";
+import type { InterruptSource } from "./transport.ts";
+
+export { MAX_WAKER_TOKEN };
+
+/** Wakes JavaScript on the device's signals and on a socket's hang-up. */
+export class Waker implements InterruptSource {
+  readonly #thread: WakerThread;
+  readonly #pending: Uint32Array; // shared with the thread
+  readonly #sticky = new Uint32Array(WAKER_WORDS); // bits taken from the shared map, not yet consumed
+  readonly #readBuf = new Uint8Array(64);
+  #reading: Promise<number | null> | undefined;
+  #hangupToken = -1;
+  #words = 0; // words of the bitmap in use (highest token watched)
+  #hungUp = false;
+  #closed = false;
+
+  private constructor(thread: WakerThread) {
+    this.#thread = thread;
+    this.#pending = thread.shared;
+  }
+
+  /**
+   * Starts a waker that watches one call eventfd per queue (queue `i` under
+   * token `i`) and, optionally, a socket for hang-up; nothing is left running
+   * when a watch fails.
+   *
+   * @param callFds the queues' call eventfds, by queue index
+   * @param hangup a socket whose hang-up is reported under its token
+   * @returns the waker
+   */
+  static async forQueues(callFds: readonly number[], hangup?: { fd: number; token: number }): Promise<Waker> {
+    const waker = new Waker(await WakerThread.start());
+    try {
+      callFds.forEach((fd, i) => waker.watchEventfd(fd, i));
+      if (hangup) waker.watchHangup(hangup.fd, hangup.token);
+    } catch (e) {
+      await waker.close();
+      throw e;
+    }
+    return waker;
+  }
+
+  /**
+   * Watches an eventfd under `token`.
+   *
+   * @param fd the eventfd
+   * @param token 0 to {@linkcode MAX_WAKER_TOKEN}
+   */
+  watchEventfd(fd: number, token: number): void {
+    this.#thread.watch(fd, token, "eventfd");
+    this.#words = Math.max(this.#words, (token >>> 5) + 1);
+  }
+
+  /**
+   * Watches a socket for hang-up under `token` (one-shot).
+   *
+   * @param fd the socket
+   * @param token 0 to {@linkcode MAX_WAKER_TOKEN}
+   */
+  watchHangup(fd: number, token: number): void {
+    this.#thread.watch(fd, token, "hangup");
+    this.#hangupToken = token;
+    this.#words = Math.max(this.#words, (token >>> 5) + 1);
+  }
+
+  /** True once the watched socket hung up (checked in shared memory, no system call). */
+  get hungUp(): boolean {
+    if (!this.#hungUp && this.#hangupToken >= 0) {
+      const t = this.#hangupToken;
+      const w = t >>> 5, bit = 1 << (t & 31);
+      // Acquire: pairs with the thread's seq_cst fetch_or.
+      if (((Atomics.load(this.#pending, w) | this.#sticky[w]) & bit) !== 0) this.#hungUp = true;
+    }
+    return this.#hungUp;
+  }
+
+  /**
+   * Moves the fired bits out of shared memory and reports whether `token` fired
+   * since it was last consumed (consuming it).
+   *
+   * @param token the token
+   * @returns true if it fired
+   */
+  takeFired(token: number): boolean {
+    this.#collect();
+    const w = token >>> 5, bit = 1 << (token & 31);
+    const was = (this.#sticky[w] & bit) !== 0;
+    this.#sticky[w] &= ~bit;
+    return was;
+  }
+
+  #collect(): void {
+    const words = this.#pending;
+    for (let w = 0; w < this.#words; w++) {
+      if (words[w] !== 0) this.#sticky[w] |= Atomics.exchange(words, w, 0);
+    }
+    this.hungUp;
+  }
+
+  /**
+   * Resolves once something fired since the last wait (at once if it
+   * already has). Only one wait may be outstanding.
+   */
+  async wait(): Promise<void> {
+    if (this.#closed) return;
+    this.#reading ??= this.#thread.conn.read(this.#readBuf);
+    try {
+      await this.#reading;
+    } catch {
+      // Closed under us: close() is running.
+    } finally {
+      this.#reading = undefined;
+    }
+    // Clear `signaled` before looking at the bits (seq_cst): any bit the
+    // thread sets after our look makes it write a new wake byte.
+    Atomics.store(this.#pending, WAKER_WORDS, 0);
+    this.#collect();
+  }
+
+  /** Wake bytes the thread has written (a statistic). */
+  get wakes(): number {
+    return this.#thread.wakes;
+  }
+
+  /** Stops the thread, closes the socket and every duplicate descriptor. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const reading = this.#reading;
+    this.#thread.conn.close();
+    await reading?.catch(() => null);
+    this.#thread.destroy();
+  }
+}
