@@ -22,7 +22,7 @@ import { INFO, info } from "./src/cli/info.ts";
 import { PROBE, probe } from "./src/cli/probe_command.ts";
 import { READ, read, WRITE, write } from "./src/cli/read_write.ts";
 import { VirtioError } from "./src/errors.ts";
-import { isTerminating } from "./src/process/terminate.ts";
+import { exitProcess, isTerminating } from "./src/process/terminate.ts";
 
 export { parseSize } from "./src/cli/args.ts";
 
@@ -92,4 +92,4 @@ export async function main(args: string[]): Promise<number> {
   }
 }
 
-if (import.meta.main) Deno.exit(await main(Deno.args));
+if (import.meta.main) await exitProcess(await main(Deno.args));

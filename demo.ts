@@ -18,8 +18,9 @@
 
 import { type CommandSpec, formatHelp, parseChoice, parseFlags, parseSeconds, UsageError } from "./src/cli/args.ts";
 import { loadShim } from "./src/os/loader.ts";
-import { onTermination } from "./src/process/terminate.ts";
-import { MockBlkDevice, QemuStorageDaemon, VirtioBlk, type VirtioBlkConnectOptions, VirtioError } from "./mod.ts";
+import { exitProcess, onTermination } from "./src/process/terminate.ts";
+import { VirtioBlk, type VirtioBlkConnectOptions, VirtioError } from "./mod.ts";
+import { MockBlkDevice, QemuStorageDaemon } from "./testing.ts";
 import { ShimLoadError } from "./src/errors.ts";
 
 /** What to install for the real back-end (Debian/Ubuntu package names). */
@@ -161,5 +162,5 @@ if (import.meta.main) {
       status = 1;
     }
   }
-  Deno.exit(status);
+  await exitProcess(status);
 }

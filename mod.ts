@@ -2,10 +2,15 @@
  * virtio for Deno: a userspace virtio-blk driver.
  *
  * A Deno program talks to a virtio-blk device directly — through a
- * vhost-user socket (qemu-storage-daemon, SPDK), a vhost-vdpa character
- * device, a virtio-pci function behind VFIO, or an in-process mock device —
- * placing requests in virtqueues in shared memory and reaping completions,
- * with no kernel block layer in between.
+ * vhost-user socket (qemu-storage-daemon, SPDK, DPDK), a vhost-vdpa
+ * character device, a virtio-pci function behind VFIO, or an in-process mock
+ * device — placing requests in virtqueues in shared memory and reaping
+ * completions, with no kernel block layer in between.
+ *
+ * This entry point is what a user of {@linkcode VirtioBlk} needs. Testing
+ * aids (the mock device, a private qemu-storage-daemon) are in `./testing`;
+ * the virtqueue and transports, for drivers of other virtio devices, in
+ * `./advanced`.
  *
  * @example Write, read back, flush
  * ```ts ignore
@@ -22,7 +27,7 @@
  * @module
  */
 
-export { VirtioBlk, type VirtioBlkConnectOptions, type VirtioBlkFeatures } from "./src/blk/virtio_blk.ts";
+export { VirtioBlk, type VirtioBlkFeatures } from "./src/blk/virtio_blk.ts";
 export {
   type BlkCompletion,
   type CompletionHandler,
@@ -30,46 +35,45 @@ export {
   type VirtioBlkQueueStats,
   type WriteZeroesOptions,
 } from "./src/blk/queue.ts";
+export type { VirtioBlkConnectOptions, VirtioBlkOptions } from "./src/blk/options.ts";
 export type { CompletionMode } from "./src/blk/completion_driver.ts";
-export { parseBlkConfig, VIRTIO_BLK_CONFIG_SIZE, type VirtioBlkConfig } from "./src/blk/config.ts";
-export * from "./src/errors.ts";
+export type { VirtioBlkConfig } from "./src/blk/config.ts";
+export type {
+  ConnectTarget,
+  MockTarget,
+  TransportTarget,
+  VfioPciTarget,
+  VhostUserTarget,
+  VhostVdpaTarget,
+} from "./src/transport/connect.ts";
 export {
-  MAX_QUEUE_SIZE,
-  type VirtqueueFormat,
-  VirtqueueLayout,
-  type VirtqueueLayoutOptions,
-} from "./src/virtqueue/layout.ts";
-export {
-  type AddDesc,
-  type Completion,
-  type DeviceBuffer,
-  type IndirectOptions,
-  type RequestSlot,
-  Virtqueue,
-  type VirtqueueOptions,
-} from "./src/virtqueue/virtqueue.ts";
-export { SplitVirtqueue } from "./src/virtqueue/split.ts";
-export { PackedVirtqueue } from "./src/virtqueue/packed.ts";
+  ClosedError,
+  ConnectFailedError,
+  ConnectionLostError,
+  DeviceIoError,
+  DeviceProtocolError,
+  DeviceUnsupportedError,
+  FeatureNegotiationError,
+  InvalidArgumentError,
+  OsError,
+  OutOfBufferMemoryError,
+  type ProtocolViolation,
+  QueueFullError,
+  ReadOnlyError,
+  ShimLoadError,
+  TimeoutError,
+  VirtioError,
+  type VirtioErrorCode,
+} from "./src/errors.ts";
+// Types the connect options refer to (a device in this process, a transport of your own).
+export type { InProcessDevice } from "./src/transport/in_process.ts";
 export type {
   InterruptSource,
+  InterruptSourceOptions,
   QueueConfig,
   QueueNotifier,
   Transport,
   TransportType,
 } from "./src/transport/transport.ts";
-export { VhostUserTransport, type VhostUserTransportOptions } from "./src/transport/vhost_user/transport.ts";
-export { VhostVdpaTransport, type VhostVdpaTransportOptions } from "./src/transport/vhost_vdpa.ts";
-export { VfioPciTransport, type VfioPciTransportOptions } from "./src/transport/vfio_pci.ts";
-export { MockTransport } from "./src/transport/mock.ts";
-export {
-  MockBlkDevice,
-  type MockBlkDeviceOptions,
-  type MockBlkStats,
-  type MockCompletionMode,
-  MockDeviceError,
-  type MockRequest,
-} from "./src/transport/mock_device.ts";
-export { HeapRegion, MemfdRegion, type SharedRegion } from "./src/memory/region.ts";
-export { BufferPool } from "./src/memory/buffer_pool.ts";
-export { loadShim } from "./src/os/loader.ts";
-export { QemuStorageDaemon, type QemuStorageDaemonOptions } from "./src/testing/qsd.ts";
+export type { SharedRegion } from "./src/memory/region.ts";
+export type { VirtqueueFormat } from "./src/virtqueue/layout.ts";

@@ -4,7 +4,8 @@
  * loops allocate nothing per request.
  */
 
-import type { MockBlkDevice, QemuStorageDaemon, VirtioBlk, VirtioBlkQueue, VirtioError } from "../mod.ts";
+import type { VirtioBlk, VirtioBlkQueue, VirtioError } from "../mod.ts";
+import type { MockBlkDevice, QemuStorageDaemon } from "../testing.ts";
 
 /** 4 KiB-block offsets in [0, blocks), from a fixed-seed xorshift. */
 export class Offsets {

@@ -3,7 +3,8 @@
 // mean latency and the CPU this process spends per I/O; then the CPU used
 // while connected and idle. `deno run -A bench/eventfd_sweep.ts`
 import process from "node:process";
-import { QemuStorageDaemon, VirtioBlk } from "../mod.ts";
+import { VirtioBlk } from "../mod.ts";
+import { QemuStorageDaemon } from "../testing.ts";
 import { qd1, rig } from "./_workloads.ts";
 
 const seconds = Number(Deno.args[0] ?? 3);

@@ -2,7 +2,8 @@
 // requests through VirtioBlkQueue on the mock device (echo), with the heap
 // measured after a forced GC before and after, and V8's GC count in between.
 // `deno run -A --v8-flags=--expose-gc bench/heap_check.ts`
-import { MockBlkDevice, VirtioBlk } from "../mod.ts";
+import { VirtioBlk } from "../mod.ts";
+import { MockBlkDevice } from "../testing.ts";
 import { echoBatches, rig } from "./_workloads.ts";
 
 const gc = (globalThis as { gc?: () => void }).gc;

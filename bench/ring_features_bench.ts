@@ -2,11 +2,12 @@
 // packed+EVENT_IDX at QD1 and QD32. Packed rings run on the mock device
 // (qemu-storage-daemon 7.2 does not offer them); split rings run on both.
 // `deno bench -A bench/ring_features_bench.ts` (part of `deno task bench`)
-import { MockBlkDevice, QemuStorageDaemon, VirtioBlk, type VirtioBlkConnectOptions } from "../mod.ts";
+import { VirtioBlk, type VirtioBlkOptions } from "../mod.ts";
+import { MockBlkDevice, QemuStorageDaemon } from "../testing.ts";
 import { echoBatches, echoQd1, killOnUnload, qd1, qdN, rig } from "./_workloads.ts";
 
 const N = 10_000;
-const CONFIGS: [string, Partial<VirtioBlkConnectOptions>][] = [
+const CONFIGS: [string, VirtioBlkOptions][] = [
   ["split", { ring: "split", features: { eventIdx: false, indirect: false } }],
   ["split+EVENT_IDX", { ring: "split", features: { eventIdx: true, indirect: false } }],
   ["packed", { ring: "packed", features: { eventIdx: false, indirect: false } }],

@@ -2,7 +2,8 @@
 // reads and writes at queue depth 1 and 32, polling and eventfd modes, and a
 // comparison with Deno.FsFile reads of the same image on tmpfs.
 // `deno bench -A bench/vhost_user_bench.ts` (part of `deno task bench`)
-import { QemuStorageDaemon, VirtioBlk } from "../mod.ts";
+import { VirtioBlk } from "../mod.ts";
+import { QemuStorageDaemon } from "../testing.ts";
 import { fsFileReads, killOnUnload, Offsets, promises, qd1, qdN, rig } from "./_workloads.ts";
 
 const QD1_N = 200; // requests per iteration at queue depth 1

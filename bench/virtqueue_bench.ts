@@ -1,13 +1,14 @@
 // Virtqueue hot path on the mock device: no daemon, no kernel, one core.
 // `deno bench -A bench/virtqueue_bench.ts`
-import { MockBlkDevice, VirtioBlk } from "../mod.ts";
-import { RingDevice } from "../tests/_ring_device.ts";
+import { VirtioBlk } from "../mod.ts";
+import { MockBlkDevice } from "../testing.ts";
+import { ringPair } from "../src/testing/mock/ring_pair.ts";
 import { echoBatches, echoQd1, rig } from "./_workloads.ts";
 
 const REQUESTS = 10_000;
 
-// The split ring alone, with a hand-written device side that completes each chain.
-const ring = new RingDevice(256);
+// The split ring alone, with the mock's device side completing each chain.
+const ring = ringPair("split", 256);
 const base = ring.vq.addressBase(0x7f12_0000_0000);
 
 Deno.bench({
@@ -23,8 +24,8 @@ Deno.bench({
       vq.pushDescAt(base, 32, 1, true);
       vq.endChain();
       vq.availNotifNeeded();
-      ring.takeAvail();
-      ring.pushUsed(id, 1);
+      ring.dev.takeFast();
+      ring.dev.pushUsed(id, 1, 1);
       vq.nextUsed();
     }
   },
@@ -41,8 +42,8 @@ Deno.bench({
         addDesc({ iova: 0x7f12_0000_1000, length: 4096 }, true);
         addDesc({ iova: req.iova + 32, length: 1 }, true);
       });
-      ring.takeAvail();
-      ring.pushUsed(id, 1);
+      ring.dev.takeFast();
+      ring.dev.pushUsed(id, 1, 1);
       for (const _ of vq.completions()) { /* one */ }
     }
   },

@@ -124,6 +124,47 @@ export class DeviceUnsupportedError extends VirtioError {
 }
 
 /**
+ * What a device did wrong, named by {@linkcode DeviceProtocolError.violation}:
+ * - in a ring: `used-id-out-of-range`, `used-id-not-in-flight`,
+ *   `used-id-stale` (a split ring's used element older than the chain now
+ *   holding its id), `used-idx-jump` (the used index moved past what is in
+ *   flight), and with `strictUsedLength` `used-len-too-large` and
+ *   `short-read`;
+ * - in a request: `bad-status` (a status byte other than OK, IOERR, UNSUPP);
+ * - in the config space: `bad-config`, `config-refused`, `config-unstable`;
+ * - on the vhost-user control channel: `reply-wrong-request`,
+ *   `reply-bad-version`, `reply-missing-reply-flag`, `reply-oversized`,
+ *   `reply-bad-size`, `reply-unexpected-fds`, `reply-bad-config`,
+ *   `request-refused`, `bad-queue-num`, `bad-mem-slots`;
+ * - on a PCI or vDPA device: `bad-pci-config`, `msix-refused`,
+ *   `driver-ok-refused`.
+ */
+export type ProtocolViolation =
+  | "used-id-out-of-range"
+  | "used-id-not-in-flight"
+  | "used-id-stale"
+  | "used-idx-jump"
+  | "used-len-too-large"
+  | "short-read"
+  | "bad-status"
+  | "bad-config"
+  | "config-refused"
+  | "config-unstable"
+  | "reply-wrong-request"
+  | "reply-bad-version"
+  | "reply-missing-reply-flag"
+  | "reply-oversized"
+  | "reply-bad-size"
+  | "reply-unexpected-fds"
+  | "reply-bad-config"
+  | "request-refused"
+  | "bad-queue-num"
+  | "bad-mem-slots"
+  | "bad-pci-config"
+  | "msix-refused"
+  | "driver-ok-refused";
+
+/**
  * The device broke the virtio or vhost-user protocol: an out-of-range or
  * duplicate used id, an impossible length, a malformed reply, an invalid
  * configuration. The affected queue (or the connection) is failed: every
@@ -132,14 +173,14 @@ export class DeviceUnsupportedError extends VirtioError {
  */
 export class DeviceProtocolError extends VirtioError {
   /** A stable name for the violation, e.g. `"used-id-out-of-range"`. */
-  readonly violation: string;
+  readonly violation: ProtocolViolation;
   /**
    * Creates the instance.
    *
    * @param violation the stable violation name
    * @param message details for humans
    */
-  constructor(violation: string, message: string) {
+  constructor(violation: ProtocolViolation, message: string) {
     super("ERR_DEVICE_PROTOCOL", `${message} [${violation}]`);
     this.violation = violation;
   }

@@ -7,7 +7,7 @@
 import { eventfd, eventfdSignal } from "../src/os/eventfd.ts";
 import { closeFd, LINUX } from "../src/os/syscalls.ts";
 import { pollTwo, recvMsg, sendMsg, socketPair } from "../src/os/unix_socket.ts";
-import { MockBlkDevice } from "../src/transport/mock_device.ts";
+import { MockBlkDevice } from "../src/testing/mock/blk_device.ts";
 import {
   decodeHeader,
   encodeU64,

@@ -10,7 +10,7 @@
  */
 
 import { DeviceProtocolError } from "../src/errors.ts";
-import { MockDeviceError } from "../src/transport/mock_rings.ts";
+import { MockDeviceError } from "../src/testing/mock/device_ring.ts";
 import type { VirtqueueFormat } from "../src/virtqueue/layout.ts";
 import { makeRing, type TestRing } from "./_rings.ts";
 import { Rng } from "./_support.ts";

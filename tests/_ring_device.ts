@@ -1,11 +1,15 @@
 /**
- * Test helper: the device side of a split ring, written by hand so that tests
- * can behave exactly as they like (including badly).
+ * Test helper: a split ring and its device side (the one implementation in
+ * `src/testing/mock/device_ring.ts`), with the raw views of the ring the
+ * split-ring tests inspect and the hostile writes they make.
  */
 
-import { HeapRegion } from "../src/memory/region.ts";
-import { VirtqueueLayout } from "../src/virtqueue/layout.ts";
-import { SplitVirtqueue } from "../src/virtqueue/split.ts";
+import type { HeapRegion } from "../src/memory/region.ts";
+import type { DeviceSplitRing } from "../src/testing/mock/device_ring.ts";
+import { ringPair } from "../src/testing/mock/ring_pair.ts";
+import { DESC_F_NEXT, VRING_USED_F_NO_NOTIFY } from "../src/virtqueue/defs.ts";
+import type { VirtqueueLayout } from "../src/virtqueue/layout.ts";
+import type { Ring } from "../src/virtqueue/ring.ts";
 
 /** One descriptor as the device reads it. */
 export interface Desc {
@@ -15,28 +19,21 @@ export interface Desc {
   next: number;
 }
 
-/** A split ring and a hand-driven device side over it. */
+/** A split ring and its device side. */
 export class RingDevice {
   readonly layout: VirtqueueLayout;
+  readonly vq: Ring;
+  readonly base: number; // IOVA of the ring block: above 4 GiB on purpose
+  readonly dev: DeviceSplitRing;
   readonly region: HeapRegion;
-  readonly vq: SplitVirtqueue;
-  readonly base = 0x7_0000_0000; // IOVA of the ring block: above 4 GiB on purpose
-  readonly #view: DataView;
-  lastAvail = 0;
-  usedIdx = 0;
 
   constructor(queueSize: number, options: { eventIdx?: boolean; strictUsedLength?: boolean } = {}) {
-    this.layout = new VirtqueueLayout(1, queueSize, { reqSize: 64 });
-    this.region = new HeapRegion("ring", this.layout.totalSize);
-    this.vq = new SplitVirtqueue({
-      layout: this.layout,
-      memory: this.region.bytes,
-      iova: this.base,
-      eventIdx: options.eventIdx,
-      name: "test queue",
-      strictUsedLength: options.strictUsedLength,
-    });
-    this.#view = new DataView(this.region.bytes.buffer);
+    const pair = ringPair("split", queueSize, options);
+    this.layout = pair.layout;
+    this.vq = pair.vq;
+    this.base = pair.base;
+    this.dev = pair.dev;
+    this.region = pair.region;
   }
 
   get q(): number {
@@ -44,33 +41,24 @@ export class RingDevice {
   }
 
   availIdx(): number {
-    return this.#view.getUint16(this.layout.driverAreaOffset + 2, true);
+    return this.dev.availIdx;
   }
 
   availFlags(): number {
-    return this.#view.getUint16(this.layout.driverAreaOffset, true);
+    return this.dev.availFlags;
   }
 
   usedEvent(): number {
-    return this.#view.getUint16(this.layout.driverAreaOffset + 4 + 2 * this.q, true);
+    return this.dev.usedEvent;
   }
 
   /** Takes the next available head, or -1. */
   takeAvail(): number {
-    if (this.lastAvail === this.availIdx()) return -1;
-    const head = this.#view.getUint16(this.layout.driverAreaOffset + 4 + 2 * (this.lastAvail % this.q), true);
-    this.lastAvail = (this.lastAvail + 1) & 0xffff;
-    return head;
+    return this.dev.take()?.id ?? -1;
   }
 
   desc(i: number): Desc {
-    const at = 16 * i;
-    return {
-      addr: Number(this.#view.getBigUint64(at, true)),
-      len: this.#view.getUint32(at + 8, true),
-      flags: this.#view.getUint16(at + 12, true),
-      next: this.#view.getUint16(at + 14, true),
-    };
+    return this.dev.descriptor(i);
   }
 
   /** Follows a chain by its shared-memory `next` fields (as a device would). */
@@ -80,7 +68,7 @@ export class RingDevice {
     for (let n = 0; n <= this.q; n++) {
       const d = this.desc(i);
       out.push(d);
-      if ((d.flags & 1) === 0) return out;
+      if ((d.flags & DESC_F_NEXT) === 0) return out;
       i = d.next;
     }
     throw new Error("loop in chain");
@@ -88,31 +76,23 @@ export class RingDevice {
 
   /** Writes a used element and (unless `publish` is false) bumps the used index. */
   pushUsed(id: number, len: number, publish = true): void {
-    const at = this.layout.deviceAreaOffset + 4 + 8 * (this.usedIdx % this.q);
-    this.#view.setUint32(at, id, true);
-    this.#view.setUint32(at + 4, len, true);
-    this.usedIdx = (this.usedIdx + 1) & 0xffff;
-    if (publish) this.setUsedIdx(this.usedIdx);
+    this.dev.pushUsed(id, len, 1, publish);
   }
 
   setUsedIdx(idx: number): void {
-    this.#view.setUint16(this.layout.deviceAreaOffset + 2, idx & 0xffff, true);
+    this.dev.setUsedIdx(idx);
   }
 
   setUsedFlags(flags: number): void {
-    this.#view.setUint16(this.layout.deviceAreaOffset, flags, true);
+    this.dev.setNoNotify((flags & VRING_USED_F_NO_NOTIFY) !== 0);
   }
 
   setAvailEvent(idx: number): void {
-    this.#view.setUint16(this.layout.deviceAreaOffset + 4 + 8 * this.q, idx & 0xffff, true);
+    this.dev.setAvailEvent(idx);
   }
 
   /** Overwrites a descriptor in shared memory (a device tampering after submission). */
   scribbleDesc(i: number, d: Partial<Desc>): void {
-    const at = 16 * i;
-    if (d.addr !== undefined) this.#view.setBigUint64(at, BigInt(d.addr), true);
-    if (d.len !== undefined) this.#view.setUint32(at + 8, d.len, true);
-    if (d.flags !== undefined) this.#view.setUint16(at + 12, d.flags, true);
-    if (d.next !== undefined) this.#view.setUint16(at + 14, d.next, true);
+    this.dev.rewriteDesc(i, d);
   }
 }

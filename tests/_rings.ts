@@ -4,74 +4,25 @@
  * hostile writes).
  */
 
-import { HeapRegion } from "../src/memory/region.ts";
-import { DevicePackedRing, type DeviceRing, DeviceSplitRing, MockDeviceError } from "../src/transport/mock_rings.ts";
-import { type VirtqueueFormat, VirtqueueLayout } from "../src/virtqueue/layout.ts";
-import { PackedVirtqueue } from "../src/virtqueue/packed.ts";
-import { SplitVirtqueue } from "../src/virtqueue/split.ts";
-import type { Virtqueue } from "../src/virtqueue/virtqueue.ts";
+import { type RingPair, ringPair, type RingPairOptions } from "../src/testing/mock/ring_pair.ts";
 
-/** A driver-side queue and the device side of the same ring. */
-export interface TestRing {
-  format: VirtqueueFormat;
-  vq: Virtqueue;
-  dev: DeviceRing;
-  layout: VirtqueueLayout;
-  region: HeapRegion;
-  /** IOVA of the ring block. */
-  base: number;
+/** A ring pair and an address base for data buffers (above 4 GiB). */
+export interface TestRing extends RingPair {
   /** An address base for pushDescAt (a data area above 4 GiB). */
-  data: number;
+  readonly data: number;
 }
 
 /**
- * Builds a ring.
+ * Builds a ring with its device side (see `src/testing/mock/ring_pair.ts`).
  *
  * @param format split or packed
  * @param size queue size
- * @param options EVENT_IDX, indirect tables
+ * @param options EVENT_IDX, indirect tables, used-length policy
  * @returns the ring, both sides
  */
-export function makeRing(
-  format: VirtqueueFormat,
-  size: number,
-  options: { eventIdx?: boolean; indirect?: number; strictUsedLength?: boolean } = {},
-): TestRing {
-  const indirect = options.indirect ?? 0;
-  const reqSize = 64 + 16 * indirect;
-  const layout = new VirtqueueLayout(1, size, { format, reqSize: Math.ceil(reqSize / 64) * 64 });
-  const region = new HeapRegion("ring", layout.totalSize);
-  const base = 0x7_0000_0000;
-  const opts = {
-    layout,
-    memory: region.bytes,
-    iova: base,
-    eventIdx: options.eventIdx,
-    name: `test ${format} queue`,
-    indirect: indirect > 0 ? { slotOffset: 64, maxDescriptors: indirect } : undefined,
-    strictUsedLength: options.strictUsedLength,
-  };
-  const vq = format === "packed" ? new PackedVirtqueue(opts) : new SplitVirtqueue(opts);
-  const mem = {
-    view(iova: number, len: number): Uint8Array {
-      if (iova < base || iova + len > base + region.size) {
-        throw new MockDeviceError(`device read outside the ring block: ${iova}`);
-      }
-      return region.bytes.subarray(iova - base, iova - base + len);
-    },
-  };
-  const cfg = {
-    index: 0,
-    size,
-    format,
-    descIova: vq.descTableIova,
-    driverIova: vq.driverAreaIova,
-    deviceIova: vq.deviceAreaIova,
-  };
-  const eventIdx = () => options.eventIdx ?? false;
-  const dev = format === "packed" ? new DevicePackedRing(cfg, mem, eventIdx) : new DeviceSplitRing(cfg, mem, eventIdx);
-  const data = vq.addressBase(0x1_0000_0000);
-  return { format, vq, dev, layout, region, base, data };
+export function makeRing(format: "split" | "packed", size: number, options: RingPairOptions = {}): TestRing {
+  const pair = ringPair(format, size, options);
+  return { ...pair, data: pair.vq.addressBase(0x1_0000_0000) };
 }
 
 /**

@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
-import { BufferPool, HeapRegion, loadShim, MemfdRegion, OutOfBufferMemoryError } from "../mod.ts";
+import { OutOfBufferMemoryError } from "../mod.ts";
+import { BufferPool, HeapRegion, MemfdRegion } from "../advanced.ts";
+import { loadShim } from "../src/os/loader.ts";
 import { bufferAlignment } from "../src/memory/buffer_pool.ts";
 
 // The shim stays loaded for the whole process: load it outside any test.

@@ -1,7 +1,7 @@
 // The command-line tool, run as a user would run it (a subprocess each).
 import assert from "node:assert/strict";
 import { parseSize } from "../cli.ts";
-import { QemuStorageDaemon } from "../mod.ts";
+import { QemuStorageDaemon } from "../testing.ts";
 import { missing } from "./_support.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;

@@ -1,7 +1,9 @@
 // Connecting to something that is not a serving vhost-user back-end: the
 // error names its cause, and nothing is left open afterwards.
 import assert from "node:assert/strict";
-import { ConnectFailedError, loadShim, QemuStorageDaemon, TimeoutError, VirtioBlk, VirtioError } from "../mod.ts";
+import { ConnectFailedError, TimeoutError, VirtioBlk, VirtioError } from "../mod.ts";
+import { QemuStorageDaemon } from "../testing.ts";
+import { loadShim } from "../src/os/loader.ts";
 import { fdCount, missing } from "./_support.ts";
 
 await loadShim();

@@ -2,7 +2,9 @@
 // quickly, a new connection works in the same process, and repeated cycles
 // leak no descriptor and no mapping.
 import assert from "node:assert/strict";
-import { type CompletionMode, ConnectionLostError, loadShim, QemuStorageDaemon, VirtioBlk } from "../mod.ts";
+import { type CompletionMode, ConnectionLostError, VirtioBlk } from "../mod.ts";
+import { QemuStorageDaemon } from "../testing.ts";
+import { loadShim } from "../src/os/loader.ts";
 import { fdCount, memfdMappings, missing, stopProcess } from "./_support.ts";
 
 await loadShim();

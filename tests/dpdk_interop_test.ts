@@ -7,11 +7,12 @@ import assert from "node:assert/strict";
 import {
   type CompletionMode,
   DeviceProtocolError,
-  loadShim,
-  QemuStorageDaemon,
   VirtioBlk,
   type VirtioBlkConnectOptions,
+  type VirtioBlkOptions,
 } from "../mod.ts";
+import { QemuStorageDaemon } from "../testing.ts";
+import { loadShim } from "../src/os/loader.ts";
 import { DpdkVhostBlk } from "../src/testing/dpdk_vhost_blk.ts";
 import { verifiedRandomWrites } from "./_interop.ts";
 import { missing, Rng } from "./_support.ts";
@@ -22,7 +23,7 @@ const MiB = 1 << 20;
 const RINGS = ["split", "packed"] as const;
 const MODES: CompletionMode[] = ["poll", "eventfd"];
 
-function options(path: string, extra: Partial<VirtioBlkConnectOptions> = {}): VirtioBlkConnectOptions {
+function options(path: string, extra: VirtioBlkOptions = {}): VirtioBlkConnectOptions {
   // The example answers the first message of a connection only after up to a second.
   return { transport: "vhost-user", path, requestTimeoutMs: 5000, ...extra } as VirtioBlkConnectOptions;
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { loadShim } from "../mod.ts";
+import { loadShim } from "../src/os/loader.ts";
 import { eventfd, eventfdSignal } from "../src/os/eventfd.ts";
 import { closeFd } from "../src/os/syscalls.ts";
 import { unixConnect } from "../src/os/unix_socket.ts";

@@ -1,7 +1,9 @@
 // A freed buffer behaves the same on the mock device as on shared memory:
 // it reads as empty, refuses to be used, and never aliases the next buffer.
 import assert from "node:assert/strict";
-import { InvalidArgumentError, loadShim, MockBlkDevice, QemuStorageDaemon, VirtioBlk } from "../mod.ts";
+import { InvalidArgumentError, VirtioBlk } from "../mod.ts";
+import { MockBlkDevice, QemuStorageDaemon } from "../testing.ts";
+import { loadShim } from "../src/os/loader.ts";
 import { missing } from "./_support.ts";
 
 await loadShim();

@@ -26,8 +26,8 @@ import {
   irqSet,
   regionInfo,
   VFIO,
-} from "../src/transport/vfio/uapi.ts";
-import { parsePciCapabilities, VIRTIO_PCI_CAP } from "../src/transport/vfio/pci.ts";
+} from "../src/transport/vfio_pci/uapi.ts";
+import { parsePciCapabilities, VIRTIO_PCI_CAP } from "../src/transport/vfio_pci/pci.ts";
 import { DeviceProtocolError } from "../mod.ts";
 
 function hex(b: Uint8Array): string {

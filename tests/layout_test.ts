@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { InvalidArgumentError, MAX_QUEUE_SIZE, VirtqueueLayout } from "../mod.ts";
+import { InvalidArgumentError } from "../mod.ts";
+import { MAX_QUEUE_SIZE, VirtqueueLayout } from "../advanced.ts";
 
 Deno.test("split layout: offsets and sizes for several queue sizes", () => {
   // [queue size, driver area, device area, request area, stride] with 64-byte slots.

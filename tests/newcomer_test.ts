@@ -93,7 +93,7 @@ Deno.test({
     const script = `${root}.readme-example-signal.ts`;
     await Deno.writeTextFile(
       script,
-      `import { QemuStorageDaemon } from "./mod.ts";
+      `import { QemuStorageDaemon } from "./testing.ts";
        const qsd = await QemuStorageDaemon.start({ size: 1 << 20 });
        console.log("started", qsd.dir);
        await new Promise((r) => setTimeout(r, 60_000));

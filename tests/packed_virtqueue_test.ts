@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { DeviceProtocolError } from "../mod.ts";
-import { PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED } from "../src/virtqueue/packed.ts";
+import { PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED } from "../src/virtqueue/defs.ts";
 import { addChain, makeRing, type TestRing } from "./_rings.ts";
 
 function complete(r: TestRing, len = 1): number[] {

@@ -1,7 +1,7 @@
 // `probe` against the two real back-ends: a conforming one (exit 0) and
 // DPDK's vhost_blk example (exit 1), with the findings that tell them apart.
 import assert from "node:assert/strict";
-import { QemuStorageDaemon } from "../mod.ts";
+import { QemuStorageDaemon } from "../testing.ts";
 import type { ProbeReport } from "../src/cli/probe.ts";
 import { DpdkVhostBlk } from "../src/testing/dpdk_vhost_blk.ts";
 import { missing } from "./_support.ts";

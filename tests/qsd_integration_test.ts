@@ -4,14 +4,13 @@ import assert from "node:assert/strict";
 import {
   type CompletionMode,
   ConnectionLostError,
-  loadShim,
-  QemuStorageDaemon,
-  type QemuStorageDaemonOptions,
   ReadOnlyError,
   VirtioBlk,
-  type VirtioBlkConnectOptions,
+  type VirtioBlkOptions,
   type VirtioError,
 } from "../mod.ts";
+import { QemuStorageDaemon, type QemuStorageDaemonOptions } from "../testing.ts";
+import { loadShim } from "../src/os/loader.ts";
 import { randomWrites, spotCheckReads } from "./_matrix.ts";
 import { fdCount, firstDifference, memfdMappings, missing, Rng, stopProcess } from "./_support.ts";
 
@@ -35,7 +34,7 @@ async function withDaemon(
   }
 }
 
-function connect(qsd: QemuStorageDaemon, options: Partial<VirtioBlkConnectOptions> = {}): Promise<VirtioBlk> {
+function connect(qsd: QemuStorageDaemon, options: VirtioBlkOptions = {}): Promise<VirtioBlk> {
   return VirtioBlk.connect({ transport: "vhost-user", path: qsd.socketPath, requestTimeoutMs: 5000, ...options });
 }
 

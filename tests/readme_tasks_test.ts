@@ -3,7 +3,7 @@
 // into a file, as in a shell), against a daemon this test starts, whose
 // socket is `$SOCK`. The tasks CI runs itself are checked to be in .ci/run.
 import assert from "node:assert/strict";
-import { QemuStorageDaemon } from "../mod.ts";
+import { QemuStorageDaemon } from "../testing.ts";
 import { firstDifference, missing } from "./_support.ts";
 
 const root = new URL("..", import.meta.url).pathname;

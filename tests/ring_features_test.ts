@@ -3,15 +3,10 @@
 // matrix against a real peer (qemu-storage-daemon for split rings; the mock
 // device for packed rings, which qemu-storage-daemon 7.2 does not offer).
 import assert from "node:assert/strict";
-import {
-  FeatureNegotiationError,
-  loadShim,
-  MockBlkDevice,
-  QemuStorageDaemon,
-  QueueFullError,
-  VirtioBlk,
-  type VirtioBlkConnectOptions,
-} from "../mod.ts";
+import { engineOf } from "../src/blk/queue.ts";
+import { FeatureNegotiationError, QueueFullError, VirtioBlk, type VirtioBlkOptions } from "../mod.ts";
+import { MockBlkDevice, QemuStorageDaemon } from "../testing.ts";
+import { loadShim } from "../src/os/loader.ts";
 import { requestMatrix } from "./_matrix.ts";
 import { stressBursts } from "./_stress.ts";
 import { firstDifference, missing, Rng } from "./_support.ts";
@@ -56,7 +51,7 @@ for (const [name, features] of SPLIT_CONFIGS) {
   }
 }
 
-const MOCK_CONFIGS: [string, Partial<VirtioBlkConnectOptions>][] = [
+const MOCK_CONFIGS: [string, VirtioBlkOptions][] = [
   ["packed", { ring: "packed", features: { eventIdx: false, indirect: false } }],
   ["packed+EVENT_IDX", { ring: "packed", features: { eventIdx: true, indirect: false } }],
   ["packed+INDIRECT", { ring: "packed", features: { eventIdx: false, indirect: true } }],
@@ -106,7 +101,7 @@ for (const indirect of [true, false]) {
         const q = blk.queue<string>(0);
         const one = blk.allocBuffer(512);
         for (let i = 0; i < 8; i++) q.read(i * 512, one, `single ${i}`); // 24 of 32 descriptors
-        assert.equal(q.virtqueue.freeDescriptors, 8);
+        assert.equal(engineOf(q).ring.freeDescriptors, 8);
         const segs = Array.from({ length: 10 }, (_, i) => blk.allocBuffer(512).fill(i + 1));
         if (indirect) {
           q.writev(8192, segs, "vectored"); // 12 descriptors through one table entry

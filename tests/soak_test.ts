@@ -1,6 +1,6 @@
 // A short data-integrity soak (the full one is `deno task soak`).
 import assert from "node:assert/strict";
-import { loadShim } from "../mod.ts";
+import { loadShim } from "../src/os/loader.ts";
 import { soak } from "./_soak.ts";
 import { missing } from "./_support.ts";
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { DeviceProtocolError, InvalidArgumentError, QueueFullError } from "../mod.ts";
-import { DESC_F_NEXT, DESC_F_WRITE } from "../src/virtqueue/virtqueue.ts";
+import { DESC_F_NEXT, DESC_F_WRITE } from "../src/virtqueue/defs.ts";
 import { RingDevice } from "./_ring_device.ts";
 
 /** Adds a 3-descriptor request: header (readable), data (writable, `len`), status (writable). */

@@ -2,7 +2,8 @@
 // qemu-storage-daemon, EVENT_IDX on, for 10 minutes by default (half of it
 // with no spin, so that every gap ends in a sleep).
 // `deno run -A tests/stress.ts [seconds]`
-import { QemuStorageDaemon, VirtioBlk } from "../mod.ts";
+import { VirtioBlk } from "../mod.ts";
+import { QemuStorageDaemon } from "../testing.ts";
 import { stressBursts } from "./_stress.ts";
 
 const seconds = Number(Deno.args[0] ?? 600);

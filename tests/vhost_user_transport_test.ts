@@ -1,13 +1,7 @@
 // The vhost-user handshake, message by message, against a scripted back-end.
 import assert from "node:assert/strict";
-import {
-  ConnectionLostError,
-  DeviceProtocolError,
-  FeatureNegotiationError,
-  loadShim,
-  TimeoutError,
-  VirtioBlk,
-} from "../mod.ts";
+import { ConnectionLostError, DeviceProtocolError, FeatureNegotiationError, TimeoutError, VirtioBlk } from "../mod.ts";
+import { loadShim } from "../src/os/loader.ts";
 import {
   decodeU64,
   encodeU64,

@@ -7,14 +7,13 @@ import {
   DeviceProtocolError,
   DeviceUnsupportedError,
   InvalidArgumentError,
-  MockBlkDevice,
-  type MockBlkDeviceOptions,
   QueueFullError,
   ReadOnlyError,
   VirtioBlk,
-  type VirtioBlkConnectOptions,
+  type VirtioBlkOptions,
   type VirtioError,
 } from "../mod.ts";
+import { MockBlkDevice, type MockBlkDeviceOptions } from "../testing.ts";
 import {
   VIRTIO_BLK_T_DISCARD,
   VIRTIO_BLK_T_FLUSH,
@@ -22,13 +21,13 @@ import {
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
   VIRTIO_BLK_T_WRITE_ZEROES,
-} from "../src/blk/request.ts";
+} from "../src/blk/spec.ts";
 
 const MODES: CompletionMode[] = ["poll", "eventfd"];
 
 async function open(
   device: MockBlkDevice,
-  options: Partial<VirtioBlkConnectOptions> = {},
+  options: VirtioBlkOptions = {},
 ): Promise<VirtioBlk> {
   return await VirtioBlk.connect({ transport: "mock", device, bufferPoolSize: 4 << 20, ...options });
 }

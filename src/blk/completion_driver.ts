@@ -7,7 +7,7 @@
  */
 
 import type { InterruptSource } from "../transport/transport.ts";
-import type { VirtioBlkQueue } from "./queue.ts";
+import type { QueueEngine } from "./queue_engine.ts";
 
 /**
  * How completions are noticed.
@@ -30,7 +30,7 @@ const LINGER_TURNS = 8;
 
 /** The completion loop of one device. */
 export class CompletionDriver {
-  readonly #queues: readonly VirtioBlkQueue<unknown>[];
+  readonly #queues: readonly QueueEngine<unknown>[];
   readonly #interrupts: InterruptSource;
   readonly #mode: CompletionMode;
   readonly #spinNs: number;
@@ -55,7 +55,7 @@ export class CompletionDriver {
    * @param now a monotonic clock in nanoseconds
    */
   constructor(
-    queues: readonly VirtioBlkQueue<unknown>[],
+    queues: readonly QueueEngine<unknown>[],
     interrupts: InterruptSource,
     mode: CompletionMode,
     spinMicros: number,

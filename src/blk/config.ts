@@ -7,6 +7,8 @@
 
 import { DeviceProtocolError } from "../errors.ts";
 import {
+  BLK_CONFIG,
+  SECTOR_SIZE,
   VIRTIO_BLK_F_BLK_SIZE,
   VIRTIO_BLK_F_CONFIG_WCE,
   VIRTIO_BLK_F_DISCARD,
@@ -16,13 +18,10 @@ import {
   VIRTIO_BLK_F_SIZE_MAX,
   VIRTIO_BLK_F_TOPOLOGY,
   VIRTIO_BLK_F_WRITE_ZEROES,
-} from "./features.ts";
+} from "./spec.ts";
 
 /** Bytes of config space this driver reads (through write_zeroes_may_unmap and its padding). */
-export const VIRTIO_BLK_CONFIG_SIZE = 60;
-
-/** The sector unit of virtio-blk requests and of `capacity`. */
-export const SECTOR_SIZE = 512;
+export const VIRTIO_BLK_CONFIG_SIZE: number = BLK_CONFIG.SIZE;
 
 /** The parsed virtio-blk configuration. Fields of features not negotiated are `undefined`. */
 export interface VirtioBlkConfig {
@@ -95,7 +94,7 @@ export function parseBlkConfig(bytes: Uint8Array, features: bigint): VirtioBlkCo
   }
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const has = (f: bigint) => (features & f) !== 0n;
-  const capacitySectors = v.getBigUint64(0, true);
+  const capacitySectors = v.getBigUint64(BLK_CONFIG.CAPACITY, true);
   if (capacitySectors === 0n) bad("capacity is 0");
   const capacity = capacitySectors * BigInt(SECTOR_SIZE);
   if (capacity > BigInt(Number.MAX_SAFE_INTEGER)) {
@@ -104,21 +103,25 @@ export function parseBlkConfig(bytes: Uint8Array, features: bigint): VirtioBlkCo
   let sizeMax: number | undefined;
   if (has(VIRTIO_BLK_F_SIZE_MAX)) {
     // 0 means "no limit": qemu-storage-daemon offers SIZE_MAX with size_max 0.
-    const v32 = v.getUint32(8, true);
+    const v32 = v.getUint32(BLK_CONFIG.SIZE_MAX, true);
     if (v32 !== 0 && v32 < SECTOR_SIZE) bad(`size_max ${v32} is below one sector`);
     sizeMax = v32 === 0 ? undefined : v32;
   }
   let segMax: number | undefined;
   if (has(VIRTIO_BLK_F_SEG_MAX)) {
-    segMax = v.getUint32(12, true);
+    segMax = v.getUint32(BLK_CONFIG.SEG_MAX, true);
     if (segMax === 0) bad("seg_max is 0");
   }
   const geometry = has(VIRTIO_BLK_F_GEOMETRY)
-    ? { cylinders: v.getUint16(16, true), heads: v.getUint8(18), sectors: v.getUint8(19) }
+    ? {
+      cylinders: v.getUint16(BLK_CONFIG.GEOMETRY, true),
+      heads: v.getUint8(BLK_CONFIG.GEOMETRY + 2),
+      sectors: v.getUint8(BLK_CONFIG.GEOMETRY + 3),
+    }
     : undefined;
   let blkSize = SECTOR_SIZE;
   if (has(VIRTIO_BLK_F_BLK_SIZE)) {
-    blkSize = v.getUint32(20, true);
+    blkSize = v.getUint32(BLK_CONFIG.BLK_SIZE, true);
     if (blkSize < SECTOR_SIZE || blkSize > 1 << 20 || (blkSize & (blkSize - 1)) !== 0) {
       bad(`blk_size ${blkSize} is not a power of two from 512 to 1 MiB`);
     }
@@ -129,33 +132,33 @@ export function parseBlkConfig(bytes: Uint8Array, features: bigint): VirtioBlkCo
   let topology: VirtioBlkConfig["topology"];
   if (has(VIRTIO_BLK_F_TOPOLOGY)) {
     topology = {
-      physicalBlockExp: v.getUint8(24),
-      alignmentOffset: v.getUint8(25),
-      minIoSize: v.getUint16(26, true),
-      optIoSize: v.getUint32(28, true),
+      physicalBlockExp: v.getUint8(BLK_CONFIG.TOPOLOGY),
+      alignmentOffset: v.getUint8(BLK_CONFIG.TOPOLOGY + 1),
+      minIoSize: v.getUint16(BLK_CONFIG.TOPOLOGY + 2, true),
+      optIoSize: v.getUint32(BLK_CONFIG.TOPOLOGY + 4, true),
     };
     if (topology.physicalBlockExp > 16) bad(`physical_block_exp ${topology.physicalBlockExp} is too large`);
   }
-  const writeback = has(VIRTIO_BLK_F_CONFIG_WCE) ? v.getUint8(32) : undefined;
+  const writeback = has(VIRTIO_BLK_F_CONFIG_WCE) ? v.getUint8(BLK_CONFIG.WRITEBACK) : undefined;
   let numQueues = 1;
   if (has(VIRTIO_BLK_F_MQ)) {
-    numQueues = v.getUint16(34, true);
+    numQueues = v.getUint16(BLK_CONFIG.NUM_QUEUES, true);
     if (numQueues === 0) bad("num_queues is 0");
   }
   let discard: VirtioBlkConfig["discard"];
   if (has(VIRTIO_BLK_F_DISCARD)) {
     discard = {
-      maxSectors: v.getUint32(36, true),
-      maxSegments: v.getUint32(40, true),
-      sectorAlignment: v.getUint32(44, true),
+      maxSectors: v.getUint32(BLK_CONFIG.DISCARD, true),
+      maxSegments: v.getUint32(BLK_CONFIG.DISCARD + 4, true),
+      sectorAlignment: v.getUint32(BLK_CONFIG.DISCARD + 8, true),
     };
   }
   let writeZeroes: VirtioBlkConfig["writeZeroes"];
   if (has(VIRTIO_BLK_F_WRITE_ZEROES)) {
     writeZeroes = {
-      maxSectors: v.getUint32(48, true),
-      maxSegments: v.getUint32(52, true),
-      mayUnmap: v.getUint8(56) !== 0,
+      maxSectors: v.getUint32(BLK_CONFIG.WRITE_ZEROES, true),
+      maxSegments: v.getUint32(BLK_CONFIG.WRITE_ZEROES + 4, true),
+      mayUnmap: v.getUint8(BLK_CONFIG.WRITE_ZEROES + 8) !== 0,
     };
   }
   return Object.freeze({

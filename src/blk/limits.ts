@@ -1,16 +1,24 @@
 /**
- * What a caller may ask of a device: alignment, capacity, segment limits.
- * Checked before anything reaches the device.
+ * What a caller may ask of a device — alignment, capacity, segment limits,
+ * the operations negotiated — and the one place that checks a request
+ * against them, before anything reaches the device.
  *
  * @module
  */
 
-import { InvalidArgumentError } from "../errors.ts";
+import { DeviceUnsupportedError, InvalidArgumentError, ReadOnlyError } from "../errors.ts";
+import {
+  VIRTIO_BLK_T_DISCARD,
+  VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_NAMES,
+  VIRTIO_BLK_T_OUT,
+  VIRTIO_BLK_T_WRITE_ZEROES,
+} from "./spec.ts";
 
 /** The request limits of one device, derived from its config and features. */
 export interface BlkLimits {
-  /** Capacity in bytes. */
-  readonly capacity: number;
+  /** Capacity in bytes (updated when the device reports a new one). */
+  capacity: number;
   /** Offsets and lengths must be multiples of this (the logical block size). */
   readonly alignment: number;
   /** Whether the device refuses writes. */
@@ -45,6 +53,19 @@ export function toByteOffset(offset: number | bigint, what = "offset"): number {
 }
 
 /**
+ * Converts and checks a caller's length.
+ *
+ * @param length a positive safe integer, as number or bigint
+ * @param what the argument's name for the message
+ * @returns the length as a number
+ */
+export function toByteLength(length: number | bigint, what = "length"): number {
+  const n = toByteOffset(length, what);
+  if (n === 0) throw new InvalidArgumentError(`${what} must be positive`);
+  return n;
+}
+
+/**
  * Checks that `[offset, offset + length)` is aligned and inside the device.
  *
  * @param limits the device's limits
@@ -59,9 +80,7 @@ export function checkRange(limits: BlkLimits, offset: number, length: number, wh
     throw new InvalidArgumentError(`${what}: offset ${offset} is not a multiple of the block size ${a}`);
   }
   if (!(length > 0) || length % a !== 0) {
-    throw new InvalidArgumentError(
-      `${what}: length ${length} is not a positive multiple of the block size ${a}`,
-    );
+    throw new InvalidArgumentError(`${what}: length ${length} is not a positive multiple of the block size ${a}`);
   }
   if (offset + length > limits.capacity) {
     throw new InvalidArgumentError(
@@ -71,14 +90,98 @@ export function checkRange(limits: BlkLimits, offset: number, length: number, wh
 }
 
 /**
- * Converts and checks a caller's length.
+ * Checks one data buffer.
  *
- * @param length a positive safe integer, as number or bigint
- * @param what the argument's name for the message
- * @returns the length as a number
+ * @param limits the device's limits
+ * @param buf the buffer
+ * @param i its index, for the message
+ * @returns its length
  */
-export function toByteLength(length: number | bigint, what = "length"): number {
-  const n = toByteOffset(length, what);
-  if (n === 0) throw new InvalidArgumentError(`${what} must be positive`);
-  return n;
+export function checkBuffer(limits: BlkLimits, buf: Uint8Array, i: number): number {
+  if (!(buf instanceof Uint8Array)) throw new InvalidArgumentError(`buffer ${i} is not a Uint8Array`);
+  const len = buf.byteLength;
+  if (len === 0) {
+    throw new InvalidArgumentError(
+      (buf.buffer as ArrayBuffer).detached ? `buffer ${i} was freed (or its device closed)` : `buffer ${i} is empty`,
+    );
+  }
+  if (len > limits.maxSegmentSize) {
+    throw new InvalidArgumentError(
+      `buffer ${i} is ${len} bytes, above the device's segment limit of ${limits.maxSegmentSize}`,
+    );
+  }
+  return len;
+}
+
+/**
+ * Checks the buffers of a vectored request.
+ *
+ * @param limits the device's limits
+ * @param segs the buffers
+ * @returns their total length
+ */
+export function checkBuffers(limits: BlkLimits, segs: readonly Uint8Array[]): number {
+  if (!Array.isArray(segs)) throw new InvalidArgumentError("buffers must be an array of Uint8Array");
+  const n = segs.length;
+  if (n === 0) throw new InvalidArgumentError("a vectored request needs at least one buffer");
+  if (n > limits.maxSegments) {
+    throw new InvalidArgumentError(`${n} buffers exceed the limit of ${limits.maxSegments} segments per request`);
+  }
+  let total = 0;
+  for (let i = 0; i < n; i++) total += checkBuffer(limits, segs[i], i);
+  return total;
+}
+
+/**
+ * Checks a request against the device's limits: the one place that decides
+ * what reaches the device. Flush and get-id take no arguments to check.
+ *
+ * @param limits the device's limits
+ * @param type the request type (VIRTIO_BLK_T_*)
+ * @param offset byte offset (read, write, discard, write-zeroes)
+ * @param buffers one buffer or several (read, write)
+ * @param length byte length (discard, write-zeroes)
+ * @returns the offset as a number and the bytes the request covers
+ * @throws {InvalidArgumentError}, {@linkcode ReadOnlyError}, {@linkcode DeviceUnsupportedError}
+ */
+export function validateRequest(
+  limits: BlkLimits,
+  type: number,
+  offset: number | bigint,
+  buffers: Uint8Array | readonly Uint8Array[] | undefined,
+  length: number | bigint,
+): { offset: number; bytes: number } {
+  const name = VIRTIO_BLK_T_NAMES[type] ?? `request ${type}`;
+  if (type === VIRTIO_BLK_T_IN || type === VIRTIO_BLK_T_OUT) {
+    if (type === VIRTIO_BLK_T_OUT && limits.readOnly) throw new ReadOnlyError("write on a read-only device");
+    const off = toByteOffset(offset);
+    const bytes = buffers instanceof Uint8Array ? checkBuffer(limits, buffers, 0) : checkBuffers(limits, buffers ?? []);
+    checkRange(limits, off, bytes, name);
+    return { offset: off, bytes };
+  }
+  if (type === VIRTIO_BLK_T_DISCARD || type === VIRTIO_BLK_T_WRITE_ZEROES) {
+    if (limits.readOnly) throw new ReadOnlyError(`${name} on a read-only device`);
+    const discard = type === VIRTIO_BLK_T_DISCARD;
+    const lim = discard ? limits.discard : limits.writeZeroes;
+    if (!lim) {
+      throw new DeviceUnsupportedError(
+        `the device did not negotiate ${discard ? "VIRTIO_BLK_F_DISCARD" : "VIRTIO_BLK_F_WRITE_ZEROES"}`,
+      );
+    }
+    const off = toByteOffset(offset), bytes = toByteLength(length);
+    checkRange(limits, off, bytes, name);
+    if (discard) {
+      const a = limits.discard!.alignment;
+      if (off % a !== 0 || bytes % a !== 0) {
+        throw new InvalidArgumentError(`discard: offset and length must be multiples of ${a} bytes`);
+      }
+    }
+    if (bytes > lim.maxBytes) {
+      throw new InvalidArgumentError(
+        `${name}: ${bytes} bytes exceed the device's limit of ${lim.maxBytes} per request`,
+      );
+    }
+    return { offset: off, bytes };
+  }
+  return { offset: 0, bytes: 0 };
 }

@@ -1,47 +1,27 @@
 /**
- * virtio-blk request encoding (virtio 1.2, section 5.2.6): request types,
- * status values, and where each part lives in a request's data slot.
- *
- * A request is a descriptor chain: the 16-byte header (driver-readable),
- * then data buffers (readable for writes, writable for reads) or a
- * discard/write-zeroes segment, then the 1-byte status (device-writable).
- * Header, segment, status and the GET_ID buffer live in the request's slot
- * in the queue's shared memory; data buffers are the caller's.
+ * How a virtio-blk request is laid out (virtio 1.2, 5.2.6): a descriptor
+ * chain of the 16-byte header (driver-readable), then data buffers
+ * (readable for writes, writable for reads) or a discard/write-zeroes
+ * segment, then the 1-byte status (device-writable). Header, segment,
+ * status and the GET_ID buffer live in the request's slot in the queue's
+ * shared memory; data buffers are the caller's. This module writes the
+ * slot's fields and reads the answers back.
  *
  * @module
  */
 
-/** VIRTIO_BLK_T_IN: read. */
-export const VIRTIO_BLK_T_IN = 0;
-/** VIRTIO_BLK_T_OUT: write. */
-export const VIRTIO_BLK_T_OUT = 1;
-/** VIRTIO_BLK_T_FLUSH: flush the write cache. */
-export const VIRTIO_BLK_T_FLUSH = 4;
-/** VIRTIO_BLK_T_GET_ID: read the 20-byte device id string. */
-export const VIRTIO_BLK_T_GET_ID = 8;
-/** VIRTIO_BLK_T_DISCARD: discard ranges. */
-export const VIRTIO_BLK_T_DISCARD = 11;
-/** VIRTIO_BLK_T_WRITE_ZEROES: zero ranges. */
-export const VIRTIO_BLK_T_WRITE_ZEROES = 13;
+import { DeviceIoError, DeviceProtocolError, DeviceUnsupportedError, type VirtioError } from "../errors.ts";
+import {
+  VIRTIO_BLK_ID_BYTES,
+  VIRTIO_BLK_S_IOERR,
+  VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_S_UNSUPP,
+  VIRTIO_BLK_T_NAMES,
+} from "./spec.ts";
 
-/** VIRTIO_BLK_S_OK. */
-export const VIRTIO_BLK_S_OK = 0;
-/** VIRTIO_BLK_S_IOERR. */
-export const VIRTIO_BLK_S_IOERR = 1;
-/** VIRTIO_BLK_S_UNSUPP. */
-export const VIRTIO_BLK_S_UNSUPP = 2;
-/** Written to the status byte before submission: a device that never writes it is caught. */
-export const STATUS_UNSET = 0xff;
-
-/** Flag of a write-zeroes segment: the device may unmap (deallocate) the range. */
-export const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1;
-
-/** Length of the device id string (VIRTIO_BLK_ID_BYTES). */
-export const VIRTIO_BLK_ID_BYTES = 20;
-
-/** Layout of one request data slot. */
+/** Layout of one request slot (byte offsets). */
 export const SLOT = {
-  /** Bytes per slot. */
+  /** Bytes per slot before any indirect table. */
   SIZE: 64,
   /** struct virtio_blk_outhdr { le32 type; le32 reserved; le64 sector; } */
   HEADER: 0,
@@ -51,33 +31,64 @@ export const SLOT = {
   SEGMENT_SIZE: 16,
   /** u8 status */
   STATUS: 32,
-  /** GET_ID output */
+  /** GET_ID output (VIRTIO_BLK_ID_BYTES) */
   ID: 40,
 } as const;
 
-/** Operation kinds the queue tracks per request. */
-export const OP_READ = 1;
-/** A write. */
-export const OP_WRITE = 2;
-/** A flush. */
-export const OP_FLUSH = 3;
-/** A discard. */
-export const OP_DISCARD = 4;
-/** A write-zeroes. */
-export const OP_WRITE_ZEROES = 5;
-/** A get-id. */
-export const OP_GET_ID = 6;
+/** Written to the status byte before submission: a device that never writes it is caught. */
+export const STATUS_UNSET = 0xff;
 
-/** Human names of the OP_ kinds, for error messages. */
-export const OP_NAMES: readonly string[] = [
-  "",
-  "read",
-  "write",
-  "flush",
-  "discard",
-  "write-zeroes",
-  "get-id",
-];
+/**
+ * Writes a request header (and presets the status byte) into a slot.
+ *
+ * @param u32 the request area as 32-bit words
+ * @param slotWord the slot's first word (its byte offset / 4)
+ * @param type VIRTIO_BLK_T_*
+ * @param sector the 512-byte sector (below 2^53)
+ * @param u8 the request area as bytes (for the status)
+ */
+export function writeHeader(u32: Uint32Array, slotWord: number, type: number, sector: number, u8: Uint8Array): void {
+  u32[slotWord] = type;
+  u32[slotWord + 1] = 0;
+  u32[slotWord + 2] = sector >>> 0;
+  u32[slotWord + 3] = (sector / 4294967296) >>> 0;
+  u8[(slotWord << 2) + SLOT.STATUS] = STATUS_UNSET;
+}
+
+/**
+ * Writes the one discard / write-zeroes segment of a request into its slot.
+ *
+ * @param u32 the request area as 32-bit words
+ * @param slotWord the slot's first word
+ * @param sector first sector
+ * @param sectors how many
+ * @param flags VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP or 0
+ */
+export function writeRangeSegment(u32: Uint32Array, slotWord: number, sector: number, sectors: number, flags: number) {
+  const s = slotWord + (SLOT.SEGMENT >> 2);
+  u32[s] = sector >>> 0;
+  u32[s + 1] = (sector / 4294967296) >>> 0;
+  u32[s + 2] = sectors;
+  u32[s + 3] = flags;
+}
+
+/**
+ * The error a completed request's status byte means, or undefined for OK.
+ * An unknown value (the preset 0xff included: the device never wrote it) is
+ * a protocol violation.
+ *
+ * @param status the status byte
+ * @param type the request type
+ * @param queue the queue, for the message
+ * @returns the error, or undefined
+ */
+export function statusError(status: number, type: number, queue: number): VirtioError | undefined {
+  if (status === VIRTIO_BLK_S_OK) return undefined;
+  const what = `${VIRTIO_BLK_T_NAMES[type] ?? `request ${type}`} on queue ${queue}`;
+  if (status === VIRTIO_BLK_S_IOERR) return new DeviceIoError(`${what}: the device reported an I/O error`);
+  if (status === VIRTIO_BLK_S_UNSUPP) return new DeviceUnsupportedError(`${what}: the device does not support it`);
+  return new DeviceProtocolError("bad-status", `${what}: invalid status byte ${status}`);
+}
 
 /**
  * Decodes a GET_ID buffer: up to 20 bytes, NUL-terminated unless all 20 are used.
@@ -86,7 +97,7 @@ export const OP_NAMES: readonly string[] = [
  * @returns the id string
  */
 export function decodeDeviceId(bytes: Uint8Array): string {
-  let end = bytes.indexOf(0);
-  if (end < 0) end = bytes.length;
+  let end = bytes.subarray(0, VIRTIO_BLK_ID_BYTES).indexOf(0);
+  if (end < 0) end = Math.min(bytes.length, VIRTIO_BLK_ID_BYTES);
   return new TextDecoder("utf-8", { fatal: false }).decode(bytes.subarray(0, end));
 }

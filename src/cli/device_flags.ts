@@ -6,7 +6,8 @@
  */
 
 import type { CompletionMode } from "../blk/completion_driver.ts";
-import { VirtioBlk, type VirtioBlkConnectOptions } from "../blk/virtio_blk.ts";
+import type { VirtioBlkConnectOptions } from "../blk/options.ts";
+import { VirtioBlk } from "../blk/virtio_blk.ts";
 import { InvalidArgumentError } from "../errors.ts";
 import { type FlagSpec, parseChoice, type ParsedFlags, parseInteger, parseQueueSize, UsageError } from "./args.ts";
 

@@ -4,9 +4,9 @@
  * @module
  */
 
-import { VIRTIO_BLK_FEATURE_NAMES } from "../blk/features.ts";
+import { VIRTIO_BLK_FEATURE_NAMES } from "../blk/spec.ts";
 import type { VirtioBlk } from "../blk/virtio_blk.ts";
-import { describeFeatures } from "../features.ts";
+import { describeFeatures } from "../virtio/spec.ts";
 import type { CommandSpec, ParsedFlags } from "./args.ts";
 import { deviceFlags, openDevice } from "./device_flags.ts";
 import { formatBytes } from "./format.ts";

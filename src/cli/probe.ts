@@ -13,12 +13,13 @@
  */
 
 import { loadShim } from "../os/loader.ts";
-import { VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_MQ, VIRTIO_BLK_FEATURE_NAMES } from "../blk/features.ts";
+import { VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_MQ, VIRTIO_BLK_FEATURE_NAMES } from "../blk/spec.ts";
 import type { VirtioBlkQueueStats } from "../blk/queue.ts";
-import { VirtioBlk, type VirtioBlkConnectOptions } from "../blk/virtio_blk.ts";
+import type { VirtioBlkConnectOptions } from "../blk/options.ts";
+import { VirtioBlk } from "../blk/virtio_blk.ts";
 import { VIRTIO_BLK_CONFIG_SIZE } from "../blk/config.ts";
 import { DeviceIoError, DeviceUnsupportedError, TimeoutError, VirtioError } from "../errors.ts";
-import { describeFeatures, VIRTIO_F_EVENT_IDX, VIRTIO_F_RING_PACKED } from "../features.ts";
+import { describeFeatures, VIRTIO_F_EVENT_IDX, VIRTIO_F_RING_PACKED } from "../virtio/spec.ts";
 import { describeProtocolFeatures, VhostUserProtocolFeature as PF } from "../transport/vhost_user/protocol.ts";
 import { VhostUserTransport } from "../transport/vhost_user/transport.ts";
 

@@ -1,5 +1,5 @@
 /**
- * Clean exits on SIGINT and SIGTERM.
+ * Clean exits on SIGINT, SIGTERM and SIGHUP.
  *
  * Deno ends a process on SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal
  * closed) without running any `finally` block, which would leave child
@@ -7,8 +7,9 @@
  * Code that owns such a resource registers a hook here; the first signal
  * runs every hook, newest first, each bounded in time, then exits with
  * status 128 + the signal number (130 for SIGINT, 143 for SIGTERM, 129 for
- * SIGHUP), as a shell expects. A second
- * signal exits at once. With no hook registered nothing is listened to,
+ * SIGHUP), as a shell expects. A second signal exits at once — but not the
+ * copy of the first that `deno task` forwards to the process group that got
+ * it too. With no hook registered nothing is listened to,
  * and a listener never keeps the process alive.
  *
  * @module
@@ -23,12 +24,16 @@ export type TerminationHook = (signal: TerminationSignal) => void | Promise<void
 /** How long one hook may take before the next one runs. */
 export const HOOK_TIMEOUT_MS = 1500;
 
+/** A repeat of the signal within this long of the first is the same event (a forwarded copy). */
+const REPEAT_GRACE_MS = 500;
+
 const SIGNALS: readonly TerminationSignal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
 const EXIT_STATUS: Record<TerminationSignal, number> = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 };
 
 const hooks: TerminationHook[] = [];
 const listeners = new Map<TerminationSignal, () => void>();
 let terminating = false;
+let terminatingSince = 0;
 
 function install(): void {
   if (Deno.build.os === "windows") return;
@@ -50,8 +55,15 @@ function uninstall(): void {
 
 async function terminate(signal: TerminationSignal): Promise<void> {
   const status = EXIT_STATUS[signal];
-  if (terminating) Deno.exit(status); // a second signal: do not wait any longer
+  if (terminating) {
+    // A second signal: the user does not want to wait any longer. But a copy
+    // of the first (`deno task` forwards the signal its process group also
+    // got) arrives within a millisecond or two, and must not cut the hooks short.
+    if (performance.now() - terminatingSince > REPEAT_GRACE_MS) Deno.exit(status);
+    return;
+  }
   terminating = true;
+  terminatingSince = performance.now();
   for (const hook of hooks.slice().reverse()) {
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
@@ -101,4 +113,17 @@ export function onTermination(hook: TerminationHook): Disposable {
 /** Whether a termination signal is being handled (hooks run, exit follows). */
 export function isTerminating(): boolean {
   return terminating;
+}
+
+/**
+ * Exits with `status`, unless a termination signal is being handled: then
+ * it waits for that to finish, which exits with 130, 143 or 129 (a program
+ * that ends while its hooks still run must not exit 0 under them).
+ *
+ * @param status the exit status
+ * @returns nothing: the process exits
+ */
+export async function exitProcess(status: number): Promise<never> {
+  if (terminating) await new Promise(() => {});
+  Deno.exit(status);
 }

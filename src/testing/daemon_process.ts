@@ -114,7 +114,7 @@ export class DaemonProcess {
    */
   static async start(spec: DaemonSpec, dir: string, ownsDir: boolean, stopOnSignal = true): Promise<DaemonProcess> {
     const d = new DaemonProcess(spec, dir, ownsDir);
-    if (stopOnSignal) d.#hook = onTermination(() => d.#stopNow());
+    if (stopOnSignal) d.#hook = onTermination(() => d.#stopOnSignal());
     try {
       await d.spawn();
     } catch (e) {
@@ -223,19 +223,29 @@ export class DaemonProcess {
     if (this.#ownsDir) await Deno.remove(this.dir, { recursive: true }).catch(() => {});
   }
 
-  /** The termination hook: kills the daemon and removes its folder, synchronously. */
-  #stopNow(): void {
+  /**
+   * The termination hook: kills the daemon, waits (briefly) for it to be
+   * gone, and removes its folder — again if something was still writing in
+   * it the first time.
+   */
+  async #stopOnSignal(): Promise<void> {
     this.#stopped = true;
     try {
       this.#child?.kill("SIGKILL");
     } catch {
       // already exited
     }
-    if (this.#ownsDir) {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([this.#status, new Promise((r) => (timer = setTimeout(r, 1000)))]);
+    clearTimeout(timer);
+    if (!this.#ownsDir) return;
+    for (let attempt = 0; attempt < 5; attempt++) {
       try {
         Deno.removeSync(this.dir, { recursive: true });
-      } catch {
-        // already gone
+        return;
+      } catch (e) {
+        if (e instanceof Deno.errors.NotFound) return;
+        await new Promise((r) => setTimeout(r, 20));
       }
     }
   }

@@ -5,15 +5,10 @@
  */
 
 import { InvalidArgumentError } from "../errors.ts";
+import { DESC_SIZE, MAX_QUEUE_SIZE } from "./defs.ts";
 
 /** The ring format: split (virtio 1.0) or packed (VIRTIO_F_RING_PACKED). */
 export type VirtqueueFormat = "split" | "packed";
-
-/** Largest queue size virtio allows. */
-export const MAX_QUEUE_SIZE = 32768;
-
-/** Size of one descriptor (split and packed alike). */
-export const DESC_SIZE = 16;
 
 function alignUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
@@ -43,7 +38,7 @@ export interface VirtqueueLayoutOptions {
  *
  * @example
  * ```ts
- * import { VirtqueueLayout } from "./mod.ts";
+ * import { VirtqueueLayout } from "../../advanced.ts";
  * const layout = new VirtqueueLayout(2, 256);
  * layout.deviceAreaOffset; // 4616: the used ring of queue 0
  * layout.totalSize;        // both queues, page-aligned

@@ -5,20 +5,21 @@
  */
 
 import { InvalidArgumentError } from "../errors.ts";
+import { observe16, observe16AfterPublish, observe32AfterPublish, publish16 } from "./barriers.ts";
+import {
+  DESC_F_INDIRECT,
+  DESC_F_NEXT,
+  DESC_F_WRITE,
+  PACKED_DESC_F_AVAIL,
+  PACKED_DESC_F_USED,
+  PACKED_EVENT_FLAG_DESC,
+  PACKED_EVENT_FLAG_DISABLE,
+  PACKED_EVENT_FLAG_ENABLE,
+  vringNeedEvent,
+} from "./defs.ts";
 import type { VirtqueueFormat } from "./layout.ts";
-import { vringNeedEvent } from "./split.ts";
-import { DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, Virtqueue, type VirtqueueOptions } from "./virtqueue.ts";
-
-/** Packed descriptor flag: available (bit 7). */
-export const PACKED_DESC_F_AVAIL = 1 << 7;
-/** Packed descriptor flag: used (bit 15). */
-export const PACKED_DESC_F_USED = 1 << 15;
-/** Event suppression: notifications on. */
-export const PACKED_EVENT_FLAG_ENABLE = 0;
-/** Event suppression: notifications off. */
-export const PACKED_EVENT_FLAG_DISABLE = 1;
-/** Event suppression: notify at a given descriptor (with VIRTIO_F_EVENT_IDX). */
-export const PACKED_EVENT_FLAG_DESC = 2;
+import { Ring } from "./ring.ts";
+import type { VirtqueueOptions } from "./types.ts";
 
 /**
  * A packed virtqueue: one descriptor ring that the driver and the device
@@ -31,17 +32,17 @@ export const PACKED_EVENT_FLAG_DESC = 2;
  * skips by the chain's length, which it kept privately. Every id and length
  * the device writes is checked as in the split ring.
  *
- * Memory ordering: flag words are read with `Atomics.load` and the head's
- * flags published with `Atomics.store` (sequentially consistent; see
- * {@linkcode SplitVirtqueue}).
+ * Memory ordering goes through `barriers.ts`: the head's flags are
+ * published last, a used descriptor's flags are observed before its id and
+ * length, and the device's event suppression is read as one 32-bit snapshot.
  */
-export class PackedVirtqueue extends Virtqueue {
+export class PackedRing extends Ring {
   /** Always `"packed"`. */
   readonly format: VirtqueueFormat = "packed";
   readonly #descU32: Uint32Array; // [addr_lo, addr_hi, len, id | flags << 16]
   readonly #descU16: Uint16Array; // id at 8i + 6, flags at 8i + 7
   readonly #driverEvent: Uint16Array; // [off_wrap, flags]: written by the driver
-  readonly #deviceEvent: Uint16Array; // [off_wrap, flags]: written by the device
+  readonly #deviceEvent: Uint32Array; // off_wrap | flags << 16: written by the device, read as one snapshot
   readonly #size: number;
   // Private driver state.
   readonly #freeIds: Uint16Array; // a stack of free buffer ids
@@ -82,7 +83,7 @@ export class PackedVirtqueue extends Virtqueue {
     this.#descU32 = new Uint32Array(buf, base + layout.descTableOffset, 4 * q);
     this.#descU16 = new Uint16Array(buf, base + layout.descTableOffset, 8 * q);
     this.#driverEvent = new Uint16Array(buf, base + layout.driverAreaOffset, 2);
-    this.#deviceEvent = new Uint16Array(buf, base + layout.deviceAreaOffset, 2);
+    this.#deviceEvent = new Uint32Array(buf, base + layout.deviceAreaOffset, 1);
     this.#freeIds = new Uint16Array(q);
     for (let i = 0; i < q; i++) this.#freeIds[i] = q - 1 - i; // pop gives 0, 1, 2…
     this.#numFreeIds = q;
@@ -198,24 +199,21 @@ export class PackedVirtqueue extends Virtqueue {
     this.#addedSinceKick += this.#count;
     this.inFlightMap[id] = 1;
     this.numInFlight++;
-    // Release: every other descriptor of the chain (and the head's address,
-    // length and id) must be visible before the head's flags make the chain
-    // available (store-store ordering).
-    Atomics.store(this.#descU16, (head << 3) + 7, this.#headFlags);
+    // Every other descriptor of the chain (and the head's address, length
+    // and id) is visible before the head's flags make the chain available
+    // (2.8.21.3).
+    publish16(this.#descU16, (head << 3) + 7, this.#headFlags);
     return id;
-  }
-
-  /** Drops the chain being built (its id returns to the free list). */
-  abortChain(): void {
-    if (this.#building) this.#freeIds[this.#numFreeIds++] = this.#id;
-    this.#building = false;
-    this.#remaining = 0;
   }
 
   /** Whether the descriptor at the driver's used position has been used in the current lap. */
   #usedAt(pos: number): boolean {
-    // Acquire: the id and length of a used descriptor are read after its flags.
-    const flags = Atomics.load(this.#descU16, (pos << 3) + 7);
+    // The id and length of a used descriptor are read after its flags (2.8.21.2).
+    return this.#isUsed(observe16(this.#descU16, (pos << 3) + 7));
+  }
+
+  /** Whether a descriptor's flags mark it used in the current lap. */
+  #isUsed(flags: number): boolean {
     const avail = (flags & PACKED_DESC_F_AVAIL) !== 0 ? 1 : 0;
     const used = (flags & PACKED_DESC_F_USED) !== 0 ? 1 : 0;
     return avail === used && used === this.#usedWrap;
@@ -256,8 +254,9 @@ export class PackedVirtqueue extends Virtqueue {
   /** Whether a used descriptor is waiting. */
   hasUsed(): boolean {
     if (this.failure) throw this.failure;
-    // Sequentially consistent: ordered after a preceding setUsedNotifEnabled store.
-    return this.numInFlight > 0 && this.#usedAt(this.#lastUsed);
+    // After setUsedNotifEnabled (a publication): a completion in between is seen.
+    return this.numInFlight > 0 &&
+      this.#isUsed(observe16AfterPublish(this.#descU16, (this.#lastUsed << 3) + 7));
   }
 
   /** Whether the device wants a notification for the descriptors made available since the last call. */
@@ -269,11 +268,12 @@ export class PackedVirtqueue extends Virtqueue {
     // that polls the ring): the 16-bit event arithmetic cannot tell, and a
     // spare notification is harmless.
     if (added > 0xffff) return true;
-    // Full barrier between the flag store that published the chain and these
-    // loads (both seq_cst): a stale "disabled" read could skip a needed kick.
-    const flags = Atomics.load(this.#deviceEvent, 1);
+    // After the flag store that published the chain: a stale "disabled" read
+    // could skip a needed kick. One snapshot, so flags and off_wrap agree.
+    const event32 = observe32AfterPublish(this.#deviceEvent, 0);
+    const flags = event32 >>> 16;
     if (flags !== PACKED_EVENT_FLAG_DESC || !this.eventIdx) return flags !== PACKED_EVENT_FLAG_DISABLE;
-    const offWrap = Atomics.load(this.#deviceEvent, 0);
+    const offWrap = event32 & 0xffff;
     let event = offWrap & 0x7fff;
     if ((offWrap >> 15) !== this.#availWrap) event -= this.#size;
     const newIdx = this.#nextAvail;
@@ -288,10 +288,10 @@ export class PackedVirtqueue extends Virtqueue {
    */
   setUsedNotifEnabled(enabled: boolean): void {
     if (enabled && this.eventIdx) {
-      Atomics.store(this.#driverEvent, 0, this.#lastUsed | (this.#usedWrap << 15));
-      Atomics.store(this.#driverEvent, 1, PACKED_EVENT_FLAG_DESC);
+      publish16(this.#driverEvent, 0, this.#lastUsed | (this.#usedWrap << 15));
+      publish16(this.#driverEvent, 1, PACKED_EVENT_FLAG_DESC);
     } else {
-      Atomics.store(this.#driverEvent, 1, enabled ? PACKED_EVENT_FLAG_ENABLE : PACKED_EVENT_FLAG_DISABLE);
+      publish16(this.#driverEvent, 1, enabled ? PACKED_EVENT_FLAG_ENABLE : PACKED_EVENT_FLAG_DISABLE);
     }
   }
 

@@ -5,38 +5,25 @@
  */
 
 import { InvalidArgumentError } from "../errors.ts";
+import { observe16, observe16AfterPublish, publish16 } from "./barriers.ts";
+import {
+  DESC_F_INDIRECT,
+  DESC_F_NEXT,
+  DESC_F_WRITE,
+  VRING_AVAIL_F_NO_INTERRUPT,
+  VRING_USED_F_NO_NOTIFY,
+  vringNeedEvent,
+} from "./defs.ts";
 import type { VirtqueueFormat } from "./layout.ts";
-import { DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, Virtqueue, type VirtqueueOptions } from "./virtqueue.ts";
-
-/** VRING_USED_F_NO_NOTIFY: the device does not need notifications. */
-export const VRING_USED_F_NO_NOTIFY = 1;
-/** VRING_AVAIL_F_NO_INTERRUPT: the driver does not need interrupts. */
-export const VRING_AVAIL_F_NO_INTERRUPT = 1;
+import { Ring } from "./ring.ts";
+import type { VirtqueueOptions } from "./types.ts";
 
 /**
- * `vring_need_event`: whether moving an index from `oldIdx` to `newIdx`
- * crosses the other side's event index `event` (all modulo 2^16).
- *
- * @param event the other side's event index
- * @param newIdx the index after the update
- * @param oldIdx the index at the last notification
- * @returns true when a notification is due
+ * A split virtqueue (virtio 1.2, 2.7): descriptor table, available ring,
+ * used ring. Memory ordering goes through `barriers.ts`; each use says
+ * which reordering it prevents.
  */
-export function vringNeedEvent(event: number, newIdx: number, oldIdx: number): boolean {
-  return ((newIdx - event - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
-}
-
-/**
- * A split virtqueue: descriptor table, available ring, used ring.
- *
- * Memory ordering. The device runs concurrently on another CPU. Index
- * publications use `Atomics.store` and index reads `Atomics.load`; both are
- * sequentially consistent, so they also order the plain typed-array accesses
- * around them (V8 keeps plain accesses on the effect chain across Atomics
- * operations, and the CPU instruction is a full barrier on store — xchg on
- * x86, stlr+ldar on arm64). Each use below names the reordering it prevents.
- */
-export class SplitVirtqueue extends Virtqueue {
+export class SplitRing extends Ring {
   /** Always `"split"`. */
   readonly format: VirtqueueFormat = "split";
   // Shared memory, viewed once.
@@ -222,16 +209,10 @@ export class SplitVirtqueue extends Virtqueue {
     const a = this.#availIdx;
     this.#avail[2 + (a & this.#mask)] = head;
     this.#availIdx = (a + 1) & 0xffff;
-    // Release: the descriptors and the ring entry written above must be
-    // visible to the device before the new index (store-store ordering).
-    Atomics.store(this.#avail, 1, this.#availIdx);
+    // The descriptors and the ring entry written above are visible to the
+    // device before the new index (2.7.13).
+    publish16(this.#avail, 1, this.#availIdx);
     return head;
-  }
-
-  /** Drops the chain being built; nothing was published. */
-  abortChain(): void {
-    this.#building = false;
-    this.#remaining = 0;
   }
 
   /** Checks that free and in-flight descriptors partition the table (private state only). */
@@ -278,9 +259,9 @@ export class SplitVirtqueue extends Virtqueue {
   nextUsed(): number {
     if (this.failure) throw this.failure;
     if (this.#usedPending === 0) {
-      // Acquire: the used elements (and the data and status the device wrote)
-      // must not be read before the index that publishes them.
-      const idx = Atomics.load(this.#usedU16, 1);
+      // The used elements (and the data and status the device wrote) are
+      // read after the index that publishes them (2.7.14).
+      const idx = observe16(this.#usedU16, 1);
       const n = (idx - this.#lastUsed) & 0xffff;
       if (n === 0) return -1;
       if (n > this.numInFlight) {
@@ -327,9 +308,9 @@ export class SplitVirtqueue extends Virtqueue {
   /** Whether a used element is waiting. */
   hasUsed(): boolean {
     if (this.failure) throw this.failure;
-    // Sequentially consistent: after setUsedNotifEnabled(true) (a store), this
-    // load cannot be satisfied before that store is visible (store-load).
-    return this.#usedPending > 0 || Atomics.load(this.#usedU16, 1) !== this.#lastUsed;
+    // After setUsedNotifEnabled(true) (a publication), this load is not
+    // satisfied before that store is visible: a completion in between is seen.
+    return this.#usedPending > 0 || observe16AfterPublish(this.#usedU16, 1) !== this.#lastUsed;
   }
 
   /** Whether the device wants a notification for the chains published since the last call. */
@@ -342,15 +323,14 @@ export class SplitVirtqueue extends Virtqueue {
     // notification is harmless.
     if (added > 0xffff) return true;
     const newIdx = this.#availIdx, oldIdx = (newIdx - added) & 0xffff;
-    // Full barrier between endChain's index store and these loads (both
-    // seq_cst): without it we could read a stale NO_NOTIFY / avail_event the
-    // device wrote before it saw our new index, and skip a needed kick while
-    // the device goes to sleep (store-load reordering).
+    // After endChain's publication: a stale NO_NOTIFY or avail_event, written
+    // by the device before it saw our new index, would skip a needed kick
+    // while the device goes to sleep (2.7.13.4).
     if (this.eventIdx) {
-      const event = Atomics.load(this.#usedU16, 2 + 4 * this.queueSize);
+      const event = observe16AfterPublish(this.#usedU16, 2 + 4 * this.queueSize);
       return vringNeedEvent(event, newIdx, oldIdx);
     }
-    return (Atomics.load(this.#usedU16, 0) & VRING_USED_F_NO_NOTIFY) === 0;
+    return (observe16AfterPublish(this.#usedU16, 0) & VRING_USED_F_NO_NOTIFY) === 0;
   }
 
   /**
@@ -363,11 +343,11 @@ export class SplitVirtqueue extends Virtqueue {
       // used_event: interrupt once the device uses the entry at lastUsed
       // (enabled), or only after a full wrap of the index (disabled).
       const event = enabled ? this.#lastUsed : (this.#lastUsed - 1) & 0xffff;
-      Atomics.store(this.#avail, 2 + this.queueSize, event);
+      publish16(this.#avail, 2 + this.queueSize, event);
     } else {
-      Atomics.store(this.#avail, 0, enabled ? 0 : VRING_AVAIL_F_NO_INTERRUPT);
+      publish16(this.#avail, 0, enabled ? 0 : VRING_AVAIL_F_NO_INTERRUPT);
     }
-    // Callers then check hasUsed(): the seq_cst store above and the seq_cst
-    // load there keep the re-check after the flag update (store-load).
+    // Callers then check hasUsed(), whose observe16AfterPublish keeps the
+    // re-check after this update (store-load).
   }
 }

@@ -4,7 +4,7 @@
 // deno run -A tests/guest/matrix_main.ts --transport vfio-pci --device 0000:00:01.0 --ring packed --mode eventfd \
 //   --event-idx on --writes 150 --model-in prev.bin --model-out next.bin --seed 1
 import { parseArgs } from "node:util";
-import { type CompletionMode, VirtioBlk, type VirtioBlkConnectOptions } from "../../mod.ts";
+import { type CompletionMode, type ConnectTarget, VirtioBlk } from "../../mod.ts";
 import { requestMatrix } from "../_matrix.ts";
 import { Rng } from "../_support.ts";
 
@@ -26,10 +26,12 @@ const { values: a } = parseArgs({
 const eventIdx = a["event-idx"] !== "off";
 const label = `${a.transport} ${a.ring} ${a.mode}`;
 const t0 = performance.now();
+const target =
+  (a.transport === "vfio-pci"
+    ? { transport: "vfio-pci", device: a.device! }
+    : { transport: a.transport, path: a.path }) as ConnectTarget;
 const blk = await VirtioBlk.connect({
-  transport: a.transport as VirtioBlkConnectOptions["transport"],
-  path: a.path,
-  device: a.device,
+  ...target,
   ring: a.ring as "split" | "packed",
   mode: a.mode as CompletionMode,
   features: { eventIdx },

@@ -1,15 +1,17 @@
 /**
- * An in-memory virtio-blk device that really processes virtqueues from the
- * device side: it reads the available ring and descriptor chains from the
- * driver's memory, does the I/O on a `Uint8Array` disk, and writes used
- * elements and status bytes back. Used by the unit tests, and exported for
- * users' own tests through {@linkcode MockTransport}.
+ * {@linkcode MockBlkDevice}: an in-memory virtio-blk device that really
+ * processes virtqueues from the device side — it reads the available ring
+ * and descriptor chains from the driver's memory, does the I/O on a
+ * `Uint8Array` disk, and writes used elements and status bytes back. For
+ * the unit tests and for users' own tests (through `./testing`); it can
+ * also misbehave on purpose ({@linkcode MockBlkDevice.hostile}).
  *
  * @module
  */
 
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1 } from "../features.ts";
 import {
+  BLK_CONFIG,
+  SECTOR_SIZE,
   VIRTIO_BLK_F_BLK_SIZE,
   VIRTIO_BLK_F_DISCARD,
   VIRTIO_BLK_F_FLUSH,
@@ -19,25 +21,26 @@ import {
   VIRTIO_BLK_F_SIZE_MAX,
   VIRTIO_BLK_F_TOPOLOGY,
   VIRTIO_BLK_F_WRITE_ZEROES,
-} from "../blk/features.ts";
-import {
-  VIRTIO_BLK_ID_BYTES,
-  VIRTIO_BLK_S_IOERR,
   VIRTIO_BLK_S_OK,
-  VIRTIO_BLK_S_UNSUPP,
-  VIRTIO_BLK_T_DISCARD,
-  VIRTIO_BLK_T_FLUSH,
-  VIRTIO_BLK_T_GET_ID,
-  VIRTIO_BLK_T_IN,
-  VIRTIO_BLK_T_OUT,
-  VIRTIO_BLK_T_WRITE_ZEROES,
-  VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
-} from "../blk/request.ts";
-import { type DeviceChain, DevicePackedRing, type DeviceRing, DeviceSplitRing, MockDeviceError } from "./mock_rings.ts";
-
-export { MockDeviceError };
-import type { QueueConfig } from "./transport.ts";
-import { HeapRegion, type SharedRegion } from "../memory/region.ts";
+} from "../../blk/spec.ts";
+import { HeapRegion, type SharedRegion } from "../../memory/region.ts";
+import type { InProcessDevice } from "../../transport/in_process.ts";
+import type { QueueConfig } from "../../transport/transport.ts";
+import {
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_INDIRECT_DESC,
+  VIRTIO_F_RING_PACKED,
+  VIRTIO_F_VERSION_1,
+} from "../../virtio/spec.ts";
+import {
+  type DeviceChain,
+  DevicePackedRing,
+  type DeviceRing,
+  DeviceSplitRing,
+  MockDeviceError,
+} from "./device_ring.ts";
+import { executeBlkRequest, type Segment } from "./executor.ts";
+import { HostileActions } from "./hostile.ts";
 
 /** When the mock device processes what the driver made available. */
 export type MockCompletionMode = "immediate" | "microtask" | "manual";
@@ -118,17 +121,13 @@ interface MemMapping {
   region: SharedRegion;
 }
 
-interface Segment {
-  bytes: Uint8Array; // a view of the driver's buffer
-  write: boolean;
-}
-
 /**
  * An in-memory virtio-blk device.
  *
  * @example
  * ```ts
- * import { MockBlkDevice, VirtioBlk } from "./mod.ts";
+ * import { MockBlkDevice } from "../../testing.ts";
+ * import { VirtioBlk } from "../../mod.ts";
  * const device = new MockBlkDevice({ capacity: 1 << 20 });
  * await using blk = await VirtioBlk.connect({ transport: "mock", device });
  * const buf = blk.allocBuffer(4096);
@@ -137,7 +136,7 @@ interface Segment {
  * console.log(device.disk[0]); // 7
  * ```
  */
-export class MockBlkDevice {
+export class MockBlkDevice implements InProcessDevice {
   /** The disk contents. */
   readonly disk: Uint8Array;
   /** Feature bits offered. */
@@ -170,6 +169,7 @@ export class MockBlkDevice {
   #scheduled: boolean[] = [];
   #onInterrupt: ((queue: number) => void) | undefined;
   #disconnected = false;
+  #hostile: HostileActions | undefined;
 
   /**
    * Creates the instance.
@@ -178,7 +178,7 @@ export class MockBlkDevice {
    */
   constructor(options: MockBlkDeviceOptions = {}) {
     const capacity = options.contents?.byteLength ?? options.capacity ?? 16 << 20;
-    if (capacity % 512 !== 0) throw new RangeError("capacity must be a multiple of 512");
+    if (capacity % SECTOR_SIZE !== 0) throw new RangeError("capacity must be a multiple of 512");
     this.disk = new Uint8Array(capacity);
     if (options.contents) this.disk.set(options.contents);
     this.numQueues = options.numQueues ?? 4;
@@ -199,20 +199,20 @@ export class MockBlkDevice {
     if (options.config) {
       this.config = options.config.slice();
     } else {
-      const c = new DataView(new ArrayBuffer(60));
-      c.setBigUint64(0, BigInt(capacity / 512), true);
-      c.setUint32(8, options.sizeMax ?? 0, true);
-      c.setUint32(12, options.segMax ?? 254, true);
-      c.setUint32(20, options.blockSize ?? 512, true);
-      c.setUint16(26, 1, true); // min_io_size
-      c.setUint32(28, 1, true); // opt_io_size
-      c.setUint16(34, this.numQueues, true);
-      c.setUint32(36, options.maxDiscardSectors ?? 32768, true);
-      c.setUint32(40, 1, true);
-      c.setUint32(44, options.discardSectorAlignment ?? 1, true);
-      c.setUint32(48, options.maxWriteZeroesSectors ?? 32768, true);
-      c.setUint32(52, 1, true);
-      c.setUint8(56, (options.writeZeroesMayUnmap ?? true) ? 1 : 0);
+      const c = new DataView(new ArrayBuffer(BLK_CONFIG.SIZE));
+      c.setBigUint64(BLK_CONFIG.CAPACITY, BigInt(capacity / SECTOR_SIZE), true);
+      c.setUint32(BLK_CONFIG.SIZE_MAX, options.sizeMax ?? 0, true);
+      c.setUint32(BLK_CONFIG.SEG_MAX, options.segMax ?? 254, true);
+      c.setUint32(BLK_CONFIG.BLK_SIZE, options.blockSize ?? 512, true);
+      c.setUint16(BLK_CONFIG.TOPOLOGY + 2, 1, true); // min_io_size
+      c.setUint32(BLK_CONFIG.TOPOLOGY + 4, 1, true); // opt_io_size
+      c.setUint16(BLK_CONFIG.NUM_QUEUES, this.numQueues, true);
+      c.setUint32(BLK_CONFIG.DISCARD, options.maxDiscardSectors ?? 32768, true);
+      c.setUint32(BLK_CONFIG.DISCARD + 4, 1, true); // max_discard_seg
+      c.setUint32(BLK_CONFIG.DISCARD + 8, options.discardSectorAlignment ?? 1, true);
+      c.setUint32(BLK_CONFIG.WRITE_ZEROES, options.maxWriteZeroesSectors ?? 32768, true);
+      c.setUint32(BLK_CONFIG.WRITE_ZEROES + 4, 1, true); // max_write_zeroes_seg
+      c.setUint8(BLK_CONFIG.WRITE_ZEROES + 8, (options.writeZeroesMayUnmap ?? true) ? 1 : 0);
       this.config = new Uint8Array(c.buffer);
     }
   }
@@ -222,8 +222,12 @@ export class MockBlkDevice {
     return this.#negotiated;
   }
 
-  /** Set by the transport's feature negotiation. */
-  set negotiated(features: bigint) {
+  /**
+   * Takes the features the driver accepted (the transport's negotiation).
+   *
+   * @param features the negotiated bits
+   */
+  acceptFeatures(features: bigint): void {
     this.#negotiated = features;
     this.#eventIdx = (features & VIRTIO_F_EVENT_IDX) !== 0n;
   }
@@ -239,17 +243,30 @@ export class MockBlkDevice {
     this.#onInterrupt?.(-1);
   }
 
-  /** Sets the function called on each interrupt (-1: hang-up). @internal */
+  /**
+   * Sets the function called on each interrupt (-1: hang-up).
+   *
+   * @param fn the handler, or undefined
+   */
   setInterruptHandler(fn: ((queue: number) => void) | undefined): void {
     this.#onInterrupt = fn;
   }
 
-  /** Makes `region` reachable at `iova`. @internal */
+  /**
+   * Makes `region` reachable at `iova`.
+   *
+   * @param iova where the device sees it
+   * @param region the memory
+   */
   map(iova: number, region: SharedRegion): void {
     this.#mem.push({ iova, size: region.size, region });
   }
 
-  /** Withdraws the mapping at `iova`. @internal */
+  /**
+   * Withdraws the mapping at `iova`.
+   *
+   * @param iova a mapped address
+   */
   unmap(iova: number): void {
     this.#mem = this.#mem.filter((m) => m.iova !== iova);
   }
@@ -275,7 +292,11 @@ export class MockBlkDevice {
     throw new MockDeviceError(`the driver gave an unmapped address ${iova.toString(16)} (+${length})`);
   }
 
-  /** Sets up the device side of the queues. @internal */
+  /**
+   * Sets up the device side of the queues.
+   *
+   * @param queues where the driver put them
+   */
   setupQueues(queues: readonly QueueConfig[]): void {
     const mem = { view: (iova: number, len: number) => this.translate(iova, len) };
     const eventIdx = () => this.#eventIdx;
@@ -292,7 +313,11 @@ export class MockBlkDevice {
     }
   }
 
-  /** A notification for queue `index` (the driver's kick). @internal */
+  /**
+   * A notification for queue `index` (the driver's kick).
+   *
+   * @param index the queue
+   */
   notify(index: number): void {
     this.stats.notifications++;
     if (!this.#queues[index] || this.#disconnected) return;
@@ -407,105 +432,16 @@ export class MockBlkDevice {
     return n;
   }
 
-  // ------------------------------------------------- a hostile device
-
-  /**
-   * Hostile-device primitive: takes every chain the driver made available on
-   * queue `index` without processing it.
-   *
-   * @param index queue index
-   * @returns their ids (split: head indices; packed: buffer ids), in ring order
-   */
-  hostileTake(index: number): number[] {
-    const ring = this.#ring(index);
-    const ids: number[] = [];
-    for (let c = ring.take(); c !== undefined; c = ring.take()) ids.push(c.id);
-    ring.publishAvailEvent();
-    return ids;
-  }
-
-  /**
-   * Hostile-device primitive: writes any used element, moves the used
-   * position by `advance` (which may exceed what is in flight) and interrupts.
-   *
-   * @param index queue index
-   * @param id the id to report (need not be valid)
-   * @param len the length to report (need not be plausible)
-   * @param advance how far to move the used position; default 1 (split) or the chain's ring length (packed)
-   */
-  hostilePushUsed(index: number, id: number, len: number, advance?: number): void {
-    const ring = this.#ring(index);
-    ring.pushUsed(id, len, advance ?? ring.chainOf(id)?.ringLen ?? 1);
-    this.stats.interrupts++;
-    this.#onInterrupt?.(index);
-  }
-
-  /**
-   * Hostile-device primitive: completes chain `id` as if it had done its I/O
-   * (status OK in its last buffer, used length all its device-writable bytes)
-   * without doing it.
-   *
-   * @param index queue index
-   * @param id a chain the device took
-   */
-  hostileCompleteEmpty(index: number, id: number): void {
-    this.hostileWrite(this.statusAddress(index, id), new Uint8Array([VIRTIO_BLK_S_OK]));
-    this.hostilePushUsed(index, id, this.writableLength(index, id));
-  }
-
-  /**
-   * Hostile-device primitive: overwrites descriptor `desc` of queue `index`
-   * (address, length, flags, and `next` — the id field in a packed ring).
-   *
-   * @param index queue index
-   * @param desc descriptor index
-   * @param fields the values to write
-   */
-  hostileRewriteDesc(
-    index: number,
-    desc: number,
-    fields: { addr?: number; len?: number; flags?: number; next?: number },
-  ): void {
-    this.#ring(index).rewriteDesc(desc, fields);
-  }
-
-  /**
-   * Hostile-device primitive: writes driver memory at `iova` (for example a
-   * status byte after completion).
-   *
-   * @param iova where
-   * @param bytes what
-   */
-  hostileWrite(iova: number, bytes: Uint8Array): void {
-    this.translate(iova, bytes.byteLength).set(bytes);
-  }
-
-  /**
-   * The IOVA of the status byte of a chain taken on queue `index` (its last buffer's last byte).
-   *
-   * @param index queue index
-   * @param id chain id
-   * @returns the address
-   */
-  statusAddress(index: number, id: number): number {
-    const c = this.#ring(index).chainOf(id);
-    if (!c) throw new MockDeviceError(`chain ${id} was not taken on queue ${index}`);
-    const last = c.descs[c.descs.length - 1];
-    return last.addr + last.len - 1;
-  }
-
-  /**
-   * The device-writable bytes of a chain the device took (what an honest
-   * device reports as the used length once it has written them all).
-   *
-   * @param index queue index
-   * @param id the chain
-   * @returns bytes
-   */
-  writableLength(index: number, id: number): number {
-    const c = this.#ring(index).chainOf(id);
-    if (!c) throw new MockDeviceError(`chain ${id} was not taken on queue ${index}`);
-    return c.descs.reduce((n, d) => n + (d.write ? d.len : 0), 0);
+  /** The hostile-device primitives of this device (see `hostile.ts`). */
+  get hostile(): HostileActions {
+    return this.#hostile ??= new HostileActions({
+      ring: (index) => this.#ring(index),
+      interrupt: (index) => {
+        this.stats.interrupts++;
+        this.#onInterrupt?.(index);
+      },
+      translate: (iova, length) => this.translate(iova, length),
+    });
   }
 
   #ring(index: number): DeviceRing {
@@ -534,108 +470,11 @@ export class MockBlkDevice {
 
   /** Runs one request; returns the bytes written to device-writable buffers. */
   #execute(queue: number, segs: Segment[]): number {
-    // Gather the driver-readable bytes and the device-writable buffers.
-    const out: Uint8Array[] = [], inn: Uint8Array[] = [];
-    for (const s of segs) (s.write ? inn : out).push(s.bytes);
-    const outBytes = concat(out);
-    if (outBytes.byteLength < 16 || inn.length === 0) {
-      throw new MockDeviceError("a request needs a 16-byte header and a status byte");
-    }
-    const hv = new DataView(outBytes.buffer, outBytes.byteOffset, outBytes.byteLength);
-    const type = hv.getUint32(0, true);
-    const sector = Number(hv.getBigUint64(8, true));
-    const last = inn[inn.length - 1];
-    const statusAt = { buf: last, at: last.byteLength - 1 };
-    // Device-writable data: everything writable except the final status byte.
-    const dataIn = inn.slice(0, -1);
-    if (last.byteLength > 1) dataIn.push(last.subarray(0, last.byteLength - 1));
-    let status = VIRTIO_BLK_S_OK;
-    let written = 1;
-    const readOnly = (this.negotiated & VIRTIO_BLK_F_RO) !== 0n;
-    const inRange = (start: number, len: number) => start >= 0 && start + len <= this.disk.byteLength;
-    switch (type) {
-      case VIRTIO_BLK_T_IN: {
-        let pos = sector * 512;
-        const total = dataIn.reduce((a, b) => a + b.byteLength, 0);
-        if (!inRange(pos, total)) {
-          status = VIRTIO_BLK_S_IOERR;
-          break;
-        }
-        for (const b of dataIn) {
-          b.set(this.disk.subarray(pos, pos + b.byteLength));
-          pos += b.byteLength;
-        }
-        written += total;
-        break;
-      }
-      case VIRTIO_BLK_T_OUT: {
-        const data = outBytes.subarray(16);
-        const pos = sector * 512;
-        if (readOnly || !inRange(pos, data.byteLength)) {
-          status = VIRTIO_BLK_S_IOERR;
-          break;
-        }
-        this.disk.set(data, pos);
-        break;
-      }
-      case VIRTIO_BLK_T_FLUSH:
-        if (!(this.negotiated & VIRTIO_BLK_F_FLUSH)) status = VIRTIO_BLK_S_UNSUPP;
-        break;
-      case VIRTIO_BLK_T_GET_ID: {
-        const idBuf = dataIn[0];
-        if (!idBuf || idBuf.byteLength < VIRTIO_BLK_ID_BYTES) {
-          status = VIRTIO_BLK_S_IOERR;
-          break;
-        }
-        const id = new TextEncoder().encode(this.#id).subarray(0, VIRTIO_BLK_ID_BYTES);
-        idBuf.fill(0, 0, VIRTIO_BLK_ID_BYTES);
-        idBuf.set(id);
-        written += VIRTIO_BLK_ID_BYTES;
-        break;
-      }
-      case VIRTIO_BLK_T_DISCARD:
-      case VIRTIO_BLK_T_WRITE_ZEROES: {
-        const feature = type === VIRTIO_BLK_T_DISCARD ? VIRTIO_BLK_F_DISCARD : VIRTIO_BLK_F_WRITE_ZEROES;
-        if (!(this.negotiated & feature)) {
-          status = VIRTIO_BLK_S_UNSUPP;
-          break;
-        }
-        if (readOnly) {
-          status = VIRTIO_BLK_S_IOERR;
-          break;
-        }
-        for (let at = 16; at + 16 <= outBytes.byteLength; at += 16) {
-          const s = Number(hv.getBigUint64(at, true)) * 512;
-          const n = hv.getUint32(at + 8, true) * 512;
-          const flags = hv.getUint32(at + 12, true);
-          if (!inRange(s, n) || (flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0) {
-            status = VIRTIO_BLK_S_IOERR;
-            break;
-          }
-          this.disk.fill(0, s, s + n); // the mock's discard reads back as zeroes too
-        }
-        break;
-      }
-      default:
-        status = VIRTIO_BLK_S_UNSUPP;
-    }
-    const forced = this.statusHook?.({ queue, type, sector });
-    if (forced !== undefined) status = forced;
-    statusAt.buf[statusAt.at] = status;
-    this.stats.requests[type] = (this.stats.requests[type] ?? 0) + 1;
-    if (this.tracing) this.trace.push({ queue, type, sector });
-    return written;
+    const r = executeBlkRequest(segs, this.disk, this.negotiated, this.#id);
+    const forced = this.statusHook?.({ queue, type: r.type, sector: r.sector });
+    r.statusByte.buf[r.statusByte.at] = forced ?? r.status;
+    this.stats.requests[r.type] = (this.stats.requests[r.type] ?? 0) + 1;
+    if (this.tracing) this.trace.push({ queue, type: r.type, sector: r.sector });
+    return r.written;
   }
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0];
-  const total = parts.reduce((a, b) => a + b.byteLength, 0);
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.byteLength;
-  }
-  return out;
 }

@@ -1,131 +1,38 @@
 /**
- * The virtqueue interface shared by the split and packed rings.
+ * {@linkcode Ring}: what the split and packed rings share — the chain
+ * bookkeeping, the checks on what the device writes, the generic
+ * `addRequest`/`completions` API of {@linkcode Virtqueue}, and the
+ * allocation-free API the virtio-blk queue drives (`beginChain` /
+ * `pushDescAt` / `endChain`, `nextUsed`). Internal: drivers of other devices
+ * get a {@linkcode Virtqueue} from `createVirtqueue`.
  *
  * @module
  */
 
-import { DeviceProtocolError, InvalidArgumentError, QueueFullError, type VirtioError } from "../errors.ts";
-import type { VirtqueueFormat, VirtqueueLayout } from "./layout.ts";
+import {
+  DeviceProtocolError,
+  InvalidArgumentError,
+  type ProtocolViolation,
+  QueueFullError,
+  type VirtioError,
+} from "../errors.ts";
+import type { VirtqueueFormat } from "./layout.ts";
+import type { AddDesc, Completion, DeviceBuffer, RequestSlot, Virtqueue, VirtqueueOptions } from "./types.ts";
 
-/** The per-request data slot of a chain: a view into shared memory. */
-export interface RequestSlot {
-  /** The chain id this slot belongs to. */
-  readonly id: number;
-  /** The slot's bytes (layout.reqSize of them). */
-  readonly bytes: Uint8Array;
-  /** The same bytes as a DataView (little-endian accessors). */
-  readonly view: DataView;
-  /** The IOVA of the slot's first byte. */
-  readonly iova: number;
-}
-
-/** A buffer given by address: `length` bytes at `iova`. */
-export interface DeviceBuffer {
-  /** I/O virtual address. */
-  readonly iova: number;
-  /** Length in bytes. */
-  readonly length: number;
-}
-
-/** Adds one buffer to the chain being prepared; `fromDevice` marks it device-writable. */
-export type AddDesc = (buffer: DeviceBuffer | Uint8Array, fromDevice: boolean) => void;
-
-/** One finished chain. */
-export interface Completion {
-  /** The chain id {@linkcode Virtqueue.addRequest} returned. */
-  readonly id: number;
-  /** Its request slot. */
-  readonly req: RequestSlot;
-  /** Bytes the device says it wrote (checked against the chain's writable bytes). */
-  readonly len: number;
-}
-
-/** Construction options shared by both ring formats. */
-export interface VirtqueueOptions {
-  /** The layout (format, queue size, slot size). */
-  layout: VirtqueueLayout;
-  /** This queue's block of shared memory (`layout.stride` bytes, or more). */
-  memory: Uint8Array<ArrayBuffer>;
-  /** The IOVA of `memory[0]`. */
-  iova: number;
-  /** Whether VIRTIO_F_EVENT_IDX was negotiated. */
-  eventIdx?: boolean;
-  /**
-   * Translates a Uint8Array passed to `addDesc` into an IOVA (-1 when it is
-   * not device-reachable). Without it, only {@linkcode DeviceBuffer}s work.
-   */
-  translate?: (buffer: Uint8Array) => number;
-  /** A name for error messages, e.g. `"queue 0"`. */
-  name?: string;
-  /**
-   * VIRTIO_F_INDIRECT_DESC: where each request slot keeps its indirect
-   * descriptor table, and when to use it. Tables are preallocated (one per
-   * slot), so using them allocates nothing.
-   */
-  indirect?: IndirectOptions;
-  /**
-   * A used length above the chain's device-writable bytes fails the queue
-   * (`used-len-too-large`) instead of being clamped and counted in
-   * {@linkcode Virtqueue.usedLengthClamped}. Default false: many devices
-   * report lengths the spec does not allow (Linux reverted its own check for
-   * that reason), and nothing in the driver uses the length to touch memory.
-   */
-  strictUsedLength?: boolean;
-}
-
-/** Indirect descriptor tables, one per request slot. */
-export interface IndirectOptions {
-  /** Byte offset of the table inside each request slot (16-byte aligned). */
-  slotOffset: number;
-  /** Entries per table (the longest chain that can go indirect). */
-  maxDescriptors: number;
-  /**
-   * Chains of at least this many descriptors go indirect; shorter ones go
-   * indirect only when there are fewer free descriptors than they need.
-   * Default 4 (so a plain header + data + status request stays direct).
-   */
-  threshold?: number;
-}
-
-/** The address-base slot {@linkcode Virtqueue.pushDesc} uses. */
+/** The address-base slot {@linkcode Ring.pushDesc} uses. */
 const SCRATCH_BASE = 7;
 
-/** Descriptor flag: the chain continues in `next`. */
-export const DESC_F_NEXT = 1;
-/** Descriptor flag: device-writable buffer. */
-export const DESC_F_WRITE = 2;
-/** Descriptor flag: the buffer is a table of descriptors. */
-export const DESC_F_INDIRECT = 4;
-
 /**
- * A virtqueue: the driver side of one ring in shared memory.
+ * The driver side of one ring in shared memory, either format.
  *
- * Two APIs share the ring. The generic one mirrors the Rust crate
- * `virtio-driver`: {@linkcode Virtqueue.addRequest} and
- * {@linkcode Virtqueue.completions}. The allocation-free one is for hot paths:
- * {@linkcode Virtqueue.beginChain} / {@linkcode Virtqueue.pushDesc} /
- * {@linkcode Virtqueue.endChain} and {@linkcode Virtqueue.nextUsed}.
- *
- * The device is untrusted: every id and length it writes is checked before
- * use, the free list lives in private memory, and a violation fails the
- * queue with a {@linkcode DeviceProtocolError} that every later call rethrows.
- *
- * @example
- * ```ts
- * import { HeapRegion, SplitVirtqueue, VirtqueueLayout } from "./mod.ts";
- * const layout = new VirtqueueLayout(1, 8);
- * const mem = new HeapRegion("q", layout.totalSize);
- * const vq = new SplitVirtqueue({ layout, memory: mem.bytes, iova: 0x10000 });
- * const id = vq.addRequest((req, addDesc) => {
- *   req.view.setUint32(0, 1, true);
- *   addDesc({ iova: req.iova, length: 16 }, false);
- *   addDesc({ iova: req.iova + 16, length: 1 }, true);
- * });
- * // ... the device processes the chain ...
- * for (const c of vq.completions()) console.log(c.id === id, c.len);
- * ```
+ * Two APIs share the ring. The generic one ({@linkcode Virtqueue}) mirrors
+ * the Rust crate `virtio-driver`: {@linkcode Ring.addRequest} and
+ * {@linkcode Ring.completions}. The allocation-free one is for the
+ * virtio-blk hot path: {@linkcode Ring.beginChain} /
+ * {@linkcode Ring.pushDescAt} / {@linkcode Ring.endChain} and
+ * {@linkcode Ring.nextUsed}.
  */
-export abstract class Virtqueue {
+export abstract class Ring implements Virtqueue {
   /** Entries in the ring. */
   readonly queueSize: number;
   /** The ring format. */
@@ -142,7 +49,7 @@ export abstract class Virtqueue {
   readonly name: string;
   /**
    * Bytes the device reported for the chain last returned by
-   * {@linkcode Virtqueue.nextUsed}, clamped to the chain's device-writable
+   * {@linkcode Ring.nextUsed}, clamped to the chain's device-writable
    * bytes (unless strict, when a larger one fails the queue).
    */
   lastUsedLen = 0;
@@ -177,7 +84,7 @@ export abstract class Virtqueue {
   protected readonly reqU32: Uint32Array;
   /** The request area as 16-bit words. */
   protected readonly reqU16: Uint16Array;
-  /** Base IOVAs for {@linkcode Virtqueue.pushDescAt}; the last one is scratch for pushDesc. */
+  /** Base IOVAs for {@linkcode Ring.pushDescAt}; the last one is scratch for pushDesc. */
   protected readonly bases: Float64Array = new Float64Array(SCRATCH_BASE + 1);
   #numBases = 0;
 
@@ -255,26 +162,6 @@ export abstract class Virtqueue {
   /** The error that failed this queue (a device violation or a lost connection), if any. */
   get error(): VirtioError | undefined {
     return this.failure;
-  }
-
-  /**
-   * The request slot of chain `id`.
-   *
-   * @param id a chain id
-   * @returns its slot
-   */
-  slot(id: number): RequestSlot {
-    return this.slots[id];
-  }
-
-  /**
-   * Whether chain `id` is in flight.
-   *
-   * @param id a chain id
-   * @returns true while the device owns it
-   */
-  isInFlight(id: number): boolean {
-    return this.inFlightMap[id] === 1;
   }
 
   /**
@@ -361,7 +248,7 @@ export abstract class Virtqueue {
 
   /**
    * Device-writable bytes of chain `id` (kept after it is used, until the id
-   * is reused): compare with {@linkcode Virtqueue.lastUsedLen}.
+   * is reused): compare with {@linkcode Ring.lastUsedLen}.
    *
    * @param id a chain id
    * @returns the bytes
@@ -378,7 +265,7 @@ export abstract class Virtqueue {
    * indirect table when those are on).
    *
    * @param count descriptors in the chain
-   * @returns true when {@linkcode Virtqueue.beginChain} would succeed
+   * @returns true when {@linkcode Ring.beginChain} would succeed
    */
   fits(count: number): boolean {
     if (count < 1 || this.peekFreeId() < 0) return false;
@@ -389,7 +276,7 @@ export abstract class Virtqueue {
 
   /**
    * How many chains of `count` descriptors an empty ring holds at once,
-   * under the same placement policy as {@linkcode Virtqueue.beginChain}:
+   * under the same placement policy as {@linkcode Ring.beginChain}:
    * direct while they fit, then (with indirect descriptors) one ring entry
    * each for the rest. A 256-entry ring holds 85 direct chains of 3, plus
    * one indirect chain with indirect descriptors on.
@@ -428,12 +315,12 @@ export abstract class Virtqueue {
   abstract beginChain(count: number): number;
 
   /**
-   * Appends a descriptor to the chain begun by {@linkcode Virtqueue.beginChain}.
+   * Appends a descriptor to the chain begun by {@linkcode Ring.beginChain}.
    * The caller has validated `iova` and `length` (see {@linkcode checkDesc}).
    *
    * IOVAs are usually above 2^30, where V8 boxes a number passed to a call
    * that is not inlined (one allocation per descriptor); hot paths use
-   * {@linkcode Virtqueue.pushDescAt} with small offsets instead.
+   * {@linkcode Ring.pushDescAt} with small offsets instead.
    *
    * @param iova the buffer's IOVA
    * @param length its length (1 to 2^32-1)
@@ -445,7 +332,7 @@ export abstract class Virtqueue {
   }
 
   /**
-   * Registers a base IOVA for {@linkcode Virtqueue.pushDescAt} (up to 7).
+   * Registers a base IOVA for {@linkcode Ring.pushDescAt} (up to 7).
    *
    * @param iova the base address
    * @returns its index
@@ -458,9 +345,9 @@ export abstract class Virtqueue {
 
   /**
    * Appends a descriptor at `base + offset`: the allocation-free form of
-   * {@linkcode Virtqueue.pushDesc} (offsets below 2^30 are small integers).
+   * {@linkcode Ring.pushDesc} (offsets below 2^30 are small integers).
    *
-   * @param base an index from {@linkcode Virtqueue.addressBase}
+   * @param base an index from {@linkcode Ring.addressBase}
    * @param offset bytes from that base
    * @param length the buffer's length (1 to 2^32-1)
    * @param fromDevice true for a device-writable buffer
@@ -474,9 +361,6 @@ export abstract class Virtqueue {
    */
   abstract endChain(): number;
 
-  /** Drops a chain begun but not ended (nothing was made visible). */
-  abstract abortChain(): void;
-
   /**
    * Checks the driver-private bookkeeping (for tests and the fuzzer): every
    * descriptor is either free or in exactly one chain in flight, and the
@@ -488,14 +372,14 @@ export abstract class Virtqueue {
 
   /**
    * The id of the next finished chain, or -1 when there is none. Sets
-   * {@linkcode Virtqueue.lastUsedLen}. Validates the used element.
+   * {@linkcode Ring.lastUsedLen}. Validates the used element.
    *
    * @returns a chain id or -1
    * @throws {DeviceProtocolError} when the device broke the protocol (the queue is failed)
    */
   abstract nextUsed(): number;
 
-  /** Whether the device has finished a chain not yet taken by {@linkcode Virtqueue.nextUsed}. */
+  /** Whether the device has finished a chain not yet taken by {@linkcode Ring.nextUsed}. */
   abstract hasUsed(): boolean;
 
   /**
@@ -507,7 +391,7 @@ export abstract class Virtqueue {
   /**
    * Asks the device for (or not for) a notification when it uses chains
    * (VRING_AVAIL_F_NO_INTERRUPT, or used_event with EVENT_IDX). After enabling,
-   * check {@linkcode Virtqueue.hasUsed}: chains finished before the device saw
+   * check {@linkcode Ring.hasUsed}: chains finished before the device saw
    * the change will not be notified.
    *
    * @param enabled whether to be notified
@@ -537,7 +421,7 @@ export abstract class Virtqueue {
   }
 
   /** Throws a {@linkcode DeviceProtocolError} after failing the queue. */
-  protected violation(kind: string, message: string): never {
+  protected violation(kind: ProtocolViolation, message: string): never {
     const err = new DeviceProtocolError(kind, `${this.name}: ${message}`);
     this.fail(err);
     throw this.failure;

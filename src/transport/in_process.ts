@@ -1,7 +1,8 @@
 /**
- * The mock transport: connects the driver to an in-process
- * {@linkcode MockBlkDevice}. Needs no native code, no daemon and no
- * permissions, so users can test their own code against it.
+ * The in-process transport: connects the driver to a device model running
+ * in this process ({@linkcode InProcessDevice}; the mock virtio-blk device of
+ * `./testing` is one). Memory is ordinary heap memory, notifications are
+ * method calls: no native code, no daemon, no permissions.
  *
  * @module
  */
@@ -10,15 +11,66 @@ import { DeviceProtocolError } from "../errors.ts";
 import { HeapRegion, type SharedRegion } from "../memory/region.ts";
 import { settle } from "./settle.ts";
 import { type InterruptSource, notifierOf, type QueueConfig, type QueueNotifier, type Transport } from "./transport.ts";
-import type { MockBlkDevice } from "./mock_device.ts";
 
-class MockInterruptSource implements InterruptSource {
-  readonly #device: MockBlkDevice;
+/** What the in-process transport needs of a device model. */
+export interface InProcessDevice {
+  /** Feature bits offered. */
+  readonly features: bigint;
+  /** Request queues offered. */
+  readonly numQueues: number;
+  /** Largest queue size accepted. */
+  readonly maxQueueSize: number;
+  /** The device-specific config space. */
+  readonly config: Uint8Array;
+  /** True once the device went away (the driver sees a hang-up). */
+  readonly disconnected: boolean;
+  /**
+   * Takes the features the driver accepted.
+   *
+   * @param features the negotiated bits
+   */
+  acceptFeatures(features: bigint): void;
+  /**
+   * Makes `region` reachable at `iova`.
+   *
+   * @param iova where the device sees it
+   * @param region the memory
+   */
+  map(iova: number, region: SharedRegion): void;
+  /**
+   * Withdraws the mapping at `iova`.
+   *
+   * @param iova a mapped address
+   */
+  unmap(iova: number): void;
+  /**
+   * Sets up the device side of the queues.
+   *
+   * @param queues where the driver put them
+   */
+  setupQueues(queues: readonly QueueConfig[]): void;
+  /**
+   * The driver's notification (kick) for queue `index`.
+   *
+   * @param index the queue
+   */
+  notify(index: number): void;
+  /**
+   * Sets the function the device calls to interrupt the driver (with the
+   * queue's index, or -1 for a hang-up); undefined to stop.
+   *
+   * @param fn the handler
+   */
+  setInterruptHandler(fn: ((queue: number) => void) | undefined): void;
+}
+
+class InProcessInterruptSource implements InterruptSource {
+  readonly #device: InProcessDevice;
   #pending = false;
   #closed = false;
   #resolve: (() => void) | undefined;
 
-  constructor(device: MockBlkDevice) {
+  constructor(device: InProcessDevice) {
     this.#device = device;
   }
 
@@ -53,12 +105,13 @@ class MockInterruptSource implements InterruptSource {
 }
 
 /**
- * A {@linkcode Transport} to a {@linkcode MockBlkDevice} in this process.
+ * A {@linkcode Transport} to an {@linkcode InProcessDevice} in this process.
  * IOVAs start above 4 GiB so that descriptors exercise both address halves.
  *
  * @example
  * ```ts
- * import { MockBlkDevice, MockTransport, VirtioBlk } from "./mod.ts";
+ * import { MockBlkDevice, MockTransport } from "../../testing.ts";
+ * import { VirtioBlk } from "../../mod.ts";
  * const transport = new MockTransport(new MockBlkDevice({ capacity: 1 << 20 }));
  * await using blk = await VirtioBlk.connect({ transport });
  * console.log(blk.capacity); // 1048576n
@@ -67,7 +120,7 @@ class MockInterruptSource implements InterruptSource {
 export class MockTransport implements Transport {
   readonly type = "mock" as const;
   /** The device behind this transport. */
-  readonly device: MockBlkDevice;
+  readonly device: InProcessDevice;
   #nextIova = 0x1_0000_0000;
   #notifiers: QueueNotifier[] = [];
   #closed = false;
@@ -77,7 +130,7 @@ export class MockTransport implements Transport {
    *
    * @param device the device to drive
    */
-  constructor(device: MockBlkDevice) {
+  constructor(device: InProcessDevice) {
     this.device = device;
   }
 
@@ -103,7 +156,7 @@ export class MockTransport implements Transport {
 
   negotiateFeatures(driverFeatures: bigint): Promise<bigint> {
     const n = driverFeatures & this.device.features;
-    this.device.negotiated = n;
+    this.device.acceptFeatures(n);
     return Promise.resolve(n);
   }
 
@@ -146,7 +199,7 @@ export class MockTransport implements Transport {
   }
 
   createInterruptSource(): Promise<InterruptSource> {
-    const source = new MockInterruptSource(this.device);
+    const source = new InProcessInterruptSource(this.device);
     this.device.setInterruptHandler(() => source.signal());
     return Promise.resolve(source);
   }

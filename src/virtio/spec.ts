@@ -1,6 +1,8 @@
 /**
- * Device-independent virtio feature bits (virtio 1.2, section 6), as bigint
- * masks, and helpers to name them.
+ * Device-independent virtio definitions, written once and shared by the
+ * driver, the transports and the mock device: the reserved feature bits
+ * (virtio 1.2, section 6) as bigint masks with their names, and the device
+ * status bits (section 2.1).
  *
  * @module
  */

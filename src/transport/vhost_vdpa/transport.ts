@@ -8,17 +8,17 @@
  * @module
  */
 
-import { eventfd, eventfdNotifier } from "../os/eventfd.ts";
-import { closeFd, ioctl, ioctlValue, LINUX, openFile, writeExact } from "../os/syscalls.ts";
-import { Waker } from "./waker.ts";
-import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError, OsError } from "../errors.ts";
-import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_STATUS as S } from "../features.ts";
-import { IovaAllocator } from "../memory/iova_allocator.ts";
-import { IovaMappings } from "../memory/iova_mappings.ts";
-import { MemfdRegion, type SharedRegion } from "../memory/region.ts";
-import { settle } from "./settle.ts";
-import { encodeVringBase, FRESH_VRING_BASE } from "./vring_base.ts";
-import { Teardown } from "./teardown.ts";
+import { eventfd, eventfdNotifier } from "../../os/eventfd.ts";
+import { closeFd, ioctl, ioctlValue, LINUX, openFile, writeExact } from "../../os/syscalls.ts";
+import { Waker } from "../waker.ts";
+import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError, OsError } from "../../errors.ts";
+import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_STATUS as S } from "../../virtio/spec.ts";
+import { IovaAllocator } from "../../memory/iova_allocator.ts";
+import { IovaMappings } from "../../memory/iova_mappings.ts";
+import { MemfdRegion, type SharedRegion } from "../../memory/region.ts";
+import { settle } from "../settle.ts";
+import { encodeVringBase, FRESH_VRING_BASE } from "../vring_base.ts";
+import { Teardown } from "../teardown.ts";
 import {
   type InterruptSource,
   type InterruptSourceOptions,
@@ -26,7 +26,7 @@ import {
   type QueueConfig,
   type QueueNotifier,
   type Transport,
-} from "./transport.ts";
+} from "../transport.ts";
 import {
   iotlbMsg,
   u64Arg,
@@ -38,7 +38,7 @@ import {
   VIRTIO_ID_BLOCK,
   vringAddr,
   vringState,
-} from "./vhost_vdpa/uapi.ts";
+} from "./uapi.ts";
 
 /** Options of {@linkcode VhostVdpaTransport.connect}. */
 export interface VhostVdpaTransportOptions {

@@ -16,8 +16,8 @@ import {
   mmioRead16,
   mmioRead32,
   mmioRead8,
-} from "../os/mmio.ts";
-import { eventfd } from "../os/eventfd.ts";
+} from "../../os/mmio.ts";
+import { eventfd } from "../../os/eventfd.ts";
 import {
   closeFd,
   cString,
@@ -29,15 +29,15 @@ import {
   openFile,
   preadExact,
   pwriteExact,
-} from "../os/syscalls.ts";
-import { Waker } from "./waker.ts";
-import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError, TimeoutError } from "../errors.ts";
-import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_STATUS as S } from "../features.ts";
-import { IovaAllocator } from "../memory/iova_allocator.ts";
-import { IovaMappings } from "../memory/iova_mappings.ts";
-import { MemfdRegion, type SharedRegion } from "../memory/region.ts";
-import { settle } from "./settle.ts";
-import { Teardown } from "./teardown.ts";
+} from "../../os/syscalls.ts";
+import { Waker } from "../waker.ts";
+import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError, TimeoutError } from "../../errors.ts";
+import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_STATUS as S } from "../../virtio/spec.ts";
+import { IovaAllocator } from "../../memory/iova_allocator.ts";
+import { IovaMappings } from "../../memory/iova_mappings.ts";
+import { MemfdRegion, type SharedRegion } from "../../memory/region.ts";
+import { settle } from "../settle.ts";
+import { Teardown } from "../teardown.ts";
 import {
   type InterruptSource,
   type InterruptSourceOptions,
@@ -45,7 +45,7 @@ import {
   type QueueConfig,
   type QueueNotifier,
   type Transport,
-} from "./transport.ts";
+} from "../transport.ts";
 import {
   COMMON_CFG as C,
   parsePciCapabilities,
@@ -56,7 +56,7 @@ import {
   VIRTIO_PCI_DEVICE_BLK_TRANSITIONAL,
   VIRTIO_PCI_VENDOR,
   type VirtioPciCap,
-} from "./vfio/pci.ts";
+} from "./pci.ts";
 import {
   decodeIovaRanges,
   decodeRegionInfo,
@@ -73,7 +73,7 @@ import {
   VFIO_PCI_MSIX_IRQ_INDEX,
   VFIO_REGION_INFO_FLAG_MMAP,
   VFIO_TYPE1v2_IOMMU,
-} from "./vfio/uapi.ts";
+} from "./uapi.ts";
 
 /** Options of {@linkcode VfioPciTransport.connect}. */
 export interface VfioPciTransportOptions {

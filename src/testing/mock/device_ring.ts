@@ -1,15 +1,25 @@
 /**
- * The device side of the split and packed rings, for the mock device: take
- * what the driver made available (following chains and indirect tables),
- * publish used elements, and decide when to interrupt.
+ * The device side of the split and packed rings — the one implementation,
+ * used by the mock device, the ring tests and the benchmarks: take what the
+ * driver made available (following chains and indirect tables), publish
+ * used elements, decide when to interrupt, and, for hostile tests, write
+ * whatever a misbehaving device could.
  *
  * @module
  */
 
-import { PACKED_DESC_F_AVAIL, PACKED_DESC_F_USED, PACKED_EVENT_FLAG_DESC } from "../virtqueue/packed.ts";
-import { vringNeedEvent } from "../virtqueue/split.ts";
-import { DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE } from "../virtqueue/virtqueue.ts";
-import type { QueueConfig } from "./transport.ts";
+import type { QueueConfig } from "../../transport/transport.ts";
+import {
+  DESC_F_INDIRECT,
+  DESC_F_NEXT,
+  DESC_F_WRITE,
+  PACKED_DESC_F_AVAIL,
+  PACKED_DESC_F_USED,
+  PACKED_EVENT_FLAG_DESC,
+  VRING_AVAIL_F_NO_INTERRUPT,
+  VRING_USED_F_NO_NOTIFY,
+  vringNeedEvent,
+} from "../../virtqueue/defs.ts";
 
 /** One buffer of a chain, as the device reads it. */
 export interface RawDesc {
@@ -80,6 +90,8 @@ export interface DeviceRing {
   publishAvailEvent(): void;
   /** Hostile: rewrites a descriptor of the ring. */
   rewriteDesc(i: number, fields: { addr?: number; len?: number; flags?: number; next?: number }): void;
+  /** Descriptor `i` of the ring as it is in memory (`next` is the id field in a packed ring). */
+  descriptor(i: number): { addr: number; len: number; flags: number; next: number };
   /** A chain taken with {@linkcode DeviceRing.take}, as recorded then. */
   chainOf(id: number): DeviceChain | undefined;
 }
@@ -214,13 +226,47 @@ export class DeviceSplitRing implements DeviceRing {
     return head;
   }
 
-  pushUsed(id: number, len: number, advance: number): void {
+  /**
+   * Writes a used element and moves the used index by `advance`, publishing
+   * it unless `publish` is false (a hostile device may hold it back).
+   */
+  pushUsed(id: number, len: number, advance: number, publish = true): void {
     const e = 1 + 2 * (this.#usedIdx & (this.size - 1));
     this.#usedU32[e] = id >>> 0;
     this.#usedU32[e + 1] = len >>> 0;
     this.#usedIdx = (this.#usedIdx + advance) & 0xffff;
     // Publish: the element (and the data and status) before the index.
-    Atomics.store(this.#usedU16, 1, this.#usedIdx);
+    if (publish) Atomics.store(this.#usedU16, 1, this.#usedIdx);
+  }
+
+  /** Hostile: sets the published used index to anything. */
+  setUsedIdx(idx: number): void {
+    Atomics.store(this.#usedU16, 1, idx & 0xffff);
+  }
+
+  /** Sets or clears VRING_USED_F_NO_NOTIFY (a polling device asks for no kicks). */
+  setNoNotify(on: boolean): void {
+    Atomics.store(this.#usedU16, 0, on ? VRING_USED_F_NO_NOTIFY : 0);
+  }
+
+  /** EVENT_IDX: sets avail_event to anything. */
+  setAvailEvent(idx: number): void {
+    Atomics.store(this.#usedU16, 2 + 4 * this.size, idx & 0xffff);
+  }
+
+  /** The driver's published available index. */
+  get availIdx(): number {
+    return Atomics.load(this.#avail, 1);
+  }
+
+  /** The driver's available-ring flags. */
+  get availFlags(): number {
+    return Atomics.load(this.#avail, 0);
+  }
+
+  /** The driver's used_event (EVENT_IDX). */
+  get usedEvent(): number {
+    return Atomics.load(this.#avail, 2 + this.size);
   }
 
   interruptDue(): boolean {
@@ -228,7 +274,7 @@ export class DeviceSplitRing implements DeviceRing {
     this.#signalled = this.#usedIdx;
     if (old === this.#usedIdx) return false;
     if (this.#eventIdx()) return vringNeedEvent(Atomics.load(this.#avail, 2 + this.size), this.#usedIdx, old);
-    return (Atomics.load(this.#avail, 0) & 1) === 0;
+    return (Atomics.load(this.#avail, 0) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
   }
 
   publishAvailEvent(): void {
@@ -241,6 +287,16 @@ export class DeviceSplitRing implements DeviceRing {
     if (f.len !== undefined) this.#desc.setUint32(at + 8, f.len, true);
     if (f.flags !== undefined) this.#desc.setUint16(at + 12, f.flags, true);
     if (f.next !== undefined) this.#desc.setUint16(at + 14, f.next, true);
+  }
+
+  descriptor(i: number): { addr: number; len: number; flags: number; next: number } {
+    const at = 16 * i, d = this.#desc;
+    return {
+      addr: Number(d.getBigUint64(at, true)),
+      len: d.getUint32(at + 8, true),
+      flags: d.getUint16(at + 12, true),
+      next: d.getUint16(at + 14, true),
+    };
   }
 
   chainOf(id: number): DeviceChain | undefined {
@@ -258,7 +314,7 @@ export class DevicePackedRing implements DeviceRing {
   readonly #desc: DataView;
   readonly #descU16: Uint16Array;
   readonly #driverEvent: Uint16Array;
-  readonly #deviceEvent: Uint16Array;
+  readonly #deviceEvent: Uint32Array; // off_wrap | flags << 16, written as one store
   readonly #eventIdx: () => boolean;
   readonly #chains = new Map<number, DeviceChain>();
   #availPos = 0;
@@ -282,7 +338,7 @@ export class DevicePackedRing implements DeviceRing {
     this.#descU16 = new Uint16Array(ring.buffer, ring.byteOffset, 8 * q);
     const drv = mem.view(cfg.driverIova, 4), dev = mem.view(cfg.deviceIova, 4);
     this.#driverEvent = new Uint16Array(drv.buffer, drv.byteOffset, 2);
-    this.#deviceEvent = new Uint16Array(dev.buffer, dev.byteOffset, 2);
+    this.#deviceEvent = new Uint32Array(dev.buffer, dev.byteOffset, 1);
   }
 
   #available(pos: number, wrap: number): boolean {
@@ -388,8 +444,11 @@ export class DevicePackedRing implements DeviceRing {
 
   publishAvailEvent(): void {
     if (!this.#eventIdx()) return;
-    Atomics.store(this.#deviceEvent, 0, this.#availPos | (this.#availWrap << 15));
-    Atomics.store(this.#deviceEvent, 1, PACKED_EVENT_FLAG_DESC);
+    Atomics.store(
+      this.#deviceEvent,
+      0,
+      (this.#availPos | (this.#availWrap << 15) | (PACKED_EVENT_FLAG_DESC << 16)) >>> 0,
+    );
   }
 
   rewriteDesc(i: number, f: { addr?: number; len?: number; flags?: number; next?: number }): void {
@@ -398,6 +457,16 @@ export class DevicePackedRing implements DeviceRing {
     if (f.len !== undefined) this.#desc.setUint32(at + 8, f.len, true);
     if (f.next !== undefined) this.#desc.setUint16(at + 12, f.next, true); // the id field
     if (f.flags !== undefined) this.#desc.setUint16(at + 14, f.flags, true);
+  }
+
+  descriptor(i: number): { addr: number; len: number; flags: number; next: number } {
+    const at = 16 * i, d = this.#desc;
+    return {
+      addr: Number(d.getBigUint64(at, true)),
+      len: d.getUint32(at + 8, true),
+      next: d.getUint16(at + 12, true),
+      flags: d.getUint16(at + 14, true),
+    };
   }
 
   chainOf(id: number): DeviceChain | undefined {

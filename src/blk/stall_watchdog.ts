@@ -1,0 +1,70 @@
+/**
+ * The stall watchdog (the `stallTimeoutMs` option): fails a queue with
+ * `TimeoutError` when its device completes nothing for that long while
+ * requests are in flight, so that a stalled device ends in an error instead
+ * of a wait without end. A completion waiting in the used ring counts as
+ * progress. The timer keeps the process alive only while something waits
+ * on the device.
+ *
+ * @module
+ */
+
+import type { QueueEngine } from "./queue_engine.ts";
+
+/** Watches a device's queues for progress. */
+export class StallWatchdog {
+  readonly #queues: readonly QueueEngine<unknown>[];
+  readonly #timeoutMs: number;
+  readonly #tickMs: number;
+  readonly #seen: Float64Array; // reaped count at the last tick, per queue
+  readonly #stalledMs: Float64Array;
+  readonly #timer: ReturnType<typeof setInterval>;
+  #refed = false;
+
+  /**
+   * Starts watching (unref'd until {@linkcode StallWatchdog.engage}).
+   *
+   * @param queues the device's queues
+   * @param timeoutMs how long without progress fails a queue
+   */
+  constructor(queues: readonly QueueEngine<unknown>[], timeoutMs: number) {
+    this.#queues = queues;
+    this.#timeoutMs = timeoutMs;
+    this.#tickMs = Math.max(1, Math.min(1000, Math.floor(timeoutMs / 4)));
+    this.#seen = new Float64Array(queues.length);
+    this.#stalledMs = new Float64Array(queues.length);
+    this.#timer = setInterval(() => this.#tick(), this.#tickMs);
+    Deno.unrefTimer(this.#timer);
+  }
+
+  /** Something waits on the device: keep the process alive until it is answered one way or the other. */
+  engage(): void {
+    if (this.#refed) return;
+    this.#refed = true;
+    Deno.refTimer(this.#timer);
+  }
+
+  #tick(): void {
+    let busy = false;
+    this.#queues.forEach((q, i) => {
+      const inFlight = q.ring.inFlight;
+      if (q.error !== undefined || inFlight === 0 || q.reaped !== this.#seen[i] || q.hasUsed()) {
+        this.#seen[i] = q.reaped;
+        this.#stalledMs[i] = 0;
+      } else {
+        this.#stalledMs[i] += this.#tickMs;
+        if (this.#stalledMs[i] >= this.#timeoutMs) q.failStalled(this.#stalledMs[i]);
+      }
+      if (q.ring.inFlight > 0 && q.error === undefined) busy = true;
+    });
+    if (!busy && this.#refed) {
+      this.#refed = false;
+      Deno.unrefTimer(this.#timer);
+    }
+  }
+
+  /** Stops the timer. */
+  stop(): void {
+    clearInterval(this.#timer);
+  }
+}
