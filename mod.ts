@@ -27,7 +27,8 @@
  * @module
  */
 
-export { VirtioBlk, type VirtioBlkFeatures } from "./src/blk/virtio_blk.ts";
+export { VirtioBlk } from "./src/blk/virtio_blk.ts";
+export type { VirtioBlkFeatures } from "./src/blk/features.ts";
 export {
   type BlkCompletion,
   type CompletionHandler,

@@ -5,7 +5,7 @@
  */
 
 import type { HeapRegion } from "../src/memory/region.ts";
-import type { DeviceSplitRing } from "../src/testing/mock/device_ring.ts";
+import type { DeviceSplitRing } from "../src/testing/mock/device_split_ring.ts";
 import { ringPair } from "../src/testing/mock/ring_pair.ts";
 import { DESC_F_NEXT, VRING_USED_F_NO_NOTIFY } from "../src/virtqueue/defs.ts";
 import type { VirtqueueLayout } from "../src/virtqueue/layout.ts";

@@ -7,7 +7,10 @@
  */
 
 import { DeviceUnsupportedError, InvalidArgumentError, ReadOnlyError } from "../errors.ts";
+import type { VirtioBlkConfig } from "./config.ts";
+import type { VirtioBlkFeatures } from "./features.ts";
 import {
+  SECTOR_SIZE,
   VIRTIO_BLK_T_DISCARD,
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_NAMES,
@@ -35,6 +38,38 @@ export interface BlkLimits {
   readonly writeZeroes: { readonly maxBytes: number; readonly mayUnmap: boolean } | undefined;
 }
 
+/** The largest byte count a 32-bit sector count covers. */
+const MAX_RANGE_BYTES = 0xffff_ffff * SECTOR_SIZE;
+
+/**
+ * The limits a device's config and features impose on requests
+ * (virtio 1.2, 5.2.4).
+ *
+ * @param config the device's config
+ * @param features the negotiated features
+ * @param maxSegments data segments per request the driver allows
+ * @returns the limits
+ */
+export function limitsOf(config: VirtioBlkConfig, features: VirtioBlkFeatures, maxSegments: number): BlkLimits {
+  const sectorsToBytes = (s: number) => (s === 0 ? MAX_RANGE_BYTES : Math.min(s * SECTOR_SIZE, MAX_RANGE_BYTES));
+  return {
+    capacity: Number(config.capacity),
+    alignment: config.blkSize,
+    readOnly: features.readOnly,
+    maxSegments,
+    maxSegmentSize: config.sizeMax ?? 0xffff_ffff,
+    flush: features.flush,
+    discard: config.discard && {
+      maxBytes: sectorsToBytes(config.discard.maxSectors),
+      alignment: Math.max(1, config.discard.sectorAlignment) * SECTOR_SIZE,
+    },
+    writeZeroes: config.writeZeroes && {
+      maxBytes: sectorsToBytes(config.writeZeroes.maxSectors),
+      mayUnmap: config.writeZeroes.mayUnmap,
+    },
+  };
+}
+
 /**
  * Converts a caller's byte offset to a number.
  *
@@ -43,7 +78,7 @@ export interface BlkLimits {
  * @returns the offset as a number
  * @throws {InvalidArgumentError} for negative, fractional, NaN or too large values
  */
-export function toByteOffset(offset: number | bigint, what = "offset"): number {
+function toByteOffset(offset: number | bigint, what = "offset"): number {
   if (typeof offset === "number") {
     if (Number.isSafeInteger(offset) && offset >= 0) return offset;
   } else if (typeof offset === "bigint") {
@@ -59,7 +94,7 @@ export function toByteOffset(offset: number | bigint, what = "offset"): number {
  * @param what the argument's name for the message
  * @returns the length as a number
  */
-export function toByteLength(length: number | bigint, what = "length"): number {
+function toByteLength(length: number | bigint, what = "length"): number {
   const n = toByteOffset(length, what);
   if (n === 0) throw new InvalidArgumentError(`${what} must be positive`);
   return n;
@@ -97,7 +132,7 @@ export function checkRange(limits: BlkLimits, offset: number, length: number, wh
  * @param i its index, for the message
  * @returns its length
  */
-export function checkBuffer(limits: BlkLimits, buf: Uint8Array, i: number): number {
+function checkBuffer(limits: BlkLimits, buf: Uint8Array, i: number): number {
   if (!(buf instanceof Uint8Array)) throw new InvalidArgumentError(`buffer ${i} is not a Uint8Array`);
   const len = buf.byteLength;
   if (len === 0) {
@@ -120,7 +155,7 @@ export function checkBuffer(limits: BlkLimits, buf: Uint8Array, i: number): numb
  * @param segs the buffers
  * @returns their total length
  */
-export function checkBuffers(limits: BlkLimits, segs: readonly Uint8Array[]): number {
+function checkBuffers(limits: BlkLimits, segs: readonly Uint8Array[]): number {
   if (!Array.isArray(segs)) throw new InvalidArgumentError("buffers must be an array of Uint8Array");
   const n = segs.length;
   if (n === 0) throw new InvalidArgumentError("a vectored request needs at least one buffer");

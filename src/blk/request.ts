@@ -36,7 +36,7 @@ export const SLOT = {
 } as const;
 
 /** Written to the status byte before submission: a device that never writes it is caught. */
-export const STATUS_UNSET = 0xff;
+const STATUS_UNSET = 0xff;
 
 /**
  * Writes a request header (and presets the status byte) into a slot.

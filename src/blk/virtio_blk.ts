@@ -13,22 +13,15 @@ import type { BufferPool } from "../memory/buffer_pool.ts";
 import { monotonicClock } from "../os/syscalls.ts";
 import { connectTransport } from "../transport/connect.ts";
 import type { InterruptSource, Transport, TransportType } from "../transport/transport.ts";
-import { describeFeatures, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED } from "../virtio/spec.ts";
 import { CompletionDriver, type CompletionMode } from "./completion_driver.ts";
 import type { VirtioBlkConfig } from "./config.ts";
-import type { BlkLimits } from "./limits.ts";
+import { limitsOf } from "./limits.ts";
+import { featuresOf, type VirtioBlkFeatures } from "./features.ts";
 import { resolveOptions, type VirtioBlkConnectOptions } from "./options.ts";
 import { queueFacade, type VirtioBlkQueue, type WriteZeroesOptions } from "./queue.ts";
 import { QueueEngine, type QueueHost } from "./queue_engine.ts";
 import { allocateMemory, type DeviceMemory, negotiate, type Negotiated, type Started, startQueues } from "./setup.ts";
 import {
-  SECTOR_SIZE,
-  VIRTIO_BLK_F_DISCARD,
-  VIRTIO_BLK_F_FLUSH,
-  VIRTIO_BLK_F_MQ,
-  VIRTIO_BLK_F_RO,
-  VIRTIO_BLK_F_WRITE_ZEROES,
-  VIRTIO_BLK_FEATURE_NAMES,
   VIRTIO_BLK_T_DISCARD,
   VIRTIO_BLK_T_FLUSH,
   VIRTIO_BLK_T_GET_ID,
@@ -37,70 +30,6 @@ import {
   VIRTIO_BLK_T_WRITE_ZEROES,
 } from "./spec.ts";
 import { StallWatchdog } from "./stall_watchdog.ts";
-
-/** The features negotiated with the device. */
-export interface VirtioBlkFeatures {
-  /** The raw negotiated bits. */
-  readonly bits: bigint;
-  /** Names of the negotiated bits. */
-  readonly names: readonly string[];
-  /** VIRTIO_F_EVENT_IDX. */
-  readonly eventIdx: boolean;
-  /** VIRTIO_F_INDIRECT_DESC. */
-  readonly indirect: boolean;
-  /** VIRTIO_F_RING_PACKED. */
-  readonly packed: boolean;
-  /** VIRTIO_BLK_F_FLUSH. */
-  readonly flush: boolean;
-  /** VIRTIO_BLK_F_DISCARD. */
-  readonly discard: boolean;
-  /** VIRTIO_BLK_F_WRITE_ZEROES. */
-  readonly writeZeroes: boolean;
-  /** VIRTIO_BLK_F_RO. */
-  readonly readOnly: boolean;
-  /** VIRTIO_BLK_F_MQ. */
-  readonly multiQueue: boolean;
-}
-
-function featuresOf(bits: bigint): VirtioBlkFeatures {
-  const has = (f: bigint) => (bits & f) !== 0n;
-  return Object.freeze({
-    bits,
-    names: Object.freeze(describeFeatures(bits, VIRTIO_BLK_FEATURE_NAMES)),
-    eventIdx: has(VIRTIO_F_EVENT_IDX),
-    indirect: has(VIRTIO_F_INDIRECT_DESC),
-    packed: has(VIRTIO_F_RING_PACKED),
-    flush: has(VIRTIO_BLK_F_FLUSH),
-    discard: has(VIRTIO_BLK_F_DISCARD),
-    writeZeroes: has(VIRTIO_BLK_F_WRITE_ZEROES),
-    readOnly: has(VIRTIO_BLK_F_RO),
-    multiQueue: has(VIRTIO_BLK_F_MQ),
-  });
-}
-
-/** The largest byte count a 32-bit sector count covers. */
-const MAX_RANGE_BYTES = 0xffff_ffff * SECTOR_SIZE;
-
-function limitsOf(n: Negotiated, features: VirtioBlkFeatures): BlkLimits {
-  const { config } = n;
-  const sectorsToBytes = (s: number) => (s === 0 ? MAX_RANGE_BYTES : Math.min(s * SECTOR_SIZE, MAX_RANGE_BYTES));
-  return {
-    capacity: Number(config.capacity),
-    alignment: config.blkSize,
-    readOnly: features.readOnly,
-    maxSegments: n.maxSegments,
-    maxSegmentSize: config.sizeMax ?? 0xffff_ffff,
-    flush: features.flush,
-    discard: config.discard && {
-      maxBytes: sectorsToBytes(config.discard.maxSectors),
-      alignment: Math.max(1, config.discard.sectorAlignment) * SECTOR_SIZE,
-    },
-    writeZeroes: config.writeZeroes && {
-      maxBytes: sectorsToBytes(config.writeZeroes.maxSectors),
-      mayUnmap: config.writeZeroes.mayUnmap,
-    },
-  };
-}
 
 /**
  * A virtio-blk device.
@@ -187,7 +116,7 @@ export class VirtioBlk implements AsyncDisposable {
     this.mode = o.mode;
     this.maxSegments = n.maxSegments;
     this.maxSegmentSize = config.sizeMax ?? 0xffff_ffff;
-    const limits = limitsOf(n, this.features);
+    const limits = limitsOf(n.config, this.features, n.maxSegments);
     const host: QueueHost = {
       requestDriving: () => {
         this.#watchdog?.engage();

@@ -12,7 +12,7 @@ import { InvalidArgumentError } from "../errors.ts";
 import { type FlagSpec, parseChoice, type ParsedFlags, parseInteger, parseQueueSize, UsageError } from "./args.ts";
 
 /** The transports the CLI reaches. */
-export const CLI_TRANSPORTS = ["vhost-user", "vhost-vdpa", "vfio-pci"] as const;
+const CLI_TRANSPORTS = ["vhost-user", "vhost-vdpa", "vfio-pci"] as const;
 
 /**
  * The shared flags, for a command whose default completion mode is `mode`.
@@ -73,7 +73,7 @@ export function deviceFlags(mode: CompletionMode, pathHelp: string): FlagSpec[] 
  * @returns the options
  * @throws {UsageError} for bad or missing flags
  */
-export function connectOptions(
+function connectOptions(
   flags: ParsedFlags,
   mode: CompletionMode,
   overrides: { path?: string; queueSize?: number } = {},

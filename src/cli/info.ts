@@ -33,7 +33,7 @@ export const INFO: CommandSpec = {
  * @param blk a connected device
  * @returns the report
  */
-export async function deviceInfo(blk: VirtioBlk): Promise<Record<string, unknown>> {
+async function deviceInfo(blk: VirtioBlk): Promise<Record<string, unknown>> {
   const c = blk.config;
   return {
     transport: blk.transportType,

@@ -50,7 +50,7 @@ export const PROBE: CommandSpec = {
  * @param findings the findings
  * @returns the lines
  */
-export function formatFindings(findings: readonly ProbeFinding[]): string {
+function formatFindings(findings: readonly ProbeFinding[]): string {
   const w1 = Math.max(...findings.map((f) => f.check.length), 5);
   const w2 = Math.max(...findings.map((f) => f.verdict.length), 7);
   return findings.map((f) => `${f.check.padEnd(w1)}  ${f.verdict.padEnd(w2)}  ${f.result}`).join("\n");

@@ -18,7 +18,7 @@
 import { compileShim, ensureShimBuilt, SHIM_FILE_NAME } from "./loader.ts";
 
 /** Extra compiler flags of the sanitizer build. */
-export const SANITIZER_CFLAGS = "-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all";
+const SANITIZER_CFLAGS = "-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all";
 
 async function main(): Promise<number> {
   try {

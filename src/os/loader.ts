@@ -28,7 +28,7 @@ export const SHIM_FILE_NAME = "libvirtio_shim.so";
  * unloads the library (it does when an isolate is torn down): a waker thread
  * of a device the program never closed must not return into unmapped code.
  */
-export const SHIM_CFLAGS: readonly string[] = [
+const SHIM_CFLAGS: readonly string[] = [
   "-O2",
   "-g",
   "-fPIC",

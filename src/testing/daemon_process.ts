@@ -250,3 +250,70 @@ export class DaemonProcess {
     }
   }
 }
+
+/**
+ * What the test back-ends share: a vhost-user socket served by a daemon
+ * process that can be killed, restarted on the same socket, and stopped
+ * (its folder removed). {@linkcode QemuStorageDaemon} and
+ * {@linkcode DpdkVhostBlk} are the two kinds.
+ */
+export abstract class VhostUserDaemon implements AsyncDisposable {
+  /** The vhost-user socket. */
+  readonly socketPath: string;
+  /** The daemon's stdout and stderr. */
+  readonly logPath: string;
+  /** Its folder (socket, log, and what else it keeps). */
+  readonly dir: string;
+  readonly #process: DaemonProcess;
+  readonly #stopGraceMs: number;
+
+  /**
+   * Wraps a started daemon.
+   *
+   * @param process the running daemon
+   * @param socketPath its vhost-user socket
+   * @param logPath its log
+   * @param stopGraceMs how long {@linkcode VhostUserDaemon.stop} waits before SIGKILL
+   */
+  protected constructor(process: DaemonProcess, socketPath: string, logPath: string, stopGraceMs: number) {
+    this.#process = process;
+    this.dir = process.dir;
+    this.socketPath = socketPath;
+    this.logPath = logPath;
+    this.#stopGraceMs = stopGraceMs;
+  }
+
+  /** The process id (of the current run). */
+  get pid(): number {
+    return this.#process.pid;
+  }
+
+  /**
+   * Kills the daemon if it runs (SIGKILL) and starts it again on the same
+   * socket, as after a crash; resolves once the socket listens again.
+   */
+  async restart(): Promise<void> {
+    await this.#process.kill();
+    await this.#process.spawn();
+  }
+
+  /**
+   * Sends a signal (SIGKILL by default) and waits for the process to exit.
+   * The folder stays until {@linkcode VhostUserDaemon.stop}.
+   *
+   * @param signal the signal
+   */
+  kill(signal: Deno.Signal = "SIGKILL"): Promise<void> {
+    return this.#process.kill(signal);
+  }
+
+  /** Stops the daemon (its stop signal, then SIGKILL after a grace period) and removes the folder it created. */
+  stop(): Promise<void> {
+    return this.#process.stop(this.#stopGraceMs);
+  }
+
+  /** Same as {@linkcode VhostUserDaemon.stop}. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.stop();
+  }
+}

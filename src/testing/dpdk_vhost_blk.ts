@@ -14,7 +14,7 @@
  * @module
  */
 
-import { DaemonProcess, findExecutable } from "./daemon_process.ts";
+import { DaemonProcess, findExecutable, VhostUserDaemon } from "./daemon_process.ts";
 
 /** Where Debian's `dpdk-doc` puts the example's source. */
 export const DPDK_VHOST_BLK_SOURCE = "/usr/share/dpdk/examples/vhost_blk";
@@ -70,21 +70,13 @@ function buildRoot(): string {
   return `${Deno.env.get("HOME") ?? "/tmp"}/.cache/virtio-deno/dpdk-vhost-blk`;
 }
 
-/** A running `vhost_blk` example of DPDK's vhost library. */
-export class DpdkVhostBlk implements AsyncDisposable {
-  /** The vhost-user socket. */
-  readonly socketPath: string;
-  /** The example's stdout and stderr. */
-  readonly logPath: string;
-  /** The folder of socket, log and DPDK's runtime files. */
-  readonly dir: string;
-  readonly #process: DaemonProcess;
-
+/**
+ * A running `vhost_blk` example of DPDK's vhost library. A restart is a
+ * fresh process with a fresh, zeroed disk.
+ */
+export class DpdkVhostBlk extends VhostUserDaemon {
   private constructor(process: DaemonProcess, socketPath: string, logPath: string) {
-    this.#process = process;
-    this.dir = process.dir;
-    this.socketPath = socketPath;
-    this.logPath = logPath;
+    super(process, socketPath, logPath, 2000); // SIGINT (its handler unlinks the socket), SIGKILL after 2 s
   }
 
   /**
@@ -180,38 +172,5 @@ export class DpdkVhostBlk implements AsyncDisposable {
       options.stopOnSignal ?? true,
     );
     return new DpdkVhostBlk(process, socketPath, logPath);
-  }
-
-  /** The process id (of the current run). */
-  get pid(): number {
-    return this.#process.pid;
-  }
-
-  /**
-   * Kills it (SIGKILL by default) and starts a fresh process on the same
-   * socket: as after a crash, with the memory-backed disk's contents gone.
-   */
-  async restart(): Promise<void> {
-    await this.#process.kill();
-    await this.#process.spawn();
-  }
-
-  /**
-   * Sends a signal (SIGKILL by default) and waits for the process to exit.
-   *
-   * @param signal the signal
-   */
-  kill(signal: Deno.Signal = "SIGKILL"): Promise<void> {
-    return this.#process.kill(signal);
-  }
-
-  /** Stops it (SIGINT, then SIGKILL after 2 s) and removes the folder it created. */
-  stop(): Promise<void> {
-    return this.#process.stop(2000);
-  }
-
-  /** Same as {@linkcode DpdkVhostBlk.stop}. */
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.stop();
   }
 }

@@ -9,7 +9,7 @@
  * @module
  */
 
-import { DaemonProcess } from "./daemon_process.ts";
+import { DaemonProcess, VhostUserDaemon } from "./daemon_process.ts";
 
 /** What to install when the daemon is missing (one line, for messages). */
 export const QSD_INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install qemu-system-common qemu-utils)";
@@ -64,23 +64,15 @@ function defaultBinary(): string {
  * await using blk = await VirtioBlk.connect({ transport: "vhost-user", path: qsd.socketPath });
  * ```
  */
-export class QemuStorageDaemon implements AsyncDisposable {
-  /** The vhost-user socket. */
-  readonly socketPath: string;
+export class QemuStorageDaemon extends VhostUserDaemon {
   /** The exported image file (undefined for null-co). */
   readonly imagePath: string | undefined;
-  /** The daemon's stdout and stderr. */
-  readonly logPath: string;
-  /** The folder holding socket, log (and a created image). */
-  readonly dir: string;
-  readonly #process: DaemonProcess;
 
   private constructor(process: DaemonProcess, socketPath: string, imagePath: string | undefined, logPath: string) {
-    this.#process = process;
-    this.dir = process.dir;
-    this.socketPath = socketPath;
+    // SIGTERM, then SIGKILL after 1 s: qemu-storage-daemon 7.2 occasionally hangs in its graceful shutdown
+    // right after a front-end disconnected.
+    super(process, socketPath, logPath, 1000);
     this.imagePath = imagePath;
-    this.logPath = logPath;
   }
 
   /**
@@ -96,11 +88,6 @@ export class QemuStorageDaemon implements AsyncDisposable {
     } catch {
       return false;
     }
-  }
-
-  /** The process id (of the current run). */
-  get pid(): number {
-    return this.#process.pid;
   }
 
   /**
@@ -167,37 +154,5 @@ export class QemuStorageDaemon implements AsyncDisposable {
       options.stopOnSignal ?? true,
     );
     return new QemuStorageDaemon(process, socketPath, imagePath, logPath);
-  }
-
-  /**
-   * Kills the daemon if it runs (SIGKILL) and starts it again on the same
-   * socket and image, as after a crash.
-   */
-  async restart(): Promise<void> {
-    await this.#process.kill();
-    await this.#process.spawn();
-  }
-
-  /**
-   * Sends a signal (SIGKILL by default) and waits for the process to exit.
-   * The folder stays until {@linkcode QemuStorageDaemon.stop}.
-   *
-   * @param signal the signal
-   */
-  kill(signal: Deno.Signal = "SIGKILL"): Promise<void> {
-    return this.#process.kill(signal);
-  }
-
-  /**
-   * Stops the daemon (SIGTERM, then SIGKILL after 1 s: qemu-storage-daemon 7.2 occasionally hangs in its
-   * graceful shutdown right after a front-end disconnected) and removes the folder it created.
-   */
-  stop(): Promise<void> {
-    return this.#process.stop(1000);
-  }
-
-  /** Same as {@linkcode QemuStorageDaemon.stop}. */
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.stop();
   }
 }

@@ -16,7 +16,6 @@ export { MAX_WAKER_TOKEN };
 export class Waker implements InterruptSource {
   readonly #thread: WakerThread;
   readonly #pending: Uint32Array; // shared with the thread
-  readonly #sticky = new Uint32Array(WAKER_WORDS); // bits taken from the shared map, not yet consumed
   readonly #readBuf = new Uint8Array(64);
   #reading: Promise<number | null> | undefined;
   #hangupToken = -1;
@@ -76,35 +75,24 @@ export class Waker implements InterruptSource {
   /** True once the watched socket hung up (checked in shared memory, no system call). */
   get hungUp(): boolean {
     if (!this.#hungUp && this.#hangupToken >= 0) {
-      const t = this.#hangupToken;
-      const w = t >>> 5, bit = 1 << (t & 31);
-      // Acquire: pairs with the thread's seq_cst fetch_or.
-      if (((Atomics.load(this.#pending, w) | this.#sticky[w]) & bit) !== 0) this.#hungUp = true;
+      // Pairs with the thread's seq_cst fetch_or.
+      if (this.#hangupBit(Atomics.load(this.#pending, this.#hangupToken >>> 5))) this.#hungUp = true;
     }
     return this.#hungUp;
   }
 
-  /**
-   * Moves the fired bits out of shared memory and reports whether `token` fired
-   * since it was last consumed (consuming it).
-   *
-   * @param token the token
-   * @returns true if it fired
-   */
-  takeFired(token: number): boolean {
-    this.#collect();
-    const w = token >>> 5, bit = 1 << (token & 31);
-    const was = (this.#sticky[w] & bit) !== 0;
-    this.#sticky[w] &= ~bit;
-    return was;
+  #hangupBit(word: number): boolean {
+    return (word & (1 << (this.#hangupToken & 31))) !== 0;
   }
 
-  #collect(): void {
+  /** Clears the fired bits (the loop reaps every queue anyway), latching a hang-up. */
+  #clearFired(): void {
     const words = this.#pending;
     for (let w = 0; w < this.#words; w++) {
-      if (words[w] !== 0) this.#sticky[w] |= Atomics.exchange(words, w, 0);
+      if (words[w] === 0) continue;
+      const fired = Atomics.exchange(words, w, 0);
+      if (this.#hangupToken >>> 5 === w && this.#hangupBit(fired)) this.#hungUp = true;
     }
-    this.hungUp;
   }
 
   /**
@@ -121,10 +109,10 @@ export class Waker implements InterruptSource {
     } finally {
       this.#reading = undefined;
     }
-    // Clear `signaled` before looking at the bits (seq_cst): any bit the
-    // thread sets after our look makes it write a new wake byte.
+    // Clear `signaled` before clearing the bits (seq_cst): any bit the
+    // thread sets after that makes it write a new wake byte.
     Atomics.store(this.#pending, WAKER_WORDS, 0);
-    this.#collect();
+    this.#clearFired();
   }
 
   /** Wake bytes the thread has written (a statistic). */

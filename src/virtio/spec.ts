@@ -22,12 +22,6 @@ export const VIRTIO_F_VERSION_1: bigint = bit(32);
 export const VIRTIO_F_ACCESS_PLATFORM: bigint = bit(33);
 /** VIRTIO_F_RING_PACKED (34): packed virtqueues. */
 export const VIRTIO_F_RING_PACKED: bigint = bit(34);
-/** VIRTIO_F_IN_ORDER (35): buffers are used in the order made available. */
-export const VIRTIO_F_IN_ORDER: bigint = bit(35);
-/** VIRTIO_F_ORDER_PLATFORM (36): memory accesses need platform ordering. */
-export const VIRTIO_F_ORDER_PLATFORM: bigint = bit(36);
-/** VIRTIO_F_NOTIFICATION_DATA (38): notifications carry data. */
-export const VIRTIO_F_NOTIFICATION_DATA: bigint = bit(38);
 
 /** Names of device-independent bits, for {@linkcode describeFeatures}. */
 export const VIRTIO_FEATURE_NAMES: Readonly<Record<number, string>> = {

@@ -47,20 +47,6 @@ export function observe16(view: Uint16Array, index: number): number {
 }
 
 /**
- * Reads two adjacent 16-bit words the device publishes as one 32-bit
- * snapshot (a packed ring's event suppression: `off_wrap` and `flags`), so
- * that the two cannot come from different updates; ordered as
- * {@linkcode observe16}.
- *
- * @param view a 32-bit view of the ring
- * @param index the word
- * @returns the value (low half: the first field)
- */
-export function observe32(view: Uint32Array, index: number): number {
-  return Atomics.load(view, index);
-}
-
-/**
  * Reads what the device published, after our own publication
  * (`virtio_mb()` between the two): the load is not satisfied before the
  * store that precedes it becomes visible (store-load). Needed where
@@ -79,7 +65,9 @@ export function observe16AfterPublish(view: Uint16Array, index: number): number 
 }
 
 /**
- * {@linkcode observe16AfterPublish} for a 32-bit snapshot of two words.
+ * {@linkcode observe16AfterPublish} for two adjacent 16-bit words read as one
+ * 32-bit snapshot (a packed ring's event suppression: `off_wrap` and
+ * `flags`), so that the two cannot come from different updates.
  *
  * @param view a 32-bit view of the ring
  * @param index the word

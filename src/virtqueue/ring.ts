@@ -435,7 +435,7 @@ export abstract class Ring implements Virtqueue {
  * @param length its length: 1 to 2^32-1
  * @throws {InvalidArgumentError} otherwise
  */
-export function checkDesc(iova: number, length: number): void {
+function checkDesc(iova: number, length: number): void {
   if (!(iova >= 0 && iova <= Number.MAX_SAFE_INTEGER && Math.floor(iova) === iova)) {
     throw new InvalidArgumentError(`invalid buffer address ${iova}`);
   }

@@ -32,13 +32,9 @@ import {
   VIRTIO_F_RING_PACKED,
   VIRTIO_F_VERSION_1,
 } from "../../virtio/spec.ts";
-import {
-  type DeviceChain,
-  DevicePackedRing,
-  type DeviceRing,
-  DeviceSplitRing,
-  MockDeviceError,
-} from "./device_ring.ts";
+import { type DeviceChain, type DeviceRing, MockDeviceError } from "./device_ring.ts";
+import { DevicePackedRing } from "./device_packed_ring.ts";
+import { DeviceSplitRing } from "./device_split_ring.ts";
 import { executeBlkRequest, type Segment } from "./executor.ts";
 import { HostileActions } from "./hostile.ts";
 

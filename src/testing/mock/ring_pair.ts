@@ -11,7 +11,9 @@ import { type VirtqueueFormat, VirtqueueLayout } from "../../virtqueue/layout.ts
 import { PackedRing } from "../../virtqueue/packed.ts";
 import type { Ring } from "../../virtqueue/ring.ts";
 import { SplitRing } from "../../virtqueue/split.ts";
-import { DevicePackedRing, type DeviceRing, DeviceSplitRing, MockDeviceError } from "./device_ring.ts";
+import { type DeviceRing, MockDeviceError } from "./device_ring.ts";
+import { DevicePackedRing } from "./device_packed_ring.ts";
+import { DeviceSplitRing } from "./device_split_ring.ts";
 
 /** Both ends of one virtqueue. */
 export interface RingPair<D extends DeviceRing = DeviceRing> {

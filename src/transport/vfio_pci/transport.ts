@@ -18,23 +18,10 @@ import {
   mmioRead8,
 } from "../../os/mmio.ts";
 import { eventfd } from "../../os/eventfd.ts";
-import {
-  closeFd,
-  cString,
-  ioctl,
-  ioctlValue,
-  LINUX,
-  mmapShared,
-  munmap,
-  openFile,
-  preadExact,
-  pwriteExact,
-} from "../../os/syscalls.ts";
+import { closeFd } from "../../os/syscalls.ts";
 import { Waker } from "../waker.ts";
 import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError, TimeoutError } from "../../errors.ts";
 import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_STATUS as S } from "../../virtio/spec.ts";
-import { IovaAllocator } from "../../memory/iova_allocator.ts";
-import { IovaMappings } from "../../memory/iova_mappings.ts";
 import { MemfdRegion, type SharedRegion } from "../../memory/region.ts";
 import { settle } from "../settle.ts";
 import { Teardown } from "../teardown.ts";
@@ -57,23 +44,7 @@ import {
   VIRTIO_PCI_VENDOR,
   type VirtioPciCap,
 } from "./pci.ts";
-import {
-  decodeIovaRanges,
-  decodeRegionInfo,
-  dmaMap,
-  dmaUnmap,
-  groupStatus,
-  iommuInfo,
-  irqSet,
-  regionInfo,
-  VFIO,
-  VFIO_API_VERSION,
-  VFIO_GROUP_FLAGS_VIABLE,
-  VFIO_PCI_CONFIG_REGION_INDEX,
-  VFIO_PCI_MSIX_IRQ_INDEX,
-  VFIO_REGION_INFO_FLAG_MMAP,
-  VFIO_TYPE1v2_IOMMU,
-} from "./uapi.ts";
+import { VfioDevice } from "./vfio_device.ts";
 
 /** Options of {@linkcode VfioPciTransport.connect}. */
 export interface VfioPciTransportOptions {
@@ -88,11 +59,6 @@ export interface VfioPciTransportOptions {
 }
 
 const BDF = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
-
-interface Bar {
-  addr: number;
-  size: number;
-}
 
 /**
  * A virtio-blk PCI function driven through VFIO.
@@ -110,11 +76,7 @@ export class VfioPciTransport implements Transport {
   readonly device: string;
   /** Whether MSI-X vectors are routed to eventfds. */
   readonly interrupts: boolean;
-  #container = -1;
-  #group = -1;
-  #device = -1;
-  #configOffset = 0;
-  readonly #bars = new Map<number, Bar>();
+  #vfio: VfioDevice | undefined;
   #common = 0; // address of the common config
   #deviceCfg = 0; // address of the device-specific config
   #deviceCfgLength = 0;
@@ -122,7 +84,6 @@ export class VfioPciTransport implements Transport {
   #notifyLength = 0;
   #notifyMultiplier = 0;
   #msixSize = 0;
-  #mappings: IovaMappings | undefined; // once the container has its IOMMU
   #callFds: number[] = [];
   #notifiers: QueueNotifier[] = [];
   #resetTimeoutMs: number;
@@ -184,53 +145,16 @@ export class VfioPciTransport implements Transport {
 
   async #open(): Promise<void> {
     const bdf = this.device;
-    let groupLink: string;
-    try {
-      groupLink = await Deno.readLink(`/sys/bus/pci/devices/${bdf}/iommu_group`);
-    } catch (cause) {
-      throw new InvalidArgumentError(`no IOMMU group for ${bdf} (is the IOMMU on, and the device there?): ${cause}`);
-    }
-    const group = groupLink.slice(groupLink.lastIndexOf("/") + 1);
-    this.#container = openFile("/dev/vfio/vfio", LINUX.O_RDWR);
-    if (ioctlValue(this.#container, VFIO.GET_API_VERSION, 0, "VFIO_GET_API_VERSION") !== VFIO_API_VERSION) {
-      throw new FeatureNegotiationError("unknown VFIO API version");
-    }
-    if (ioctlValue(this.#container, VFIO.CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU, "VFIO_CHECK_EXTENSION") !== 1) {
-      throw new FeatureNegotiationError("the VFIO container does not support the type1v2 IOMMU");
-    }
-    this.#group = openFile(`/dev/vfio/${group}`, LINUX.O_RDWR);
-    const status = groupStatus();
-    ioctl(this.#group, VFIO.GROUP_GET_STATUS, status, "VFIO_GROUP_GET_STATUS");
-    if ((new DataView(status.buffer).getUint32(4, true) & VFIO_GROUP_FLAGS_VIABLE) === 0) {
-      throw new InvalidArgumentError(`IOMMU group ${group} is not viable: bind every device in it to vfio-pci`);
-    }
-    ioctl(
-      this.#group,
-      VFIO.GROUP_SET_CONTAINER,
-      new Uint8Array(new Int32Array([this.#container]).buffer),
-      "VFIO_GROUP_SET_CONTAINER",
-    );
-    ioctlValue(this.#container, VFIO.SET_IOMMU, VFIO_TYPE1v2_IOMMU, "VFIO_SET_IOMMU");
-    const info = iommuInfo();
-    ioctl(this.#container, VFIO.IOMMU_GET_INFO, info, "VFIO_IOMMU_GET_INFO");
-    this.#mappings = new IovaMappings(
-      new IovaAllocator(decodeIovaRanges(info) ?? [{ first: 0, last: 2 ** 39 - 1 }]),
-      (region, iova) =>
-        void ioctl(this.#container, VFIO.IOMMU_MAP_DMA, dmaMap(region.addr, iova, region.size), "VFIO_IOMMU_MAP_DMA"),
-      (iova, size) => void ioctl(this.#container, VFIO.IOMMU_UNMAP_DMA, dmaUnmap(iova, size), "VFIO_IOMMU_UNMAP_DMA"),
-    );
-    this.#device = ioctl(this.#group, VFIO.GROUP_GET_DEVICE_FD, cString(bdf), "VFIO_GROUP_GET_DEVICE_FD");
+    const vfio = this.#vfio = await VfioDevice.open(bdf);
 
-    // Config space: identity, bus mastering, capabilities.
-    this.#configOffset = this.#region(VFIO_PCI_CONFIG_REGION_INDEX).offset;
-    const config = new Uint8Array(256);
-    preadExact(this.#device, config, this.#configOffset, "PCI config space");
+    // Config space: identity, bus mastering, capabilities (virtio 1.2, 4.1.4).
+    const config = vfio.readConfigSpace();
     const cv = new DataView(config.buffer);
     const vendor = cv.getUint16(PCI.VENDOR_ID, true), id = cv.getUint16(PCI.DEVICE_ID, true);
     if (vendor !== VIRTIO_PCI_VENDOR || (id !== VIRTIO_PCI_DEVICE_BLK && id !== VIRTIO_PCI_DEVICE_BLK_TRANSITIONAL)) {
       throw new InvalidArgumentError(`${bdf} is ${vendor.toString(16)}:${id.toString(16)}, not a virtio-blk device`);
     }
-    this.#setCommand((cv.getUint16(PCI.COMMAND, true) | PCI.COMMAND_MEMORY | PCI.COMMAND_MASTER) & 0xffff);
+    vfio.command = (cv.getUint16(PCI.COMMAND, true) | PCI.COMMAND_MEMORY | PCI.COMMAND_MASTER) & 0xffff;
     const caps = parsePciCapabilities(config);
     this.#msixSize = caps.msixTableSize ?? 0;
     const need = (type: number, name: string): VirtioPciCap => {
@@ -256,6 +180,7 @@ export class VfioPciTransport implements Transport {
     this.#notifyLength = notify.length;
     this.#notifyMultiplier = notify.notifyOffMultiplier ?? 0;
 
+    // Device initialization (3.1.1) up to reading the features.
     await this.#reset();
     this.#setStatus(S.ACKNOWLEDGE);
     this.#setStatus(S.ACKNOWLEDGE | S.DRIVER);
@@ -273,23 +198,9 @@ export class VfioPciTransport implements Transport {
     this.#maxQueueSize = qs;
   }
 
-  #region(index: number): { flags: number; size: number; offset: number } {
-    const b = regionInfo(index);
-    ioctl(this.#device, VFIO.DEVICE_GET_REGION_INFO, b, `VFIO_DEVICE_GET_REGION_INFO ${index}`);
-    return decodeRegionInfo(b);
-  }
-
   /** Maps the capability's BAR (once) and returns the address of the capability's structure. */
   #capAddress(cap: VirtioPciCap): number {
-    let bar = this.#bars.get(cap.bar);
-    if (!bar) {
-      const r = this.#region(cap.bar);
-      if ((r.flags & VFIO_REGION_INFO_FLAG_MMAP) === 0 || r.size === 0) {
-        throw new DeviceProtocolError("bad-pci-config", `BAR ${cap.bar} cannot be mapped`);
-      }
-      bar = { addr: mmapShared(this.#device, r.size, r.offset), size: r.size };
-      this.#bars.set(cap.bar, bar);
-    }
+    const bar = this.#vfio!.mapBar(cap.bar);
     if (cap.offset + cap.length > bar.size || cap.length === 0) {
       throw new DeviceProtocolError(
         "bad-pci-config",
@@ -297,18 +208,6 @@ export class VfioPciTransport implements Transport {
       );
     }
     return bar.addr + cap.offset;
-  }
-
-  #setCommand(value: number): void {
-    const b = new Uint8Array(2);
-    new DataView(b.buffer).setUint16(0, value, true);
-    pwriteExact(this.#device, b, this.#configOffset + PCI.COMMAND, "PCI command register");
-  }
-
-  #command(): number {
-    const b = new Uint8Array(2);
-    preadExact(this.#device, b, this.#configOffset + PCI.COMMAND, "PCI command register");
-    return new DataView(b.buffer).getUint16(0, true);
   }
 
   // Register accesses of the exact width (volatile); each write follows a full fence.
@@ -415,11 +314,11 @@ export class VfioPciTransport implements Transport {
   }
 
   mapMemRegion(region: SharedRegion): Promise<void> {
-    return settle(() => this.#mappings!.map(region));
+    return settle(() => this.#vfio!.mappings.map(region));
   }
 
   unmapMemRegion(region: SharedRegion): Promise<void> {
-    return settle(() => this.#mappings!.unmap(region));
+    return settle(() => this.#vfio!.mappings.unmap(region));
   }
 
   setupQueues(queues: readonly QueueConfig[]): Promise<void> {
@@ -431,12 +330,7 @@ export class VfioPciTransport implements Transport {
           );
         }
         this.#callFds = queues.map(() => eventfd());
-        ioctl(
-          this.#device,
-          VFIO.DEVICE_SET_IRQS,
-          irqSet(VFIO_PCI_MSIX_IRQ_INDEX, this.#callFds),
-          "VFIO_DEVICE_SET_IRQS",
-        );
+        this.#vfio!.setMsixEventfds(this.#callFds);
       }
       this.#w16(C.CONFIG_MSIX_VECTOR, VIRTIO_MSI_NO_VECTOR);
       for (const q of queues) {
@@ -488,29 +382,18 @@ export class VfioPciTransport implements Transport {
     if (this.#closed) return;
     this.#closed = true;
     const steps = new Teardown();
-    if (this.#device >= 0) {
+    const vfio = this.#vfio;
+    if (vfio) {
       // Stop the device before anything it might use goes away.
       if (this.#common) await steps.runAsync(() => this.#reset());
-      if (this.#callFds.length) {
-        steps.run(() =>
-          ioctl(this.#device, VFIO.DEVICE_SET_IRQS, irqSet(VFIO_PCI_MSIX_IRQ_INDEX, []), "VFIO_DEVICE_SET_IRQS")
-        );
-      }
-      steps.run(() => this.#setCommand(this.#command() & ~PCI.COMMAND_MASTER)); // bus mastering off
+      if (this.#callFds.length) steps.run(() => vfio.setMsixEventfds([]));
+      steps.run(() => vfio.command = vfio.command & ~PCI.COMMAND_MASTER); // bus mastering off
+      this.#common = 0;
+      steps.run(() => vfio.close());
+      this.#vfio = undefined;
     }
-    for (const region of this.#mappings?.regions ?? []) steps.run(() => this.#mappings!.unmap(region));
-    for (const bar of this.#bars.values()) steps.run(() => munmap(bar.addr, bar.size));
-    this.#bars.clear();
-    this.#common = 0;
     for (const fd of this.#callFds) steps.run(() => closeFd(fd));
     this.#callFds = [];
-    if (this.#device >= 0) steps.run(() => closeFd(this.#device));
-    if (this.#group >= 0) {
-      steps.run(() => ioctlValue(this.#group, VFIO.GROUP_UNSET_CONTAINER, 0, "VFIO_GROUP_UNSET_CONTAINER"));
-      steps.run(() => closeFd(this.#group));
-    }
-    if (this.#container >= 0) steps.run(() => closeFd(this.#container));
-    this.#device = this.#group = this.#container = -1;
     steps.finish();
   }
 }

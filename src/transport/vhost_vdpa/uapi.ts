@@ -36,8 +36,6 @@ export const VHOST = {
 
 /** Backend feature bit: IOTLB messages in the `vhost_msg_v2` format. */
 export const VHOST_BACKEND_F_IOTLB_MSG_V2: bigint = 1n << 1n;
-/** Backend feature bit: IOTLB batching. */
-export const VHOST_BACKEND_F_IOTLB_BATCH: bigint = 1n << 2n;
 /** `vhost_msg_v2.type` for an IOTLB message. */
 export const VHOST_IOTLB_MSG_V2 = 2;
 /** IOTLB message: add a mapping. */

@@ -1,7 +1,7 @@
 // `deno task fuzz`: at least 1,000,000 iterations of the ring fuzzer for each
 // format (over several seeds), reporting what it exercised.
-// `deno run -A tests/fuzz.ts [iterations per format] [first seed]`
-import { fuzzRing } from "./_fuzz_ring.ts";
+// `deno run -A tests/tools/fuzz.ts [iterations per format] [first seed]`
+import { fuzzRing } from "../_fuzz_ring.ts";
 
 const total = Number(Deno.args[0] ?? 1_000_000);
 const firstSeed = Number(Deno.args[1] ?? 1);

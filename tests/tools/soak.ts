@@ -1,7 +1,7 @@
 // `deno task soak`: at least 1,000,000 mixed random reads/writes/flushes over
 // 2 queues against a file-backed qemu-storage-daemon, then the image checked
-// by reading the file directly. `deno run -A tests/soak.ts [ops] [poll|eventfd]`
-import { soak } from "./_soak.ts";
+// by reading the file directly. `deno run -A tests/tools/soak.ts [ops] [poll|eventfd]`
+import { soak } from "../_soak.ts";
 
 const ops = Number(Deno.args[0] ?? 1_000_000);
 const mode = (Deno.args[1] ?? "poll") as "poll" | "eventfd";

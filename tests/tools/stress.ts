@@ -1,10 +1,10 @@
 // `deno task stress`: the eventfd-mode lost-wakeup stress against
 // qemu-storage-daemon, EVENT_IDX on, for 10 minutes by default (half of it
 // with no spin, so that every gap ends in a sleep).
-// `deno run -A tests/stress.ts [seconds]`
-import { VirtioBlk } from "../mod.ts";
-import { QemuStorageDaemon } from "../testing.ts";
-import { stressBursts } from "./_stress.ts";
+// `deno run -A tests/tools/stress.ts [seconds]`
+import { VirtioBlk } from "../../mod.ts";
+import { QemuStorageDaemon } from "../../testing.ts";
+import { stressBursts } from "../_stress.ts";
 
 const seconds = Number(Deno.args[0] ?? 600);
 await using qsd = await QemuStorageDaemon.start({ driver: "null-co", size: 1 << 30 });
