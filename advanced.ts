@@ -36,6 +36,8 @@ export type {
 } from "./src/virtqueue/types.ts";
 export { MAX_QUEUE_SIZE } from "./src/virtqueue/defs.ts";
 export type {
+  BackendChannelStats,
+  ConfigChangeSignal,
   InterruptSource,
   InterruptSourceOptions,
   QueueConfig,

@@ -27,7 +27,8 @@
  * @module
  */
 
-export { VirtioBlk } from "./src/blk/virtio_blk.ts";
+export { VirtioBlk, type VirtioBlkEventMap } from "./src/blk/virtio_blk.ts";
+export type { ConfigChangeDetail, ConfigWatchStats } from "./src/blk/config_watch.ts";
 export type { VirtioBlkFeatures } from "./src/blk/features.ts";
 export {
   type BlkCompletion,
@@ -69,6 +70,8 @@ export {
 // Types the connect options refer to (a device in this process, a transport of your own).
 export type { InProcessDevice } from "./src/transport/in_process.ts";
 export type {
+  BackendChannelStats,
+  ConfigChangeSignal,
   InterruptSource,
   InterruptSourceOptions,
   QueueConfig,

@@ -31,5 +31,6 @@ export { HostileActions } from "./src/testing/mock/hostile.ts";
 export { MockDeviceError } from "./src/testing/mock/device_ring.ts";
 export { MockTransport } from "./src/transport/in_process.ts";
 export { VhostUserDaemon } from "./src/testing/daemon_process.ts";
+export { QmpError, qmpExecute } from "./src/testing/qmp.ts";
 export { QemuStorageDaemon, type QemuStorageDaemonOptions } from "./src/testing/qsd.ts";
 export { DpdkVhostBlk, type DpdkVhostBlkOptions } from "./src/testing/dpdk_vhost_blk.ts";

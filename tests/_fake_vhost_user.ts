@@ -92,6 +92,7 @@ export class FakeVhostUserBackend {
   #driverFd: number;
   #serving: Promise<void>;
   #closed = false;
+  #channelFd = -1;
   readonly #opts: Required<Omit<FakeBackendOptions, "hook">> & { hook?: FakeHook };
 
   private constructor(connFd: number, driverFd: number, options: FakeBackendOptions) {
@@ -188,6 +189,9 @@ export class FakeVhostUserBackend {
       const h = decodeHeader(hdr);
       const payload = h.size > 0 ? await this.#readExact(h.size, fds) : new Uint8Array(0);
       if (!payload) return;
+      if (h.request === R.SET_BACKEND_REQ_FD && fds.length === 1 && this.#channelFd < 0) {
+        this.#channelFd = fds.pop()!; // the back-end keeps its channel
+      }
       for (const fd of fds) closeFd(fd);
       const msg: FakeMessage = { request: h.request, flags: h.flags, payload, fdCount: fds.length };
       this.received.push(msg);
@@ -207,12 +211,75 @@ export class FakeVhostUserBackend {
     }
   }
 
+  /** The back-end's end of the channel the driver handed over (SET_BACKEND_REQ_FD), or -1. */
+  get channelFd(): number {
+    return this.#channelFd;
+  }
+
+  /**
+   * Sends bytes on the back-end channel, as a back-end request would go.
+   *
+   * @param bytes the message(s)
+   * @param fds descriptors to attach
+   * @returns what sendmsg returned (bytes, or a negative errno)
+   */
+  sendOnChannel(bytes: Uint8Array<ArrayBuffer>, fds: number[] = []): number {
+    if (this.#channelFd < 0) throw new Error("the driver handed over no back-end channel");
+    return sendMsg(this.#channelFd, bytes, new Int32Array(fds));
+  }
+
+  /**
+   * Reads what the driver answered on the channel: whole messages, within `timeoutMs`.
+   *
+   * @param count how many 20-byte answers (header and u64) to wait for
+   * @param timeoutMs how long at most
+   * @returns the answers' request codes, flags and u64 statuses
+   */
+  async channelAnswers(
+    count: number,
+    timeoutMs = 2000,
+  ): Promise<{ request: number; flags: number; size: number; status: bigint }[]> {
+    const out: { request: number; flags: number; size: number; status: bigint }[] = [];
+    const buf = new Uint8Array(20 * count);
+    const fdOut = new Int32Array(8), info = new Int32Array(3);
+    let at = 0;
+    const deadline = performance.now() + timeoutMs;
+    while (at < buf.byteLength) {
+      const r = recvMsg(this.#channelFd, buf.subarray(at), fdOut, info);
+      if (r > 0) {
+        at += r;
+        continue;
+      }
+      if (r !== -LINUX.EAGAIN) break;
+      const left = Math.ceil(deadline - performance.now());
+      if (left <= 0) break;
+      await pollTwo(this.#channelFd, LINUX.POLLIN, this.#cancelFd, LINUX.POLLIN, left);
+    }
+    const v = new DataView(buf.buffer);
+    for (let o = 0; o + 20 <= at; o += 20) {
+      out.push({
+        request: v.getUint32(o, true),
+        flags: v.getUint32(o + 4, true),
+        size: v.getUint32(o + 8, true),
+        status: v.getBigUint64(o + 12, true),
+      });
+    }
+    return out;
+  }
+
+  /** Closes the back-end's end of the channel (a back-end hanging up on it). */
+  closeChannel(): void {
+    if (this.#channelFd >= 0) closeFd(this.#channelFd);
+    this.#channelFd = -1;
+  }
+
   /** Stops serving and releases everything (the driver's end too, if it was never handed over). */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     eventfdSignal(this.#cancelFd);
     await this.#serving;
+    this.closeChannel();
     if (this.#connFd >= 0) closeFd(this.#connFd);
     if (this.#driverFd >= 0) closeFd(this.#driverFd);
     closeFd(this.#cancelFd);

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { QemuStorageDaemon } from "../testing.ts";
 import { firstDifference, missing } from "./_support.ts";
+import { RECENT_QSD } from "./_qsd_recent.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const readme = await Deno.readTextFile(`${root}README.md`);
@@ -41,7 +42,11 @@ interface Run {
 }
 
 /** What a command must do: run here and check, or be run by CI (then it must be in .ci/run). */
-type Expectation = { check: (r: Run) => Promise<void> | void } | { ci: string } | { generic: true };
+type Expectation =
+  | { check: (r: Run) => Promise<void> | void }
+  | { watch: (r: Run) => Promise<void> | void }
+  | { ci: string }
+  | { generic: true };
 
 const MiB = 1 << 20;
 const image = (r: Run) => Deno.readFile(r.qsd.imagePath!);
@@ -84,6 +89,15 @@ const EXPECTED: Record<string, Expectation> = {
       const info = JSON.parse(await Deno.readTextFile(`${r.dir}/info.json`));
       assert.equal(info.capacity, 64 * MiB);
       assert.equal(info.transport, "vhost-user");
+    },
+  },
+  // Runs until Ctrl-C: started against a daemon that announces resizes, which is then grown by 64 MiB.
+  "deno task info --path $SOCK --watch": {
+    watch: (r) => {
+      assert.equal(r.code, 130, `exit status after Ctrl-C:\n${r.stderr}`);
+      assert.match(r.stdout, /^transport +vhost-user\ncapacity +67108864 bytes/);
+      assert.match(r.stderr, /watching for configuration changes \(through the back-end's change messages\)/);
+      assert.match(r.stdout, /\n\S+Z {2}capacity 64MiB -> 128MiB \(134217728 bytes\)\n/);
     },
   },
   "deno task write --path $SOCK --offset 1M --input data.bin": {
@@ -162,6 +176,7 @@ function shellEnv(sock: string): Record<string, string> {
 async function runCommand(command: string, dir: string, qsd: QemuStorageDaemon): Promise<void> {
   const expected = EXPECTED[keyOf(command)];
   if (expected === undefined || "generic" in expected) return;
+  if ("watch" in expected) throw new Error(`${command} runs until Ctrl-C: show it in prose, not in a block`);
   if ("ci" in expected) {
     assert.ok(ciRun.includes(expected.ci), `.ci/run does not run ${expected.ci}`);
     return;
@@ -199,8 +214,61 @@ async function inScratch(fn: (dir: string, qsd: QemuStorageDaemon) => Promise<vo
   }
 }
 
+/**
+ * Runs a command that lasts until Ctrl-C, as a shell runs a foreground job
+ * (its own process group), against a daemon with a QMP monitor: once it
+ * watches, the disk grows by 64 MiB; once the change is printed, the whole
+ * group gets SIGINT.
+ */
+async function runWatch(command: string, check: (r: Run) => Promise<void> | void): Promise<void> {
+  const dir = await Deno.makeTempDir({ dir: root, prefix: ".readme-run-" });
+  const qsd = await QemuStorageDaemon.start({ size: 64 * MiB, binary: RECENT_QSD, qmp: true });
+  try {
+    const child = new Deno.Command("setsid", {
+      args: ["sh", "-c", command],
+      cwd: dir,
+      env: shellEnv(qsd.socketPath),
+      clearEnv: true,
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    let stdout = "", stderr = "";
+    const collect = async (s: ReadableStream<Uint8Array>, add: (t: string) => void) => {
+      for await (const t of s.pipeThrough(new TextDecoderStream())) add(t);
+    };
+    const reading = Promise.all([collect(child.stdout, (t) => stdout += t), collect(child.stderr, (t) => stderr += t)]);
+    const until = async (ok: () => boolean, what: string) => {
+      const deadline = performance.now() + 20_000;
+      while (!ok()) {
+        if (performance.now() > deadline) throw new Error(`${command}: ${what} did not happen:\n${stdout}\n${stderr}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    };
+    try {
+      await until(() => stderr.includes("Ctrl-C to stop"), "watching");
+      await qsd.resize(128 * MiB);
+      await until(() => stdout.includes("128MiB"), "printing the change");
+    } finally {
+      Deno.kill(-child.pid, "SIGINT"); // the whole group, as Ctrl-C does
+    }
+    const status = await child.status;
+    await reading;
+    await check({ code: status.code, stdout, stderr, dir, qsd });
+  } finally {
+    await qsd.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
 for (const command of inline) {
   const expected = EXPECTED[keyOf(command)];
+  if (expected !== undefined && "watch" in expected) {
+    Deno.test({
+      name: `README: ${command} (exactly as written, then Ctrl-C)`,
+      ignore: missing("qemu-storage-daemon-8.1", RECENT_QSD !== undefined),
+      fn: () => runWatch(command, expected.watch),
+    });
+  }
   if (expected !== undefined && "check" in expected) {
     Deno.test({
       name: `README: ${command} (exactly as written)`,

@@ -85,17 +85,22 @@ function bad(message: string): never {
  *
  * @param bytes at least {@linkcode VIRTIO_BLK_CONFIG_SIZE} bytes from offset 0
  * @param features the negotiated feature bits
+ * @param options `allowZeroCapacity` for a re-read at run time (a volume may shrink to nothing)
  * @returns the parsed config
  * @throws {DeviceProtocolError} with violation `"bad-config"`
  */
-export function parseBlkConfig(bytes: Uint8Array, features: bigint): VirtioBlkConfig {
+export function parseBlkConfig(
+  bytes: Uint8Array,
+  features: bigint,
+  options: { allowZeroCapacity?: boolean } = {},
+): VirtioBlkConfig {
   if (bytes.byteLength < VIRTIO_BLK_CONFIG_SIZE) {
     bad(`${bytes.byteLength} bytes, need ${VIRTIO_BLK_CONFIG_SIZE}`);
   }
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const has = (f: bigint) => (features & f) !== 0n;
   const capacitySectors = v.getBigUint64(BLK_CONFIG.CAPACITY, true);
-  if (capacitySectors === 0n) bad("capacity is 0");
+  if (capacitySectors === 0n && !options.allowZeroCapacity) bad("capacity is 0");
   const capacity = capacitySectors * BigInt(SECTOR_SIZE);
   if (capacity > BigInt(Number.MAX_SAFE_INTEGER)) {
     bad(`capacity ${capacity} bytes is beyond 2^53 (the largest this driver addresses)`);

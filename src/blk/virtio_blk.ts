@@ -8,20 +8,30 @@
  * @module
  */
 
-import { ClosedError, ConnectionLostError, InvalidArgumentError, type VirtioError } from "../errors.ts";
+import {
+  ClosedError,
+  ConnectionLostError,
+  DeviceProtocolError,
+  DeviceUnsupportedError,
+  InvalidArgumentError,
+  type VirtioError,
+} from "../errors.ts";
 import type { BufferPool } from "../memory/buffer_pool.ts";
 import { monotonicClock } from "../os/syscalls.ts";
 import { connectTransport } from "../transport/connect.ts";
 import type { InterruptSource, Transport, TransportType } from "../transport/transport.ts";
 import { CompletionDriver, type CompletionMode } from "./completion_driver.ts";
-import type { VirtioBlkConfig } from "./config.ts";
-import { limitsOf } from "./limits.ts";
+import { VIRTIO_BLK_CONFIG_SIZE, type VirtioBlkConfig } from "./config.ts";
+import { type BlkLimits, limitsOf } from "./limits.ts";
+import { type ConfigChangeDetail, ConfigWatch, type ConfigWatchStats } from "./config_watch.ts";
 import { featuresOf, type VirtioBlkFeatures } from "./features.ts";
 import { resolveOptions, type VirtioBlkConnectOptions } from "./options.ts";
 import { queueFacade, type VirtioBlkQueue, type WriteZeroesOptions } from "./queue.ts";
 import { QueueEngine, type QueueHost } from "./queue_engine.ts";
 import { allocateMemory, type DeviceMemory, negotiate, type Negotiated, type Started, startQueues } from "./setup.ts";
 import {
+  BLK_CONFIG,
+  VIRTIO_BLK_F_CONFIG_WCE,
   VIRTIO_BLK_T_DISCARD,
   VIRTIO_BLK_T_FLUSH,
   VIRTIO_BLK_T_GET_ID,
@@ -30,6 +40,17 @@ import {
   VIRTIO_BLK_T_WRITE_ZEROES,
 } from "./spec.ts";
 import { StallWatchdog } from "./stall_watchdog.ts";
+
+/** The events a {@linkcode VirtioBlk} dispatches. */
+export interface VirtioBlkEventMap {
+  /**
+   * The device changed its configuration — a volume grown or shrunk, the
+   * write cache switched. Dispatched after `capacity`, `config` and the
+   * request limits were updated; `detail` has the new configuration and the
+   * previous capacity.
+   */
+  configchange: CustomEvent<ConfigChangeDetail>;
+}
 
 /**
  * A virtio-blk device.
@@ -55,9 +76,7 @@ import { StallWatchdog } from "./stall_watchdog.ts";
  * console.log(device.disk[0]); // 7
  * ```
  */
-export class VirtioBlk implements AsyncDisposable {
-  /** Capacity in bytes. */
-  readonly capacity: bigint;
+export class VirtioBlk extends EventTarget implements AsyncDisposable {
   /** Logical block size in bytes; offsets and lengths must be multiples of it. */
   readonly blockSize: number;
   /** Whether the device is read-only. */
@@ -68,8 +87,6 @@ export class VirtioBlk implements AsyncDisposable {
   readonly queueSize: number;
   /** The negotiated features. */
   readonly features: VirtioBlkFeatures;
-  /** The device's configuration. */
-  readonly config: VirtioBlkConfig;
   /** Most data buffers in one request. */
   readonly maxSegments: number;
   /** Largest data buffer in one request, in bytes. */
@@ -88,6 +105,8 @@ export class VirtioBlk implements AsyncDisposable {
   readonly #interrupts: InterruptSource;
   readonly #closeTimeoutMs: number;
   readonly #watchdog: StallWatchdog | undefined;
+  readonly #limits: BlkLimits;
+  readonly #configWatch: ConfigWatch;
   #nextQueue = 0;
   #lost: VirtioError | undefined;
   #closing: Promise<void> | undefined;
@@ -99,6 +118,7 @@ export class VirtioBlk implements AsyncDisposable {
     started: Started,
     o: ReturnType<typeof resolveOptions>,
   ) {
+    super();
     const { config, layout } = n;
     this.#transport = transport;
     this.#memory = memory;
@@ -106,8 +126,6 @@ export class VirtioBlk implements AsyncDisposable {
     this.#interrupts = started.interrupts;
     this.#closeTimeoutMs = o.closeTimeoutMs;
     this.transportType = transport.type;
-    this.config = config;
-    this.capacity = config.capacity;
     this.blockSize = config.blkSize;
     this.features = featuresOf(n.features);
     this.readOnly = this.features.readOnly;
@@ -116,7 +134,14 @@ export class VirtioBlk implements AsyncDisposable {
     this.mode = o.mode;
     this.maxSegments = n.maxSegments;
     this.maxSegmentSize = config.sizeMax ?? 0xffff_ffff;
-    const limits = limitsOf(n.config, this.features, n.maxSegments);
+    const limits = this.#limits = limitsOf(n.config, this.features, n.maxSegments);
+    this.#configWatch = new ConfigWatch(
+      () => transport.readConfig(0, VIRTIO_BLK_CONFIG_SIZE),
+      n.features,
+      config,
+      (next, previous) => this.#configChanged(next, previous),
+      () => transport.backendChannel,
+    );
     const host: QueueHost = {
       requestDriving: () => {
         this.#watchdog?.engage();
@@ -161,11 +186,11 @@ export class VirtioBlk implements AsyncDisposable {
     });
     let memory: DeviceMemory | undefined;
     let started: Started | undefined;
+    let n: Negotiated;
     try {
-      const n = await negotiate(transport, o);
+      n = await negotiate(transport, o);
       memory = allocateMemory(transport, n, o.bufferPoolSize);
       started = await startQueues(transport, n, memory, o);
-      return new VirtioBlk(transport, n, memory, started, o);
     } catch (e) {
       await started?.interrupts.close().catch(() => {});
       await transport.close().catch(() => {});
@@ -173,6 +198,149 @@ export class VirtioBlk implements AsyncDisposable {
       memory?.pool.region.close();
       throw e;
     }
+    const blk = new VirtioBlk(transport, n, memory, started, o);
+    try {
+      blk.#configWatch.signal = await transport.watchConfig(() => blk.#configWatch.notify());
+    } catch (e) {
+      await blk.close().catch(() => {});
+      throw e;
+    }
+    return blk;
+  }
+
+  /**
+   * Listens for an event of {@linkcode VirtioBlkEventMap}.
+   *
+   * @param type the event's name
+   * @param listener its handler
+   * @param options as for any `EventTarget`
+   */
+  override addEventListener<K extends keyof VirtioBlkEventMap>(
+    type: K,
+    listener: (this: VirtioBlk, event: VirtioBlkEventMap[K]) => void,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  /**
+   * Listens for an event by name.
+   *
+   * @param type the event's name
+   * @param listener its handler
+   * @param options as for any `EventTarget`
+   */
+  override addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  override addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null | ((event: never) => void),
+    options?: boolean | AddEventListenerOptions,
+  ): void {
+    super.addEventListener(type, listener as EventListenerOrEventListenerObject | null, options);
+  }
+
+  /**
+   * Stops listening for an event of {@linkcode VirtioBlkEventMap}.
+   *
+   * @param type the event's name
+   * @param listener the handler given to addEventListener
+   * @param options as for any `EventTarget`
+   */
+  override removeEventListener<K extends keyof VirtioBlkEventMap>(
+    type: K,
+    listener: (this: VirtioBlk, event: VirtioBlkEventMap[K]) => void,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  /**
+   * Stops listening for an event by name.
+   *
+   * @param type the event's name
+   * @param listener the handler given to addEventListener
+   * @param options as for any `EventTarget`
+   */
+  override removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  override removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null | ((event: never) => void),
+    options?: boolean | EventListenerOptions,
+  ): void {
+    super.removeEventListener(type, listener as EventListenerOrEventListenerObject | null, options);
+  }
+
+  /** Capacity in bytes (follows the device: see {@linkcode VirtioBlk.refreshConfig}). */
+  get capacity(): bigint {
+    return this.#configWatch.current.capacity;
+  }
+
+  /** The device's configuration (replaced, never mutated, when the device changes it). */
+  get config(): VirtioBlkConfig {
+    return this.#configWatch.current;
+  }
+
+  /**
+   * Reads the configuration again now — for a change learned of elsewhere,
+   * or from a device that cannot signal one (`configStats().signal` is
+   * `"none"`). A change dispatches `"configchange"` before this resolves.
+   *
+   * @returns the configuration in force
+   * @throws {DeviceProtocolError} when the device's config does not parse (nothing is changed)
+   */
+  refreshConfig(): Promise<VirtioBlkConfig> {
+    if (this.#closing) return Promise.reject(new ClosedError());
+    return this.#configWatch.refresh();
+  }
+
+  /** How configuration changes reach this driver, and how many did. */
+  configStats(): ConfigWatchStats {
+    return this.#configWatch.stats();
+  }
+
+  /**
+   * Switches the device's volatile write cache between writeback (true) and
+   * writethrough (false) through the config space's `writeback` field
+   * (VIRTIO_BLK_F_CONFIG_WCE; virtio 1.2, 5.2.5), then reads it back.
+   *
+   * @param enabled writeback (true) or writethrough (false)
+   * @returns the configuration in force afterwards
+   * @throws {DeviceUnsupportedError} when the device does not offer CONFIG_WCE, or did not take the new mode
+   */
+  async setWriteCache(enabled: boolean): Promise<VirtioBlkConfig> {
+    this.#checkOpen();
+    if ((this.features.bits & VIRTIO_BLK_F_CONFIG_WCE) === 0n) {
+      throw new DeviceUnsupportedError(
+        "the device does not offer VIRTIO_BLK_F_CONFIG_WCE: its write cache mode cannot be switched",
+      );
+    }
+    const want = enabled ? 1 : 0;
+    try {
+      await this.#transport.writeConfig(BLK_CONFIG.WRITEBACK, Uint8Array.of(want));
+    } catch (e) {
+      if (e instanceof DeviceProtocolError && e.violation === "request-refused") {
+        throw new DeviceUnsupportedError(`the device refused to switch its write cache: ${e.message}`);
+      }
+      throw e;
+    }
+    const config = await this.refreshConfig();
+    if (config.writeback !== want) {
+      throw new DeviceUnsupportedError(
+        `the device kept writeback = ${config.writeback} after it was asked for ${want}`,
+      );
+    }
+    return config;
+  }
+
+  /** Takes a changed configuration: capacity and limits first, then the event. */
+  #configChanged(next: VirtioBlkConfig, previous: VirtioBlkConfig): void {
+    // Requests are checked against the capacity as of their submission; one
+    // in flight past a new, smaller end is the device's to answer.
+    this.#limits.capacity = Number(next.capacity);
+    const detail: ConfigChangeDetail = { config: next, previousConfig: previous, previousCapacity: previous.capacity };
+    this.dispatchEvent(new CustomEvent("configchange", { detail }));
   }
 
   #connectionError(): VirtioError | undefined {
@@ -358,6 +526,7 @@ export class VirtioBlk implements AsyncDisposable {
       if (e.ring.inFlight > 0) e.fail(closed);
     }
     this.#watchdog?.stop();
+    await this.#configWatch.close();
     await this.#driver.close();
     try {
       await this.#transport.close();

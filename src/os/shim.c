@@ -36,7 +36,7 @@
 #define VD_API __attribute__((visibility("default")))
 
 /* Version of this ABI; the loader refuses a library that reports another. */
-VD_API uint32_t vd_abi_version(void) { return 6; }
+VD_API uint32_t vd_abi_version(void) { return 7; }
 
 /* ------------------------------------------------------------------ memory */
 
@@ -345,14 +345,16 @@ static void *vd_waker_main(void *arg) {
     int fired = 0;
     for (int i = 0; i < n; i++) {
       uint64_t data = evs[i].data.u64;
-      uint32_t token = (uint32_t)data;
+      if ((uint32_t)data == VD_WAKER_STOP_TOKEN) return NULL;
+      uint32_t token = (uint32_t)data & 0xffffffu;
+      uint32_t kind = ((uint32_t)data >> 24) & 0xffu;
       int fd = (int)(data >> 32);
-      if (token == VD_WAKER_STOP_TOKEN) return NULL;
       if (token >= VD_WAKER_WORDS * 32) continue;
-      if (evs[i].events & EPOLLIN) {
+      if (kind == 0 && (evs[i].events & EPOLLIN)) {
         /* An eventfd: consume its counter so that level-triggered epoll
          * sleeps again until the next signal. A hang-up watch registers
-         * without EPOLLIN and is one-shot. */
+         * without EPOLLIN and is one-shot; a readable watch is
+         * edge-triggered and JavaScript reads the socket itself. */
         uint64_t v;
         ssize_t r;
         do {
@@ -416,11 +418,13 @@ VD_API uint64_t vd_waker_wakes(uint64_t handle) {
 
 /* Watches a duplicate of `fd` under `token`.
  * kind 0: an eventfd (level-triggered, counter consumed on each wake).
- * kind 1: hang-up/error only (one-shot), e.g. a vhost-user socket. */
+ * kind 1: hang-up/error only (one-shot), e.g. a vhost-user socket.
+ * kind 2: readable or hung up (edge-triggered: one wake per arrival; the
+ *         reader drains the socket until EAGAIN), e.g. a back-end channel. */
 VD_API int32_t vd_waker_watch(uint64_t handle, int32_t fd, uint32_t token,
                               int32_t kind) {
   struct vd_waker *w = (struct vd_waker *)(uintptr_t)handle;
-  if (token >= VD_WAKER_WORDS * 32) return -EINVAL;
+  if (token >= VD_WAKER_WORDS * 32 || kind < 0 || kind > 2) return -EINVAL;
   if (w->nowned == w->capowned) {
     uint32_t cap = w->capowned ? w->capowned * 2 : 16;
     int *p = realloc(w->owned, cap * sizeof(int));
@@ -432,8 +436,10 @@ VD_API int32_t vd_waker_watch(uint64_t handle, int32_t fd, uint32_t token,
   if (dup < 0) return -errno;
   struct epoll_event ev;
   memset(&ev, 0, sizeof ev);
-  ev.events = kind == 0 ? EPOLLIN : (EPOLLRDHUP | EPOLLONESHOT);
-  ev.data.u64 = ((uint64_t)(uint32_t)dup << 32) | token;
+  ev.events = kind == 0   ? EPOLLIN
+              : kind == 1 ? (EPOLLRDHUP | EPOLLONESHOT)
+                          : (EPOLLIN | EPOLLRDHUP | EPOLLET);
+  ev.data.u64 = ((uint64_t)(uint32_t)dup << 32) | ((uint64_t)kind << 24) | token;
   if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, dup, &ev) < 0) {
     int e = errno;
     close(dup);

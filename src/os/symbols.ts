@@ -10,7 +10,7 @@
  */
 
 /** The ABI version `vd_abi_version()` must report. */
-export const SHIM_ABI_VERSION = 6;
+export const SHIM_ABI_VERSION = 7;
 
 /** `Deno.dlopen` symbol definitions for the shim. */
 export const SHIM_SYMBOLS = {

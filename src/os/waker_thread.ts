@@ -21,8 +21,14 @@ export const WAKER_WORDS = 1024;
 /** The largest token a waker accepts. */
 export const MAX_WAKER_TOKEN: number = WAKER_WORDS * 32 - 1;
 
-/** What a watch reports: an eventfd's signals, or a socket's hang-up (once). */
-export type WatchKind = "eventfd" | "hangup";
+/**
+ * What a watch reports: an eventfd's signals (the thread consumes the
+ * counter), a socket's hang-up (once), or a socket becoming readable or
+ * hung up (edge-triggered: the reader drains it until EAGAIN).
+ */
+export type WatchKind = "eventfd" | "hangup" | "readable";
+
+const WATCH_KIND_CODE: Readonly<Record<WatchKind, number>> = { eventfd: 0, hangup: 1, readable: 2 };
 
 /** A running waker thread. */
 export class WakerThread {
@@ -96,7 +102,7 @@ export class WakerThread {
     if (!Number.isInteger(token) || token < 0 || token > MAX_WAKER_TOKEN) {
       throw new RangeError(`waker token ${token} out of range`);
     }
-    const r = requireShim().vd_waker_watch(this.#handle, fd, token, kind === "eventfd" ? 0 : 1);
+    const r = requireShim().vd_waker_watch(this.#handle, fd, token, WATCH_KIND_CODE[kind]);
     if (r < 0) throw new OsError("epoll_ctl", -r, `fd ${fd}`);
   }
 

@@ -10,6 +10,7 @@
  */
 
 import { DaemonProcess, VhostUserDaemon } from "./daemon_process.ts";
+import { qmpExecute } from "./qmp.ts";
 
 /** What to install when the daemon is missing (one line, for messages). */
 export const QSD_INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install qemu-system-common qemu-utils)";
@@ -44,6 +45,11 @@ export interface QemuStorageDaemonOptions {
    * your program handles those signals itself and stops the daemon.
    */
   stopOnSignal?: boolean;
+  /**
+   * Open a QMP monitor on a socket in the folder ({@linkcode QemuStorageDaemon.qmpPath}),
+   * for {@linkcode QemuStorageDaemon.qmp} and {@linkcode QemuStorageDaemon.resize}; default false.
+   */
+  qmp?: boolean;
 }
 
 function defaultBinary(): string {
@@ -67,12 +73,47 @@ function defaultBinary(): string {
 export class QemuStorageDaemon extends VhostUserDaemon {
   /** The exported image file (undefined for null-co). */
   readonly imagePath: string | undefined;
+  /** The QMP monitor's socket (with the `qmp` option), else undefined. */
+  readonly qmpPath: string | undefined;
 
-  private constructor(process: DaemonProcess, socketPath: string, imagePath: string | undefined, logPath: string) {
+  private constructor(
+    process: DaemonProcess,
+    socketPath: string,
+    imagePath: string | undefined,
+    logPath: string,
+    qmpPath: string | undefined,
+  ) {
     // SIGTERM, then SIGKILL after 1 s: qemu-storage-daemon 7.2 occasionally hangs in its graceful shutdown
     // right after a front-end disconnected.
     super(process, socketPath, logPath, 1000);
     this.imagePath = imagePath;
+    this.qmpPath = qmpPath;
+  }
+
+  /**
+   * Runs a QMP command on the daemon's monitor (needs the `qmp` option).
+   *
+   * @param command e.g. `query-block-exports`
+   * @param args its arguments
+   * @returns the command's `return` value
+   * @throws {QmpError} when the daemon answers with an error
+   */
+  qmp(command: string, args?: Record<string, unknown>): Promise<unknown> {
+    if (!this.qmpPath) return Promise.reject(new Error("start the daemon with { qmp: true } to use its monitor"));
+    return qmpExecute(this.qmpPath, command, args);
+  }
+
+  /**
+   * Resizes the exported disk (QMP `block_resize` on its node, `disk`), as
+   * an administrator growing or shrinking a volume under a running program.
+   * qemu-storage-daemon 8.1 and later tell the front-end (a back-end
+   * CONFIG_CHANGE_MSG); 7.2 changes the disk without telling anyone, and
+   * keeps reporting the old capacity in its config space.
+   *
+   * @param bytes the new size, a multiple of 512
+   */
+  async resize(bytes: number): Promise<void> {
+    await this.qmp("block_resize", { "node-name": "disk", size: bytes });
   }
 
   /**
@@ -140,6 +181,11 @@ export class QemuStorageDaemon extends VhostUserDaemon {
       exportArgs.push("iothread=iothread0");
     }
     args.push("--export", exportArgs.join(","));
+    const qmpPath = options.qmp ? `${dir}/qmp.sock` : undefined;
+    if (qmpPath) {
+      args.push("--chardev", `socket,id=qmp0,path=${qmpPath},server=on,wait=off`);
+      args.push("--monitor", "chardev=qmp0,mode=control");
+    }
     const process = await DaemonProcess.start(
       {
         name: "qemu-storage-daemon",
@@ -153,6 +199,6 @@ export class QemuStorageDaemon extends VhostUserDaemon {
       ownsDir,
       options.stopOnSignal ?? true,
     );
-    return new QemuStorageDaemon(process, socketPath, imagePath, logPath);
+    return new QemuStorageDaemon(process, socketPath, imagePath, logPath, qmpPath);
   }
 }

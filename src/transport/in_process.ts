@@ -10,7 +10,14 @@
 import { DeviceProtocolError } from "../errors.ts";
 import { HeapRegion, type SharedRegion } from "../memory/region.ts";
 import { settle } from "./settle.ts";
-import { type InterruptSource, notifierOf, type QueueConfig, type QueueNotifier, type Transport } from "./transport.ts";
+import {
+  type ConfigChangeSignal,
+  type InterruptSource,
+  notifierOf,
+  type QueueConfig,
+  type QueueNotifier,
+  type Transport,
+} from "./transport.ts";
 
 /** What the in-process transport needs of a device model. */
 export interface InProcessDevice {
@@ -62,6 +69,20 @@ export interface InProcessDevice {
    * @param fn the handler
    */
   setInterruptHandler(fn: ((queue: number) => void) | undefined): void;
+  /**
+   * Writes bytes of the config space as a driver would.
+   *
+   * @param offset where
+   * @param data the bytes
+   */
+  writeConfig(offset: number, data: Uint8Array): void;
+  /**
+   * Sets the function the device calls after it changed its config space;
+   * undefined to stop.
+   *
+   * @param fn the handler
+   */
+  setConfigChangeHandler(fn: (() => void) | undefined): void;
 }
 
 class InProcessInterruptSource implements InterruptSource {
@@ -204,8 +225,24 @@ export class MockTransport implements Transport {
     return Promise.resolve(source);
   }
 
+  writeConfig(offset: number, data: Uint8Array): Promise<void> {
+    return settle(() => {
+      if (offset < 0 || offset + data.byteLength > this.device.config.byteLength) {
+        throw new DeviceProtocolError("bad-config", `config [${offset}, +${data.byteLength}) beyond its end`);
+      }
+      this.device.writeConfig(offset, data);
+    });
+  }
+
+  watchConfig(listener: () => void): Promise<ConfigChangeSignal> {
+    // A later task, as from a real device (the handler may run inside a test's call to resize()).
+    this.device.setConfigChangeHandler(() => queueMicrotask(listener));
+    return Promise.resolve("callback");
+  }
+
   close(): Promise<void> {
     this.#closed = true;
+    this.device.setConfigChangeHandler(undefined);
     return Promise.resolve();
   }
 }

@@ -61,6 +61,42 @@ export interface InterruptSourceOptions {
 }
 
 /**
+ * How a transport learns that the device changed its configuration
+ * (virtio 1.2, 3.2.1):
+ * - `"interrupt"`: a configuration change interrupt on an eventfd (vhost-vdpa's
+ *   config call; vfio-pci's MSI-X config vector, 4.1.5.4);
+ * - `"message"`: vhost-user's VHOST_USER_BACKEND_CONFIG_CHANGE_MSG on the
+ *   back-end's channel;
+ * - `"generation"`: vfio-pci without a config vector: `config_generation`
+ *   is looked at a few times a second (one register read, never per request);
+ * - `"callback"`: an in-process device calls back;
+ * - `"none"`: the device cannot tell (a vhost-user back-end without
+ *   BACKEND_REQ): only an explicit re-read sees a change.
+ */
+export type ConfigChangeSignal = "interrupt" | "message" | "generation" | "callback" | "none";
+
+/**
+ * What a back-end sent on its request channel (vhost-user's BACKEND_REQ)
+ * so far, and whether the channel is still open.
+ */
+export interface BackendChannelStats {
+  /** Well-formed requests received. */
+  readonly requests: number;
+  /** CONFIG_CHANGE_MSG among them. */
+  readonly configChanges: number;
+  /** Requests this driver does not serve that wanted an answer (answered with a failure). */
+  readonly refused: number;
+  /** Requests this driver does not serve that wanted none (dropped). */
+  readonly ignored: number;
+  /** Descriptors that came with requests, closed unread. */
+  readonly fdsClosed: number;
+  /** Requests by name (`CONFIG_CHANGE_MSG`, `IOTLB_MSG`, `request 99`…). */
+  readonly byName: Readonly<Record<string, number>>;
+  /** Why the channel is closed, or undefined while it is open. */
+  readonly closed: string | undefined;
+}
+
+/**
  * A way to reach one virtio device.
  *
  * Life cycle, driven by the device layer:
@@ -82,6 +118,8 @@ export interface Transport {
   readonly maxMemRegions: number;
   /** True once closed or once the connection was lost. */
   readonly closed: boolean;
+  /** The back-end's request channel, where the transport has one (vhost-user with BACKEND_REQ). */
+  readonly backendChannel?: BackendChannelStats;
 
   /**
    * Agrees on features: offers `driverFeatures & deviceFeatures` and
@@ -100,6 +138,28 @@ export interface Transport {
    * @returns a copy of the bytes
    */
   readConfig(offset: number, length: number): Promise<Uint8Array>;
+
+  /**
+   * Writes bytes of the device-specific config space (virtio 1.2, 2.5), for
+   * the fields a driver may write (virtio-blk's `writeback`). Read the field
+   * back to learn whether the device took it.
+   *
+   * @param offset where to start
+   * @param data the bytes
+   */
+  writeConfig(offset: number, data: Uint8Array): Promise<void>;
+
+  /**
+   * Starts watching for configuration changes: `listener` runs (in a later
+   * task, never re-entrantly) after the device signalled one; several
+   * signals may coalesce into one call. Call once, after
+   * {@linkcode Transport.setupQueues}. The watch ends with
+   * {@linkcode Transport.close}.
+   *
+   * @param listener what to call
+   * @returns how changes are signalled (`"none"`: they are not)
+   */
+  watchConfig(listener: () => void): Promise<ConfigChangeSignal>;
 
   /**
    * Allocates memory of the kind this transport can share (a memfd, or heap

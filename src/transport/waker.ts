@@ -72,6 +72,23 @@ export class Waker implements InterruptSource {
     this.#words = Math.max(this.#words, (token >>> 5) + 1);
   }
 
+  /**
+   * Watches a socket for data or hang-up under `token` (edge-triggered: a
+   * wake per arrival; drain the socket until EAGAIN after each wake).
+   *
+   * @param fd the socket (non-blocking)
+   * @param token 0 to {@linkcode MAX_WAKER_TOKEN}
+   */
+  watchReadable(fd: number, token: number): void {
+    this.#thread.watch(fd, token, "readable");
+    this.#words = Math.max(this.#words, (token >>> 5) + 1);
+  }
+
+  /** Lets the program end while a wait is outstanding (for watches that run for the device's lifetime). */
+  unref(): void {
+    this.#thread.conn.unref();
+  }
+
   /** True once the watched socket hung up (checked in shared memory, no system call). */
   get hungUp(): boolean {
     if (!this.#hungUp && this.#hangupToken >= 0) {
@@ -125,6 +142,8 @@ export class Waker implements InterruptSource {
     if (this.#closed) return;
     this.#closed = true;
     const reading = this.#reading;
+    // An unref'd read still has to settle: let the event loop wait for it.
+    this.#thread.conn.ref();
     this.#thread.conn.close();
     await reading?.catch(() => null);
     this.#thread.destroy();

@@ -119,5 +119,8 @@ export interface GuestResult {
   qemuExitCode: number;
 }
 
+/** The line the guest prints once it has booted, before the run script starts. */
+export const START_MARKER = "GUEST-BOOTED";
+
 /** The line the guest prints after the script: `GUEST-EXIT <code>`. */
 export const EXIT_MARKER = "GUEST-EXIT";

@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { firstDifference } from "../_support.ts";
 import { describeFailure, type GuestAssets, isSkip, prepareGuest, runInGuest } from "./harness.ts";
+import { qmpExecute } from "../../testing.ts";
 
 const assets = await prepareGuest();
 const skip = isSkip(assets) ? assets.skip : undefined;
@@ -45,17 +46,30 @@ async function copyProject(share: string): Promise<void> {
     }
   };
   await Deno.mkdir(`${share}/project`);
-  for (const part of ["mod.ts", "deno.json", "ffi", "src", "tests"]) {
+  for (const part of ["mod.ts", "testing.ts", "advanced.ts", "deno.json", "src", "tests"]) {
     await copy(`${ROOT}/${part}`, `${share}/project/${part}`);
   }
 }
 
+/** After the VFIO matrix: two live resizes from the host's monitor, with a config vector, then polling config_generation. */
+const RESIZE_VFIO =
+  [["eventfd", 2 * SIZE], ["poll", 3 * SIZE]].map(([mode, to]) =>
+    `deno run -A "$GUEST_SHARE/project/tests/guest/resize_main.ts" --transport vfio-pci --device "$bdf" --mode ${mode} --to ${to}`
+  ).join("\n") + "\n";
+
 const WAIT_FOR = String
   .raw`wait_for() { i=0; while [ ! -e "$1" ]; do i=$((i + 1)); [ "$i" -gt 300 ] && { echo "GUEST: $1 did not appear"; return 1; }; sleep 0.1; done; }`;
 
+/** Shows the guest's resize reports (how the change came, how long it took). */
+function printResizes(log: string): void {
+  for (const line of log.split("\n")) if (line.startsWith("RESIZE ")) console.log(`  ${line.trim()}`);
+}
+
+/** Compares the image's first bytes (a resize may have grown it since) with the model. */
 async function compare(image: string, model: string): Promise<void> {
-  const [a, b] = await Promise.all([Deno.readFile(image), Deno.readFile(model)]);
-  assert.equal(a.byteLength, b.byteLength, "image and model sizes");
+  const [whole, b] = await Promise.all([Deno.readFile(image), Deno.readFile(model)]);
+  assert.ok(whole.byteLength >= b.byteLength, "the image is at least as large as the model");
+  const a = whole.subarray(0, b.byteLength);
   const diff = firstDifference(a, b);
   assert.equal(diff, -1, `the image differs from the model at byte ${diff}`);
 }
@@ -72,7 +86,7 @@ async function withShare(fn: (dir: string) => Promise<void>): Promise<void> {
 
 Deno.test({
   name:
-    "guest: vhost-vdpa on a VDUSE device (qemu-storage-daemon), request matrix in poll (no EVENT_IDX) and eventfd (EVENT_IDX) modes",
+    "guest: vhost-vdpa on a VDUSE device (qemu-storage-daemon), request matrix in poll (no EVENT_IDX) and eventfd (EVENT_IDX) modes, then a live resize",
   ignore: skip !== undefined,
   fn: async () => {
     await withShare(async (share) => {
@@ -80,17 +94,26 @@ Deno.test({
 ${WAIT_FOR}
 truncate -s ${SIZE} /tmp/disk.img
 qemu-storage-daemon --blockdev driver=file,node-name=f,filename=/tmp/disk.img,discard=unmap \
-  --export type=vduse-blk,id=v0,name=vduse0,node-name=f,writable=on,num-queues=1 &
+  --export type=vduse-blk,id=v0,name=vduse0,node-name=f,writable=on,num-queues=1 \
+  --chardev socket,id=m,path=/tmp/qmp.sock,server=on,wait=off --monitor chardev=m,mode=control &
 qsd=$!
 wait_for /dev/vduse/vduse0
 vdpa dev add name vduse0 mgmtdev vduse
 wait_for /dev/vhost-vdpa-0
 echo "GUEST: /dev/vhost-vdpa-0 ready"
 ${matrixRuns("vhost-vdpa", "--path /dev/vhost-vdpa-0", "split")}
+head -c ${SIZE} /tmp/disk.img > "$GUEST_SHARE/disk.img"
+echo "GUEST: image copied"
+# Live resize: qemu-storage-daemon's vduse-blk export updates the VDUSE config and injects a config interrupt.
+deno run -A "$GUEST_SHARE/project/tests/guest/resize_main.ts" --transport vhost-vdpa --path /dev/vhost-vdpa-0 \
+  --mode eventfd --to ${2 * SIZE} --ready-file /tmp/resize-ready &
+resizer=$!
+wait_for /tmp/resize-ready
+deno eval "import { qmpExecute } from '$GUEST_SHARE/project/testing.ts'; \
+  await qmpExecute('/tmp/qmp.sock', 'block_resize', { 'node-name': 'f', size: ${2 * SIZE} });"
+wait "$resizer"
 vdpa dev del vduse0
 kill "$qsd"; wait "$qsd" || true
-cp /tmp/disk.img "$GUEST_SHARE/disk.img"
-echo "GUEST: image copied"
 `;
       const r = await runInGuest(assets as GuestAssets, {
         name: "vduse",
@@ -101,6 +124,12 @@ echo "GUEST: image copied"
       });
       assert.ok(r.ok, describeFailure(r, "the VDUSE matrix"));
       assert.equal((r.log.match(/MATRIX vhost-vdpa split \w+: OK/g) ?? []).length, 2, describeFailure(r, "both modes"));
+      assert.match(
+        r.log,
+        new RegExp(`RESIZE vhost-vdpa eventfd: OK ${SIZE} -> ${2 * SIZE} via interrupt`),
+        describeFailure(r, "the live resize"),
+      );
+      printResizes(r.log);
       await compare(`${share}/disk.img`, `${share}/model-1.bin`);
     });
   },
@@ -110,7 +139,9 @@ for (const ring of ["split", "packed"]) {
   Deno.test({
     name: `guest: vfio-pci on QEMU's virtio-blk-pci (${ring}${
       ring === "packed" ? ", packed=on" : ""
-    }), request matrix in poll (no EVENT_IDX) and eventfd (EVENT_IDX) modes`,
+    }), request matrix in poll (no EVENT_IDX) and eventfd (EVENT_IDX) modes${
+      ring === "split" ? ", then live resizes (config vector, then config_generation)" : ""
+    }`,
     ignore: skip !== undefined,
     fn: async () => {
       await withShare(async (share) => {
@@ -130,13 +161,21 @@ group=$(basename "$(readlink "$dev/iommu_group")")
 i=0; while [ ! -e "/dev/vfio/$group" ]; do i=$((i + 1)); [ "$i" -gt 100 ] && { echo "GUEST: no /dev/vfio/$group"; exit 21; }; sleep 0.1; done
 echo "GUEST: $bdf bound to $(basename "$(readlink "$dev/driver")"), IOMMU group $(basename "$(readlink "$dev/iommu_group")")"
 ${matrixRuns("vfio-pci", '--device "$bdf"', ring)}
-`;
+${ring === "split" ? RESIZE_VFIO : ""}`;
+        const qmp = `${share}/qmp.sock`;
+        const resizes: Promise<unknown>[] = [];
         const r = await runInGuest(assets as GuestAssets, {
           name: `vfio-${ring}`,
+          // The guest's driver is connected: grow the drive from the host's monitor.
+          onLine: (line) => {
+            const m = /^RESIZE-READY (\d+)$/.exec(line.trim());
+            if (m) resizes.push(qmpExecute(qmp, "block_resize", { device: "d0", size: Number(m[1]) }));
+          },
           script,
           modules: ["vfio-pci"],
           qemuArgs: [
             ...["-machine", "q35", "-device", "intel-iommu"],
+            ...["-qmp", `unix:${qmp},server=on,wait=off`],
             ...["-drive", `file=${image},if=none,id=d0,format=raw,cache=writethrough,discard=unmap`],
             ...[
               "-device",
@@ -153,8 +192,21 @@ ${matrixRuns("vfio-pci", '--device "$bdf"', ring)}
           2,
           describeFailure(r, "both modes"),
         );
+        await Promise.all(resizes);
         // The guest has powered off: the host's image is the independent reader.
         await compare(image, `${share}/model-1.bin`);
+        if (ring === "split") {
+          assert.equal(resizes.length, 2, describeFailure(r, "two resizes asked for"));
+          assert.match(r.log, new RegExp(`RESIZE vfio-pci eventfd: OK ${SIZE} -> ${2 * SIZE} via interrupt`));
+          assert.match(r.log, new RegExp(`RESIZE vfio-pci poll: OK ${2 * SIZE} -> ${3 * SIZE} via generation`));
+          printResizes(r.log);
+          const img = await Deno.readFile(image);
+          assert.equal(img.byteLength, 3 * SIZE);
+          for (const end of [2 * SIZE, 3 * SIZE]) {
+            const tail = img.subarray(end - 4096, end);
+            assert.ok(tail.every((b, i) => b === ((i * 13 + 5) & 0xff)), `the 4 KiB written at ${end - 4096}`);
+          }
+        }
       });
     },
   });

@@ -13,6 +13,7 @@ import {
   BLK_CONFIG,
   SECTOR_SIZE,
   VIRTIO_BLK_F_BLK_SIZE,
+  VIRTIO_BLK_F_CONFIG_WCE,
   VIRTIO_BLK_F_DISCARD,
   VIRTIO_BLK_F_FLUSH,
   VIRTIO_BLK_F_MQ,
@@ -87,6 +88,11 @@ export interface MockBlkDeviceOptions {
   features?: bigint;
   /** Replace the config space bytes entirely (for tests of bad configs). */
   config?: Uint8Array;
+  /**
+   * Offer VIRTIO_BLK_F_CONFIG_WCE with the write cache on (true) or off
+   * (false); the driver may switch it. Not offered when undefined.
+   */
+  writeCache?: boolean;
 }
 
 /** Request counters of the mock device. */
@@ -133,8 +139,7 @@ interface MemMapping {
  * ```
  */
 export class MockBlkDevice implements InProcessDevice {
-  /** The disk contents. */
-  readonly disk: Uint8Array;
+  #disk: Uint8Array;
   /** Feature bits offered. */
   readonly features: bigint;
   #negotiated = 0n;
@@ -164,6 +169,8 @@ export class MockBlkDevice implements InProcessDevice {
   #pending: Map<number, { segs: Segment[]; ringLen: number }>[] = [];
   #scheduled: boolean[] = [];
   #onInterrupt: ((queue: number) => void) | undefined;
+  #onConfigChange: (() => void) | undefined;
+  #configGeneration = 0;
   #disconnected = false;
   #hostile: HostileActions | undefined;
 
@@ -175,14 +182,15 @@ export class MockBlkDevice implements InProcessDevice {
   constructor(options: MockBlkDeviceOptions = {}) {
     const capacity = options.contents?.byteLength ?? options.capacity ?? 16 << 20;
     if (capacity % SECTOR_SIZE !== 0) throw new RangeError("capacity must be a multiple of 512");
-    this.disk = new Uint8Array(capacity);
-    if (options.contents) this.disk.set(options.contents);
+    this.#disk = new Uint8Array(capacity);
+    if (options.contents) this.#disk.set(options.contents);
     this.numQueues = options.numQueues ?? 4;
     this.maxQueueSize = options.maxQueueSize ?? 1024;
     this.completion = options.completion ?? "microtask";
     this.#id = options.id ?? "mock-virtio-blk";
     let f = VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_TOPOLOGY;
     if (options.readOnly) f |= VIRTIO_BLK_F_RO;
+    if (options.writeCache !== undefined) f |= VIRTIO_BLK_F_CONFIG_WCE;
     if (this.numQueues > 1) f |= VIRTIO_BLK_F_MQ;
     if (options.sizeMax !== undefined) f |= VIRTIO_BLK_F_SIZE_MAX;
     if (options.flush ?? true) f |= VIRTIO_BLK_F_FLUSH;
@@ -209,8 +217,80 @@ export class MockBlkDevice implements InProcessDevice {
       c.setUint32(BLK_CONFIG.WRITE_ZEROES, options.maxWriteZeroesSectors ?? 32768, true);
       c.setUint32(BLK_CONFIG.WRITE_ZEROES + 4, 1, true); // max_write_zeroes_seg
       c.setUint8(BLK_CONFIG.WRITE_ZEROES + 8, (options.writeZeroesMayUnmap ?? true) ? 1 : 0);
+      c.setUint8(BLK_CONFIG.WRITEBACK, options.writeCache ? 1 : 0);
       this.config = new Uint8Array(c.buffer);
     }
+  }
+
+  /** The disk contents (a new array after {@linkcode MockBlkDevice.resize}). */
+  get disk(): Uint8Array {
+    return this.#disk;
+  }
+
+  /** Configuration changes so far (the config generation of virtio 1.2, 2.5). */
+  get configGeneration(): number {
+    return this.#configGeneration;
+  }
+
+  /**
+   * Changes the capacity, as a volume grown or shrunk under a running
+   * program: the disk keeps its contents up to the smaller size (a grown
+   * part reads as zeroes), the config space gets the new capacity, and the
+   * driver is told (virtio 1.2, 3.2.1) — `VirtioBlk` then dispatches
+   * `"configchange"`. Requests in flight past a new, smaller end fail with
+   * an I/O error, as on a real device.
+   *
+   * @param bytes the new capacity, a multiple of the block size
+   */
+  resize(bytes: number): void {
+    const blk = new DataView(this.config.buffer, this.config.byteOffset).getUint32(BLK_CONFIG.BLK_SIZE, true) ||
+      SECTOR_SIZE;
+    if (!Number.isSafeInteger(bytes) || bytes < 0 || bytes % SECTOR_SIZE !== 0 || bytes % blk !== 0) {
+      throw new RangeError(`capacity ${bytes} is not a non-negative multiple of the block size ${blk}`);
+    }
+    const disk = new Uint8Array(bytes);
+    disk.set(this.#disk.subarray(0, Math.min(bytes, this.#disk.byteLength)));
+    this.#disk = disk;
+    new DataView(this.config.buffer, this.config.byteOffset).setBigUint64(
+      BLK_CONFIG.CAPACITY,
+      BigInt(bytes / SECTOR_SIZE),
+      true,
+    );
+    this.changeConfig();
+  }
+
+  /**
+   * Announces a change of the config space (after a test edited
+   * {@linkcode MockBlkDevice.config} directly): bumps the generation and
+   * notifies the driver.
+   */
+  changeConfig(): void {
+    this.#configGeneration++;
+    this.#onConfigChange?.();
+  }
+
+  /**
+   * Writes config bytes as a driver does; only `writeback` (with
+   * VIRTIO_BLK_F_CONFIG_WCE offered) is writable, other writes are ignored
+   * as a device that does not implement them would.
+   *
+   * @param offset where
+   * @param data the bytes
+   */
+  writeConfig(offset: number, data: Uint8Array): void {
+    if ((this.features & VIRTIO_BLK_F_CONFIG_WCE) === 0n) return;
+    if (offset !== BLK_CONFIG.WRITEBACK || data.byteLength !== 1) return;
+    this.config[BLK_CONFIG.WRITEBACK] = data[0] ? 1 : 0;
+    this.#configGeneration++;
+  }
+
+  /**
+   * Sets the function called after the config changed; undefined to stop.
+   *
+   * @param fn the handler
+   */
+  setConfigChangeHandler(fn: (() => void) | undefined): void {
+    this.#onConfigChange = fn;
   }
 
   /** Feature bits the driver accepted. */

@@ -20,12 +20,14 @@ import {
 import { eventfd } from "../../os/eventfd.ts";
 import { closeFd } from "../../os/syscalls.ts";
 import { Waker } from "../waker.ts";
+import { SignalWatch } from "../signal_watch.ts";
 import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError, TimeoutError } from "../../errors.ts";
 import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_STATUS as S } from "../../virtio/spec.ts";
 import { MemfdRegion, type SharedRegion } from "../../memory/region.ts";
 import { settle } from "../settle.ts";
 import { Teardown } from "../teardown.ts";
 import {
+  type ConfigChangeSignal,
   type InterruptSource,
   type InterruptSourceOptions,
   notifierOf,
@@ -58,6 +60,9 @@ export interface VfioPciTransportOptions {
   resetTimeoutMs?: number;
 }
 
+/** How often config_generation is looked at when the device has no config vector. */
+const GENERATION_POLL_MS = 250;
+
 const BDF = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
 
 /**
@@ -85,6 +90,9 @@ export class VfioPciTransport implements Transport {
   #notifyMultiplier = 0;
   #msixSize = 0;
   #callFds: number[] = [];
+  #configFd = -1; // the eventfd of the MSI-X config vector, when it has one
+  #configWatch: SignalWatch | undefined;
+  #generationTimer: ReturnType<typeof setInterval> | undefined;
   #notifiers: QueueNotifier[] = [];
   #resetTimeoutMs: number;
   #closed = false;
@@ -309,6 +317,39 @@ export class VfioPciTransport implements Transport {
     });
   }
 
+  writeConfig(offset: number, data: Uint8Array): Promise<void> {
+    return settle(() => {
+      if (offset < 0 || offset + data.byteLength > this.#deviceCfgLength) {
+        throw new InvalidArgumentError(
+          `config [${offset}, +${data.byteLength}) beyond its ${this.#deviceCfgLength} bytes`,
+        );
+      }
+      // Byte by byte: the fields a driver writes (writeback) are single bytes.
+      data.forEach((b, i) => mmioFenceWrite8(BigInt(this.#deviceCfg + offset + i), b));
+    });
+  }
+
+  async watchConfig(listener: () => void): Promise<ConfigChangeSignal> {
+    if (this.#configWatch || this.#generationTimer !== undefined) {
+      throw new InvalidArgumentError("the configuration is watched already");
+    }
+    if (this.#configFd >= 0) {
+      this.#configWatch = await SignalWatch.eventfd(this.#configFd, listener);
+      return "interrupt";
+    }
+    // No config vector: look at config_generation a few times a second (one register read).
+    let generation = this.#r8(C.CONFIG_GENERATION);
+    const timer = this.#generationTimer = setInterval(() => {
+      if (!this.#common) return;
+      const g = this.#r8(C.CONFIG_GENERATION);
+      if (g === generation) return;
+      generation = g;
+      listener();
+    }, GENERATION_POLL_MS);
+    Deno.unrefTimer(timer);
+    return "generation";
+  }
+
   createRegion(size: number, name: string): SharedRegion {
     return new MemfdRegion(name, size);
   }
@@ -330,9 +371,18 @@ export class VfioPciTransport implements Transport {
           );
         }
         this.#callFds = queues.map(() => eventfd());
-        this.#vfio!.setMsixEventfds(this.#callFds);
+        // One more vector, when the function has it, for configuration changes (4.1.5.4).
+        if (this.#msixSize > queues.length) this.#configFd = eventfd();
+        this.#vfio!.setMsixEventfds(this.#configFd >= 0 ? [...this.#callFds, this.#configFd] : this.#callFds);
       }
-      this.#w16(C.CONFIG_MSIX_VECTOR, VIRTIO_MSI_NO_VECTOR);
+      const configVector = this.#configFd >= 0 ? queues.length : VIRTIO_MSI_NO_VECTOR;
+      this.#w16(C.CONFIG_MSIX_VECTOR, configVector);
+      if (this.#r16(C.CONFIG_MSIX_VECTOR) !== configVector) {
+        // The device would not take it: changes are then noticed through config_generation.
+        this.#w16(C.CONFIG_MSIX_VECTOR, VIRTIO_MSI_NO_VECTOR);
+        if (this.#configFd >= 0) closeFd(this.#configFd);
+        this.#configFd = -1;
+      }
       for (const q of queues) {
         this.#w16(C.QUEUE_SELECT, q.index);
         const max = this.#r16(C.QUEUE_SIZE);
@@ -381,6 +431,10 @@ export class VfioPciTransport implements Transport {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#generationTimer !== undefined) clearInterval(this.#generationTimer);
+    this.#generationTimer = undefined;
+    await this.#configWatch?.close();
+    this.#configWatch = undefined;
     const steps = new Teardown();
     const vfio = this.#vfio;
     if (vfio) {
@@ -394,6 +448,8 @@ export class VfioPciTransport implements Transport {
     }
     for (const fd of this.#callFds) steps.run(() => closeFd(fd));
     this.#callFds = [];
+    if (this.#configFd >= 0) steps.run(() => closeFd(this.#configFd));
+    this.#configFd = -1;
     steps.finish();
   }
 }

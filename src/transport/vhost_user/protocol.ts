@@ -28,6 +28,7 @@ export const VhostUserRequest = {
   SET_PROTOCOL_FEATURES: 16,
   GET_QUEUE_NUM: 17,
   SET_VRING_ENABLE: 18,
+  SET_BACKEND_REQ_FD: 21,
   GET_CONFIG: 24,
   SET_CONFIG: 25,
   GET_MAX_MEM_SLOTS: 36,
@@ -38,6 +39,26 @@ export const VhostUserRequest = {
 /** Names of request codes, for messages. */
 export const VHOST_USER_REQUEST_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
   Object.entries(VhostUserRequest).map(([k, v]) => [v, k]),
+);
+
+/**
+ * Back-end request codes: what a back-end may send on the channel it was
+ * given with SET_BACKEND_REQ_FD.
+ */
+export const VhostUserBackendRequest = {
+  IOTLB_MSG: 1,
+  CONFIG_CHANGE_MSG: 2,
+  VRING_HOST_NOTIFIER_MSG: 3,
+  VRING_CALL: 4,
+  VRING_ERR: 5,
+  SHARED_OBJECT_ADD: 6,
+  SHARED_OBJECT_REMOVE: 7,
+  SHARED_OBJECT_LOOKUP: 8,
+} as const;
+
+/** Names of back-end request codes, for messages and statistics. */
+export const VHOST_USER_BACKEND_REQUEST_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
+  Object.entries(VhostUserBackendRequest).map(([k, v]) => [v, k]),
 );
 
 /** Header flags: protocol version 1 in bits 0–1. */
@@ -286,6 +307,27 @@ export function encodeConfigRequest(offset: number, size: number): Uint8Array {
   v.setUint32(0, offset, true);
   v.setUint32(4, size, true);
   v.setUint32(8, 0, true);
+  return b;
+}
+
+/**
+ * SET_CONFIG payload: `u32 offset; u32 size; u32 flags;` then the bytes
+ * (flags 0: written by the front-end, not during migration).
+ *
+ * @param offset config space offset
+ * @param data the bytes to write (at most 256)
+ * @returns 12 + data.length bytes
+ */
+export function encodeSetConfig(offset: number, data: Uint8Array): Uint8Array {
+  if (data.byteLength > VHOST_USER_MAX_CONFIG_SIZE) {
+    throw new RangeError(`config writes are at most ${VHOST_USER_MAX_CONFIG_SIZE} bytes`);
+  }
+  const b = new Uint8Array(12 + data.byteLength);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, offset, true);
+  v.setUint32(4, data.byteLength, true);
+  v.setUint32(8, 0, true);
+  b.set(data, 12);
   return b;
 }
 

@@ -10,6 +10,7 @@
 
 import { eventfd, eventfdNotifier, eventfdTake } from "../../os/eventfd.ts";
 import { closeFd } from "../../os/syscalls.ts";
+import { socketPair } from "../../os/unix_socket.ts";
 import { MAX_WAKER_TOKEN, Waker } from "../waker.ts";
 import {
   ConnectionLostError,
@@ -19,6 +20,8 @@ import {
 } from "../../errors.ts";
 import { MemfdRegion, type SharedRegion } from "../../memory/region.ts";
 import {
+  type BackendChannelStats,
+  type ConfigChangeSignal,
   type InterruptSource,
   type InterruptSourceOptions,
   notifierOf,
@@ -27,12 +30,14 @@ import {
   type Transport,
 } from "../transport.ts";
 import { encodeVringBase, FRESH_VRING_BASE } from "../vring_base.ts";
+import { BackendChannel } from "./backend_channel.ts";
 import { DEFAULT_TIMEOUT_MS, type ReplyKind, VhostUserConnection } from "./connection.ts";
 import {
   decodeConfigReply,
   decodeU64,
   encodeConfigRequest,
   encodeMemTable,
+  encodeSetConfig,
   encodeSingleMemRegion,
   encodeU64,
   encodeVringAddr,
@@ -54,7 +59,7 @@ export interface VhostUserTransportOptions {
 
 /** Protocol features this driver uses when the back-end offers them. */
 export const VHOST_USER_DRIVER_PROTOCOL_FEATURES: bigint = PF.MQ | PF.REPLY_ACK | PF.CONFIG |
-  PF.CONFIGURE_MEM_SLOTS;
+  PF.CONFIGURE_MEM_SLOTS | PF.BACKEND_REQ;
 
 const NONE: ReplyKind = { kind: "none" };
 const U64: ReplyKind = { kind: "payload", size: 8 };
@@ -86,6 +91,7 @@ export class VhostUserTransport implements Transport {
   readonly maxMemRegions: number;
   readonly #conn: VhostUserConnection;
   readonly #path: string;
+  readonly #channel: BackendChannel | undefined;
   #regions: SharedRegion[] = [];
   #kickFds: number[] = [];
   #callFds: number[] = [];
@@ -100,9 +106,11 @@ export class VhostUserTransport implements Transport {
     protocolFeatures: bigint,
     maxQueues: number,
     maxMemRegions: number,
+    channel: BackendChannel | undefined,
   ) {
     this.#path = path;
     this.#conn = conn;
+    this.#channel = channel;
     this.deviceFeatures = deviceFeatures;
     this.protocolFeatures = protocolFeatures;
     this.offeredProtocolFeatures = offeredProtocolFeatures;
@@ -112,7 +120,9 @@ export class VhostUserTransport implements Transport {
 
   /**
    * Connects and runs the start of the handshake: SET_OWNER, GET_FEATURES,
-   * GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_MAX_MEM_SLOTS.
+   * GET/SET_PROTOCOL_FEATURES, SET_BACKEND_REQ_FD (the back-end's channel,
+   * right away: a back-end may use it as soon as it is negotiated),
+   * GET_QUEUE_NUM, GET_MAX_MEM_SLOTS.
    * Needs the shim loaded (`loadShim()`).
    *
    * @param target the back-end's socket path, or a connected socket (`{ fd }`, taken over)
@@ -129,6 +139,7 @@ export class VhostUserTransport implements Transport {
       ? VhostUserConnection.connect(target, timeout)
       : VhostUserConnection.fromSocket(target.fd, timeout);
     const path = typeof target === "string" ? target : `fd ${target.fd}`;
+    let channel: BackendChannel | undefined;
     try {
       await conn.call(R.SET_OWNER, EMPTY, { reply: NONE });
       const features = decodeU64(await conn.call(R.GET_FEATURES, EMPTY, { reply: U64 }));
@@ -138,6 +149,7 @@ export class VhostUserTransport implements Transport {
         proto = offered & VHOST_USER_DRIVER_PROTOCOL_FEATURES;
         await conn.call(R.SET_PROTOCOL_FEATURES, encodeU64(proto), { reply: NONE });
       }
+      if (proto & PF.BACKEND_REQ) channel = await VhostUserTransport.#openChannel(conn, proto);
       let maxQueues = 1;
       if (proto & PF.MQ) {
         const n = decodeU64(await conn.call(R.GET_QUEUE_NUM, EMPTY, { reply: U64 }));
@@ -158,11 +170,41 @@ export class VhostUserTransport implements Transport {
         proto,
         maxQueues,
         slots,
+        channel,
       );
     } catch (e) {
+      await channel?.close();
       await conn.close();
       throw e;
     }
+  }
+
+  /** Hands the back-end its end of a new channel and starts serving ours. */
+  static async #openChannel(conn: VhostUserConnection, proto: bigint): Promise<BackendChannel> {
+    const [ours, theirs] = socketPair();
+    try {
+      if (proto & PF.REPLY_ACK) {
+        const ack = decodeU64(
+          await conn.call(R.SET_BACKEND_REQ_FD, EMPTY, { fds: [theirs], needReply: true, reply: U64 }),
+        );
+        if (ack !== 0n) {
+          throw new DeviceProtocolError("request-refused", `the back-end refused SET_BACKEND_REQ_FD (status ${ack})`);
+        }
+      } else {
+        await conn.call(R.SET_BACKEND_REQ_FD, EMPTY, { fds: [theirs], reply: NONE });
+      }
+    } catch (e) {
+      closeFd(ours);
+      throw e;
+    } finally {
+      closeFd(theirs); // the back-end has its own copy now
+    }
+    return await BackendChannel.open(ours);
+  }
+
+  /** What the back-end sent on its channel (undefined when BACKEND_REQ was not negotiated). */
+  get backendChannel(): BackendChannelStats | undefined {
+    return this.#channel?.stats();
   }
 
   get closed(): boolean {
@@ -224,6 +266,27 @@ export class VhostUserTransport implements Transport {
       );
     }
     return reply.data.slice();
+  }
+
+  async writeConfig(offset: number, data: Uint8Array): Promise<void> {
+    if ((this.protocolFeatures & PF.CONFIG) === 0n) {
+      throw new FeatureNegotiationError(
+        "the back-end does not offer VHOST_USER_PROTOCOL_F_CONFIG, so its config space cannot be written",
+      );
+    }
+    if (offset < 0 || data.byteLength < 1 || offset + data.byteLength > VHOST_USER_MAX_CONFIG_SIZE) {
+      throw new InvalidArgumentError(
+        `config range [${offset}, +${data.byteLength}) is outside the 256-byte config space`,
+      );
+    }
+    await this.#set(R.SET_CONFIG, encodeSetConfig(offset, data));
+  }
+
+  watchConfig(listener: () => void): Promise<ConfigChangeSignal> {
+    const channel = this.#channel;
+    if (!channel?.open) return Promise.resolve("none");
+    channel.onConfigChange = () => queueMicrotask(listener);
+    return Promise.resolve("message");
   }
 
   createRegion(size: number, name: string): SharedRegion {
@@ -324,6 +387,7 @@ export class VhostUserTransport implements Transport {
     } catch {
       // The back-end is gone or misbehaving: tear down regardless.
     } finally {
+      await this.#channel?.close();
       await this.#conn.close();
       for (const fd of [...this.#kickFds, ...this.#callFds]) if (fd !== undefined) closeFd(fd);
       this.#kickFds = [];

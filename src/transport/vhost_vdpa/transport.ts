@@ -11,6 +11,7 @@
 import { eventfd, eventfdNotifier } from "../../os/eventfd.ts";
 import { closeFd, ioctl, ioctlValue, LINUX, openFile, writeExact } from "../../os/syscalls.ts";
 import { Waker } from "../waker.ts";
+import { SignalWatch } from "../signal_watch.ts";
 import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError, OsError } from "../../errors.ts";
 import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_STATUS as S } from "../../virtio/spec.ts";
 import { IovaAllocator } from "../../memory/iova_allocator.ts";
@@ -20,6 +21,7 @@ import { settle } from "../settle.ts";
 import { encodeVringBase, FRESH_VRING_BASE } from "../vring_base.ts";
 import { Teardown } from "../teardown.ts";
 import {
+  type ConfigChangeSignal,
   type InterruptSource,
   type InterruptSourceOptions,
   notifierOf,
@@ -28,6 +30,7 @@ import {
   type Transport,
 } from "../transport.ts";
 import {
+  int32Arg,
   iotlbMsg,
   u64Arg,
   vdpaConfig,
@@ -84,6 +87,8 @@ export class VhostVdpaTransport implements Transport {
   readonly #mappings: IovaMappings;
   #kickFds: number[] = [];
   #callFds: number[] = [];
+  #configFd = -1; // the config call eventfd, once watched
+  #configWatch: SignalWatch | undefined;
   #notifiers: QueueNotifier[] = [];
   #closed = false;
 
@@ -193,6 +198,41 @@ export class VhostVdpaTransport implements Transport {
     });
   }
 
+  writeConfig(offset: number, data: Uint8Array): Promise<void> {
+    return settle(() => {
+      const arg = vdpaConfig(offset, data.byteLength);
+      arg.set(data, 8);
+      ioctl(this.#fd, VHOST.VDPA_SET_CONFIG, arg, "VHOST_VDPA_SET_CONFIG");
+    });
+  }
+
+  async watchConfig(listener: () => void): Promise<ConfigChangeSignal> {
+    if (this.#configWatch) throw new InvalidArgumentError("the configuration is watched already");
+    const fd = eventfd();
+    try {
+      ioctl(this.#fd, VHOST.VDPA_SET_CONFIG_CALL, int32Arg(fd), "VHOST_VDPA_SET_CONFIG_CALL");
+      this.#configFd = fd;
+      this.#configWatch = await SignalWatch.eventfd(fd, listener);
+    } catch (e) {
+      if (this.#configFd === fd) this.#releaseConfigCall();
+      else closeFd(fd);
+      throw e;
+    }
+    return "interrupt";
+  }
+
+  /** Detaches and closes the config call eventfd (after its watch has stopped). */
+  #releaseConfigCall(): void {
+    if (this.#configFd < 0) return;
+    const steps = new Teardown();
+    if (this.#fd >= 0) {
+      steps.run(() => ioctl(this.#fd, VHOST.VDPA_SET_CONFIG_CALL, int32Arg(-1), "VHOST_VDPA_SET_CONFIG_CALL"));
+    }
+    steps.run(() => closeFd(this.#configFd));
+    this.#configFd = -1;
+    steps.finish();
+  }
+
   createRegion(size: number, name: string): SharedRegion {
     return new MemfdRegion(name, size);
   }
@@ -252,11 +292,14 @@ export class VhostVdpaTransport implements Transport {
     return Waker.forQueues((options.queues ?? true) ? this.#callFds : []);
   }
 
-  close(): Promise<void> {
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#configWatch?.close();
+    this.#configWatch = undefined;
     return settle(() => {
-      if (this.#closed) return;
-      this.#closed = true;
       const steps = new Teardown();
+      steps.run(() => this.#releaseConfigCall());
       // Reset first: the device stops using the rings and memory.
       steps.run(() => this.#setStatus(0));
       for (const region of this.#mappings.regions) steps.run(() => this.#mappings.unmap(region));

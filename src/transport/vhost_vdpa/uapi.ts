@@ -27,8 +27,10 @@ export const VHOST = {
   VDPA_GET_STATUS: ior(VHOST_VIRTIO, 0x71, 1),
   VDPA_SET_STATUS: iow(VHOST_VIRTIO, 0x72, 1),
   VDPA_GET_CONFIG: ior(VHOST_VIRTIO, 0x73, 8),
+  VDPA_SET_CONFIG: iow(VHOST_VIRTIO, 0x74, 8),
   VDPA_SET_VRING_ENABLE: iow(VHOST_VIRTIO, 0x75, 8),
   VDPA_GET_VRING_NUM: ior(VHOST_VIRTIO, 0x76, 2),
+  VDPA_SET_CONFIG_CALL: iow(VHOST_VIRTIO, 0x77, 4),
   VDPA_GET_IOVA_RANGE: ior(VHOST_VIRTIO, 0x78, 16),
   VDPA_GET_CONFIG_SIZE: ior(VHOST_VIRTIO, 0x79, 4),
   VDPA_GET_VQS_COUNT: ior(VHOST_VIRTIO, 0x80, 4),
@@ -121,7 +123,17 @@ export function iotlbMsg(type: number, iova: number, size: number, uaddr: number
 }
 
 /**
- * `struct vhost_vdpa_config { u32 off; u32 len; u8 buf[len]; }` for GET_CONFIG.
+ * An `int` argument (VHOST_VDPA_SET_CONFIG_CALL's eventfd, -1 to detach).
+ *
+ * @param n the value
+ * @returns 4 bytes
+ */
+export function int32Arg(n: number): Uint8Array<ArrayBuffer> {
+  return new Uint8Array(new Int32Array([n]).buffer);
+}
+
+/**
+ * `struct vhost_vdpa_config { u32 off; u32 len; u8 buf[len]; }` for GET_CONFIG and SET_CONFIG.
  *
  * @param offset config offset
  * @param length bytes
