@@ -29,6 +29,7 @@
 
 export { VirtioBlk, type VirtioBlkEventMap } from "./src/blk/virtio_blk.ts";
 export type { ConfigChangeDetail, ConfigWatchStats } from "./src/blk/config_watch.ts";
+export type { ConnectionStats, DisconnectDetail, ReconnectDetail } from "./src/blk/reconnect.ts";
 export type { VirtioBlkFeatures } from "./src/blk/features.ts";
 export {
   type BlkCompletion,
@@ -37,7 +38,7 @@ export {
   type VirtioBlkQueueStats,
   type WriteZeroesOptions,
 } from "./src/blk/queue.ts";
-export type { VirtioBlkConnectOptions, VirtioBlkOptions } from "./src/blk/options.ts";
+export type { ReconnectOptions, VirtioBlkConnectOptions, VirtioBlkOptions } from "./src/blk/options.ts";
 export type { CompletionMode } from "./src/blk/completion_driver.ts";
 export type { VirtioBlkConfig } from "./src/blk/config.ts";
 export type {
@@ -56,12 +57,14 @@ export {
   DeviceProtocolError,
   DeviceUnsupportedError,
   FeatureNegotiationError,
+  IncompatibleDeviceError,
   InvalidArgumentError,
   OsError,
   OutOfBufferMemoryError,
   type ProtocolViolation,
   QueueFullError,
   ReadOnlyError,
+  ReconnectingError,
   ShimLoadError,
   TimeoutError,
   VirtioError,

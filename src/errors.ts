@@ -16,6 +16,8 @@ export type VirtioErrorCode =
   | "ERR_DEVICE_PROTOCOL"
   | "ERR_CONNECT_FAILED"
   | "ERR_CONNECTION_LOST"
+  | "ERR_RECONNECTING"
+  | "ERR_INCOMPATIBLE_DEVICE"
   | "ERR_CLOSED"
   | "ERR_READ_ONLY"
   | "ERR_TIMEOUT"
@@ -225,6 +227,40 @@ export class ConnectionLostError extends VirtioError {
     options?: { cause?: unknown },
   ) {
     super("ERR_CONNECTION_LOST", message, options);
+  }
+}
+
+/**
+ * Batch API, with `reconnect` on: the back-end hung up and the driver is
+ * reconnecting. Nothing was submitted; retry after the `"reconnect"` event.
+ * Requests already in flight are kept and resubmitted; promise-API requests
+ * wait instead of failing.
+ */
+export class ReconnectingError extends VirtioError {
+  /**
+   * Creates the instance.
+   *
+   * @param message what was refused
+   */
+  constructor(message = "the back-end is gone and the driver is reconnecting: retry after the reconnect event") {
+    super("ERR_RECONNECTING", message);
+  }
+}
+
+/**
+ * With `reconnect` on: the back-end came back, but not as the device the
+ * driver was using — a feature it relied on is gone, the block size
+ * changed, the capacity shrank, fewer queues or segments. Everything
+ * pending rejects with this error; the device is unusable afterwards.
+ */
+export class IncompatibleDeviceError extends VirtioError {
+  /**
+   * Creates the instance.
+   *
+   * @param message what changed
+   */
+  constructor(message: string) {
+    super("ERR_INCOMPATIBLE_DEVICE", message);
   }
 }
 

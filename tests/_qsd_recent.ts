@@ -86,6 +86,10 @@ async function fetchBackports(): Promise<void> {
 
 /** Finds (or fetches) a recent qemu-storage-daemon; the reason when there is none. */
 async function find(): Promise<{ binary: string } | { why: string }> {
+  // Without qemu-storage-daemon at all, nothing is fetched: install it first.
+  if (await qsdVersion("qemu-storage-daemon") === undefined && !Deno.env.get("VIRTIO_QSD_RECENT")) {
+    return { why: "no qemu-storage-daemon is installed" };
+  }
   const env = Deno.env.get("VIRTIO_QSD_RECENT");
   if (env) return (await recentEnough(env)) ? { binary: env } : { why: `VIRTIO_QSD_RECENT=${env} is not 8.1 or later` };
   if (await recentEnough("qemu-storage-daemon")) return { binary: "qemu-storage-daemon" };

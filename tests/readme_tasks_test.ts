@@ -100,6 +100,12 @@ const EXPECTED: Record<string, Expectation> = {
       assert.match(r.stdout, /\n\S+Z {2}capacity 64MiB -> 128MiB \(134217728 bytes\)\n/);
     },
   },
+  "deno task fio --path $SOCK --reconnect 30": {
+    check: (r) => {
+      assert.match(r.stdout, /^randread: bs=4k, iodepth=1 per queue/);
+      assert.match(r.stdout, /\n {2}reconnects: none \(the back-end stayed up\)/);
+    },
+  },
   "deno task write --path $SOCK --offset 1M --input data.bin": {
     check: async (r) => {
       const data = await Deno.readFile(`${r.dir}/data.bin`);

@@ -75,6 +75,28 @@ export interface VirtioBlkOptions {
    * reports the data length for writes).
    */
   strictUsedLength?: boolean;
+  /**
+   * vhost-user by path: ride out a back-end restart (off by default, as
+   * QEMU's `reconnect=`). When the back-end hangs up, requests in flight are
+   * kept, the driver connects again (every `backoffMs`, doubling up to 1 s,
+   * until `timeoutMs`), checks that the device is the same, and resubmits
+   * them in submission order; `"disconnect"` and `"reconnect"` events say
+   * when. See the README's "Back-end restarts" for what is guaranteed.
+   */
+  reconnect?: ReconnectOptions;
+}
+
+/** How to reconnect after a back-end restart. */
+export interface ReconnectOptions {
+  /** Give up (everything pending rejects with `ConnectionLostError`) after this long without a back-end. */
+  timeoutMs: number;
+  /** Wait between attempts, doubling up to 1000 ms; default 50 ms. */
+  backoffMs?: number;
+  /**
+   * Accept a back-end that comes back with a smaller capacity (requests past
+   * the new end then fail); default false: that is an `IncompatibleDeviceError`.
+   */
+  allowShrink?: boolean;
 }
 
 /** Options of `VirtioBlk.connect`: where the device is, and how to drive it. */
@@ -96,6 +118,7 @@ export interface ResolvedOptions {
   readonly indirectThreshold: number | undefined;
   readonly maxSegments: number | undefined;
   readonly strictUsedLength: boolean;
+  readonly reconnect: Required<ReconnectOptions> | undefined;
 }
 
 /** The smallest ring a request fits in: header, data and status descriptors (a power of two). */
@@ -142,7 +165,24 @@ export function resolveOptions(options: VirtioBlkOptions): ResolvedOptions {
   if (!(spinMicros >= 0 && spinMicros <= 1e6)) {
     throw new InvalidArgumentError(`spinMicros must be from 0 to 1000000, got ${spinMicros}`);
   }
+  let reconnect: Required<ReconnectOptions> | undefined;
+  if (options.reconnect !== undefined) {
+    const r = options.reconnect;
+    const target = options as { transport?: unknown; path?: unknown };
+    if (target.transport !== "vhost-user" || typeof target.path !== "string") {
+      throw new InvalidArgumentError("reconnect needs a vhost-user back-end given by its socket path");
+    }
+    if (!(typeof r === "object" && r !== null && Number.isFinite(r.timeoutMs) && r.timeoutMs > 0)) {
+      throw new InvalidArgumentError(`reconnect.timeoutMs must be a positive number of milliseconds`);
+    }
+    const backoffMs = r.backoffMs ?? 50;
+    if (!(Number.isFinite(backoffMs) && backoffMs >= 1 && backoffMs <= 60_000)) {
+      throw new InvalidArgumentError(`reconnect.backoffMs must be from 1 to 60000, got ${backoffMs}`);
+    }
+    reconnect = { timeoutMs: r.timeoutMs, backoffMs, allowShrink: r.allowShrink ?? false };
+  }
   return {
+    reconnect,
     numQueues: positiveInt("numQueues", options.numQueues, 65535) ?? 1,
     queueSize,
     mode,

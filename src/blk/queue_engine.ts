@@ -11,7 +11,14 @@
  * @module
  */
 
-import { ClosedError, DeviceProtocolError, QueueFullError, TimeoutError, type VirtioError } from "../errors.ts";
+import {
+  ClosedError,
+  DeviceProtocolError,
+  QueueFullError,
+  ReconnectingError,
+  TimeoutError,
+  type VirtioError,
+} from "../errors.ts";
 import type { BufferPool } from "../memory/buffer_pool.ts";
 import type { QueueNotifier } from "../transport/transport.ts";
 import type { Ring } from "../virtqueue/ring.ts";
@@ -50,6 +57,30 @@ const OWNER_PROMISE = 1;
 const NO_BUFFERS: readonly Uint8Array[] = [];
 /** "No limit" for reaping: a small integer, since Infinity would be boxed on every call. */
 export const NO_LIMIT = 0x3fff_ffff;
+/** Submission order across every queue (a reconnect resubmits in it). */
+let submissions = 0;
+
+/** A request that was in flight when the device went away, as it was submitted. */
+export interface InFlightRequest {
+  /** Its place in the submission order of all queues. */
+  readonly seq: number;
+  /** The queue it was on. */
+  readonly queue: number;
+  /** VIRTIO_BLK_T_*. */
+  readonly type: number;
+  /** Byte offset. */
+  readonly offset: number;
+  /** Data buffers, as the caller gave them. */
+  readonly buffers: Uint8Array | readonly Uint8Array[] | undefined;
+  /** Byte length (discard, write-zeroes). */
+  readonly length: number;
+  /** Write-zeroes may unmap. */
+  readonly unmap: boolean;
+  /** The caller's context (batch) or the promise's resolvers. */
+  readonly context: unknown;
+  /** Batch or promise. */
+  readonly owner: number;
+}
 
 /** The parts of a queue, made by the device's setup. */
 export interface QueueEngineInit {
@@ -79,22 +110,29 @@ export class QueueEngine<T = unknown> {
   readonly index: number;
   /** Entries in the ring. */
   readonly queueSize: number;
-  readonly #ring: Ring;
-  readonly #notifier: QueueNotifier;
+  #ring: Ring;
+  #notifier: QueueNotifier;
   readonly #pool: BufferPool;
   readonly #bouncer: Bouncer;
   readonly #limits: BlkLimits;
   readonly #host: QueueHost;
   readonly #reqU32: Uint32Array;
   readonly #reqU8: Uint8Array;
-  readonly #reqBase: number; // address base of the request area in the ring
-  readonly #poolBase: number; // address base of the buffer pool
+  #reqBase: number; // address base of the request area in the ring
+  #poolBase: number; // address base of the buffer pool
+  readonly #requestAreaIova: number;
   readonly #slotSize: number;
   // Per chain id.
   readonly #ctx: unknown[];
   readonly #owner: Uint8Array;
   readonly #type: Uint8Array;
   readonly #bounce: (Bounce | undefined)[];
+  // Per chain id, what a reconnect needs to submit it again.
+  readonly #seq: Float64Array;
+  readonly #offset: Float64Array;
+  readonly #length: Float64Array;
+  readonly #buffers: (Uint8Array | readonly Uint8Array[] | undefined)[];
+  readonly #unmap: Uint8Array;
   readonly #segOffset: Float64Array;
   readonly #ready: ReadyList;
   readonly #backlog = new PromiseBacklog();
@@ -105,6 +143,10 @@ export class QueueEngine<T = unknown> {
   #needKick = false;
   #failure: VirtioError | undefined;
   #closed = false;
+  #paused = false; // the device went away; a reconnect is under way
+  #taken = 0; // taken off the ring by a reconnect, not yet resubmitted or rejected
+  #takenBatch = 0; // of which batch requests
+  #detached = false; // the in-flight requests were taken off the ring (takeInFlight)
   #notifications = 0;
   #usedLengthShort = 0;
   #reaped = 0; // chains reaped so far (the stall watchdog's measure of progress)
@@ -126,6 +168,7 @@ export class QueueEngine<T = unknown> {
     this.#reqU8 = area;
     this.#slotSize = init.slotSize;
     this.#reqU32 = new Uint32Array(area.buffer, area.byteOffset, area.byteLength >> 2);
+    this.#requestAreaIova = init.requestAreaIova;
     this.#reqBase = this.#ring.addressBase(init.requestAreaIova);
     this.#poolBase = this.#ring.addressBase(init.pool.region.iova);
     const q = this.queueSize = this.#ring.queueSize;
@@ -133,6 +176,11 @@ export class QueueEngine<T = unknown> {
     this.#owner = new Uint8Array(q);
     this.#type = new Uint8Array(q);
     this.#bounce = new Array(q).fill(undefined);
+    this.#seq = new Float64Array(q);
+    this.#offset = new Float64Array(q);
+    this.#length = new Float64Array(q);
+    this.#buffers = new Array(q).fill(undefined);
+    this.#unmap = new Uint8Array(q);
     this.#segOffset = new Float64Array(Math.max(1, this.#limits.maxSegments));
     this.#ready = new ReadyList(q);
   }
@@ -144,7 +192,7 @@ export class QueueEngine<T = unknown> {
 
   /** Requests added and not yet handed back. */
   get inFlight(): number {
-    return this.#outstanding + this.#ready.count;
+    return this.#outstanding + this.#ready.count + this.#taken;
   }
 
   /** Notifications sent so far. */
@@ -169,7 +217,7 @@ export class QueueEngine<T = unknown> {
 
   /** Batch requests not yet handed back (in the ring or the ready list). */
   get batchInFlight(): number {
-    return this.#outstanding - this.#promiseInFlight + this.#ready.count;
+    return this.#outstanding - this.#promiseInFlight + this.#ready.count + this.#takenBatch;
   }
 
   // ------------------------------------------------------------- adding
@@ -244,7 +292,14 @@ export class QueueEngine<T = unknown> {
     context: unknown,
     owner: number,
   ): number {
-    if (this.#failure !== undefined || this.#closed) this.#checkUsable();
+    if (this.#failure !== undefined || this.#closed || this.#paused) {
+      this.#checkUsable();
+      // Reconnecting: batch requests are refused, promise requests wait in the backlog.
+      if (this.#paused) {
+        if (owner === OWNER_BATCH) throw new ReconnectingError();
+        return -1;
+      }
+    }
     const limits = this.#limits;
     let off = 0, nsegs = 0, total = 0, single: Uint8Array | undefined;
     let segs: readonly Uint8Array[] | undefined;
@@ -338,6 +393,11 @@ export class QueueEngine<T = unknown> {
     this.#owner[id] = owner;
     this.#type[id] = type;
     this.#bounce[id] = bounce;
+    this.#seq[id] = ++submissions;
+    this.#offset[id] = off;
+    this.#length[id] = total;
+    this.#buffers[id] = buffers;
+    this.#unmap[id] = unmap ? 1 : 0;
     if (owner === OWNER_PROMISE) this.#promiseInFlight++;
     this.#outstanding++;
     this.#needKick = true;
@@ -366,12 +426,14 @@ export class QueueEngine<T = unknown> {
    */
   submit(): void {
     if (!this.#needKick) return;
-    this.#needKick = false;
     const lost = this.#host.connectionError();
     if (lost) {
+      this.#needKick = false;
       this.fail(lost);
       return;
     }
+    if (this.#paused) return; // the chains wait for the new connection
+    this.#needKick = false;
     if (this.#ring.availNotifNeeded()) {
       this.#notifications++;
       this.#notifier.notify();
@@ -437,6 +499,7 @@ export class QueueEngine<T = unknown> {
 
   /** Whether the completion loop has work here (promise requests, the backlog, a waiter). */
   needsDriving(): boolean {
+    if (this.#paused) return false; // nothing to reap until the device is back
     return this.#promiseInFlight > 0 || this.#backlog.length > 0 || this.#wake !== undefined;
   }
 
@@ -459,7 +522,7 @@ export class QueueEngine<T = unknown> {
 
   /** Whether the device has finished requests not yet reaped. */
   hasUsed(): boolean {
-    if (this.#failure) return false;
+    if (this.#failure || this.#paused) return false;
     try {
       return this.#ring.hasUsed();
     } catch {
@@ -473,12 +536,12 @@ export class QueueEngine<T = unknown> {
    * @param enabled whether the device should interrupt
    */
   setInterruptsEnabled(enabled: boolean): void {
-    if (!this.#failure) this.#ring.setUsedNotifEnabled(enabled);
+    if (!this.#failure && !this.#paused) this.#ring.setUsedNotifEnabled(enabled);
   }
 
   /** Reaps up to `max` used chains; batch ones go to `handler` or the ready list. */
   #reap(handler: CompletionHandler<T> | undefined, max: number): number {
-    if (this.#failure) return 0;
+    if (this.#failure || this.#paused) return 0;
     const lost = this.#host.connectionError();
     if (lost) {
       this.fail(lost);
@@ -542,6 +605,7 @@ export class QueueEngine<T = unknown> {
 
   /** Frees per-request state; on success copies bounced read data back. */
   #release(id: number, success: boolean): void {
+    this.#buffers[id] = undefined;
     const bounce = this.#bounce[id];
     if (bounce === undefined) return;
     this.#bounce[id] = undefined;
@@ -572,6 +636,128 @@ export class QueueEngine<T = unknown> {
     this.submit();
   }
 
+  // ---------------------------------------------------------- reconnect
+
+  /** Whether the queue waits for a reconnect. */
+  get paused(): boolean {
+    return this.#paused;
+  }
+
+  /**
+   * The device went away and a reconnect begins: hands back what the device
+   * finished before it went (its used ring is still in our memory), then
+   * stops touching the ring. Requests in flight are kept; new batch
+   * requests are refused with {@linkcode ReconnectingError}, new promise
+   * requests wait.
+   */
+  pause(): void {
+    if (this.#paused || this.#failure) return;
+    this.drain();
+    this.#paused = true;
+  }
+
+  /**
+   * Takes every request still in flight off the old ring, as it was
+   * submitted, for {@linkcode QueueEngine.resubmit} on the new one. Their
+   * bounce buffers go back to the pool (the old device is gone; a
+   * resubmission bounces again from the caller's buffers).
+   *
+   * @returns the requests, in no particular order
+   */
+  takeInFlight(): InFlightRequest[] {
+    const out: InFlightRequest[] = [];
+    if (this.#detached) return out;
+    this.#detached = true;
+    this.#ring.forEachInFlight((id) => {
+      out.push({
+        seq: this.#seq[id],
+        queue: this.index,
+        type: this.#type[id],
+        offset: this.#offset[id],
+        buffers: this.#buffers[id],
+        length: this.#length[id],
+        unmap: this.#unmap[id] === 1,
+        context: this.#ctx[id],
+        owner: this.#owner[id],
+      });
+      this.#bouncer.free(this.#bounce[id]);
+      this.#bounce[id] = undefined;
+      this.#buffers[id] = undefined;
+      this.#ctx[id] = undefined;
+      this.#outstanding--;
+      this.#taken++;
+      if (this.#owner[id] === OWNER_PROMISE) this.#promiseInFlight--;
+      else this.#takenBatch++;
+    });
+    return out;
+  }
+
+  /**
+   * Continues on a new ring (a fresh one over the same memory, set up on
+   * the new connection) with a new notifier.
+   *
+   * @param ring the new ring
+   * @param notifier how to kick the device now
+   */
+  resume(ring: Ring, notifier: QueueNotifier): void {
+    this.#ring = ring;
+    this.#notifier = notifier;
+    this.#reqBase = ring.addressBase(this.#requestAreaIova);
+    this.#poolBase = ring.addressBase(this.#pool.region.iova);
+    this.#paused = false;
+    this.#detached = false;
+  }
+
+  /**
+   * Submits a request taken with {@linkcode QueueEngine.takeInFlight} again
+   * (checked again: a device that came back smaller refuses what no longer
+   * fits, and that request completes with the error). Call
+   * {@linkcode QueueEngine.submit} after a batch of them.
+   *
+   * @param r the request
+   */
+  resubmit(r: InFlightRequest): void {
+    this.#untake(r);
+    try {
+      if (this.#add(r.type, r.offset, r.buffers, r.length, r.unmap, r.context, r.owner) >= 0) return;
+      throw new ReconnectingError("the request could not be submitted again: no room on the new ring");
+    } catch (e) {
+      this.#rejectResubmitted(r, e as VirtioError);
+    }
+  }
+
+  /**
+   * Completes a request taken with {@linkcode QueueEngine.takeInFlight}
+   * with an error (the reconnect gave up, or the device is closing).
+   *
+   * @param r the request
+   * @param error why
+   */
+  rejectTaken(r: InFlightRequest, error: VirtioError): void {
+    this.#untake(r);
+    this.#rejectResubmitted(r, error);
+  }
+
+  #untake(r: InFlightRequest): void {
+    this.#taken--;
+    if (r.owner !== OWNER_PROMISE) this.#takenBatch--;
+  }
+
+  #rejectResubmitted(r: InFlightRequest, error: VirtioError): void {
+    if (r.owner === OWNER_PROMISE) {
+      (r.context as Deferred).reject(error);
+      return;
+    }
+    this.#ready.push(r.context, error);
+    this.drain(); // wakes a batch waiter
+  }
+
+  /** Starts what waited in the promise backlog during the reconnect. */
+  pumpBacklog(): void {
+    if (this.#backlog.length > 0) this.#pumpBacklog();
+    this.#host.requestDriving();
+  }
+
   // ------------------------------------------------------------ failure
 
   /**
@@ -587,6 +773,12 @@ export class QueueEngine<T = unknown> {
     if (this.#failure) return;
     this.#failure = error;
     this.#ring.fail(error);
+    if (this.#detached) {
+      // Taken off the ring for a reconnect: the reconnect rejects them.
+      this.#backlog.rejectAll(error);
+      this.drain();
+      return;
+    }
     this.#ring.forEachInFlight((id) => {
       // The device may still write what it was given (nothing has stopped
       // it yet: that is close()'s reset), so bounce buffers in flight never

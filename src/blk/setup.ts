@@ -8,11 +8,12 @@
  * @module
  */
 
-import { FeatureNegotiationError, InvalidArgumentError } from "../errors.ts";
+import { FeatureNegotiationError, IncompatibleDeviceError, InvalidArgumentError } from "../errors.ts";
 import { BufferPool } from "../memory/buffer_pool.ts";
 import type { SharedRegion } from "../memory/region.ts";
 import type { InterruptSource, QueueConfig, Transport } from "../transport/transport.ts";
 import {
+  describeFeatures,
   VIRTIO_F_EVENT_IDX,
   VIRTIO_F_INDIRECT_DESC,
   VIRTIO_F_RING_PACKED,
@@ -37,6 +38,7 @@ import {
   VIRTIO_BLK_F_SIZE_MAX,
   VIRTIO_BLK_F_TOPOLOGY,
   VIRTIO_BLK_F_WRITE_ZEROES,
+  VIRTIO_BLK_FEATURE_NAMES,
 } from "./spec.ts";
 
 /** Every virtio-blk feature this driver can use (ring features are added per options). */
@@ -100,6 +102,69 @@ export async function negotiate(transport: Transport, o: ResolvedOptions): Promi
   const slotSize = SLOT.SIZE + Math.ceil((16 * tableEntries) / 64) * 64;
   const layout = new VirtqueueLayout(o.numQueues, o.queueSize, { reqSize: slotSize, format: o.ring });
   return { features, config, layout, maxSegments, tableEntries };
+}
+
+/**
+ * On a reconnect (a back-end restart): agrees on exactly the features of the
+ * first connection — the rings and request slots were sized for them — and
+ * checks that the device is the one the driver was using: the same block
+ * size, at least as many queues, segments and bytes per segment, and a
+ * capacity not smaller than the one in force (unless `allowShrink`).
+ *
+ * @param transport the new connection
+ * @param n what the first connection agreed on
+ * @param current the configuration in force before the back-end went away
+ * @param allowShrink accept a smaller capacity
+ * @returns the device's configuration now
+ * @throws {IncompatibleDeviceError} naming what differs
+ */
+export async function renegotiate(
+  transport: Transport,
+  n: Negotiated,
+  current: VirtioBlkConfig,
+  allowShrink: boolean,
+): Promise<VirtioBlkConfig> {
+  if ((transport.deviceFeatures & VIRTIO_BLK_F_RO) !== 0n && (n.features & VIRTIO_BLK_F_RO) === 0n) {
+    throw new IncompatibleDeviceError("the back-end came back read-only");
+  }
+  const gone = n.features & ~transport.deviceFeatures;
+  if (gone !== 0n) {
+    throw new IncompatibleDeviceError(
+      `the back-end came back without ${describeFeatures(gone, VIRTIO_BLK_FEATURE_NAMES).join(", ")}`,
+    );
+  }
+  let features: bigint;
+  try {
+    features = await transport.negotiateFeatures(n.features);
+  } catch (e) {
+    if (e instanceof FeatureNegotiationError) throw new IncompatibleDeviceError(e.message);
+    throw e;
+  }
+  if (features !== n.features) {
+    throw new IncompatibleDeviceError(
+      `the back-end agreed on features 0x${features.toString(16)}, not 0x${n.features.toString(16)}`,
+    );
+  }
+  const config = parseBlkConfig(await transport.readConfig(0, VIRTIO_BLK_CONFIG_SIZE), features, {
+    allowZeroCapacity: allowShrink,
+  });
+  const differs = (what: string) => {
+    throw new IncompatibleDeviceError(`the back-end came back with ${what}`);
+  };
+  if (config.blkSize !== current.blkSize) differs(`block size ${config.blkSize} (was ${current.blkSize})`);
+  if (config.capacity < current.capacity && !allowShrink) {
+    differs(`a capacity of ${config.capacity} bytes (was ${current.capacity}; allowShrink accepts that)`);
+  }
+  const queues = Math.min(config.numQueues, transport.maxQueues);
+  if (queues < n.layout.numQueues) differs(`${queues} queues (${n.layout.numQueues} in use)`);
+  if (n.layout.queueSize > transport.maxQueueSize) differs(`queues of at most ${transport.maxQueueSize} entries`);
+  if (config.segMax !== undefined && config.segMax < n.maxSegments) {
+    differs(`seg_max ${config.segMax} (requests of ${n.maxSegments} segments are allowed)`);
+  }
+  if ((config.sizeMax ?? Infinity) < (current.sizeMax ?? Infinity)) {
+    differs(`size_max ${config.sizeMax} (was ${current.sizeMax ?? "unlimited"})`);
+  }
+  return config;
 }
 
 /** The device-reachable memory of a connection: queues and the buffer pool. */

@@ -48,14 +48,15 @@ export class StallWatchdog {
     let busy = false;
     this.#queues.forEach((q, i) => {
       const inFlight = q.ring.inFlight;
-      if (q.error !== undefined || inFlight === 0 || q.reaped !== this.#seen[i] || q.hasUsed()) {
+      // A paused queue waits for a reconnect, which has a deadline of its own.
+      if (q.error !== undefined || q.paused || inFlight === 0 || q.reaped !== this.#seen[i] || q.hasUsed()) {
         this.#seen[i] = q.reaped;
         this.#stalledMs[i] = 0;
       } else {
         this.#stalledMs[i] += this.#tickMs;
         if (this.#stalledMs[i] >= this.#timeoutMs) q.failStalled(this.#stalledMs[i]);
       }
-      if (q.ring.inFlight > 0 && q.error === undefined) busy = true;
+      if (q.ring.inFlight > 0 && q.error === undefined && !q.paused) busy = true;
     });
     if (!busy && this.#refed) {
       this.#refed = false;

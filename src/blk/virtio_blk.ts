@@ -18,17 +18,25 @@ import {
 } from "../errors.ts";
 import type { BufferPool } from "../memory/buffer_pool.ts";
 import { monotonicClock } from "../os/syscalls.ts";
-import { connectTransport } from "../transport/connect.ts";
+import { type ConnectTarget, connectTransport } from "../transport/connect.ts";
 import type { InterruptSource, Transport, TransportType } from "../transport/transport.ts";
 import { CompletionDriver, type CompletionMode } from "./completion_driver.ts";
 import { VIRTIO_BLK_CONFIG_SIZE, type VirtioBlkConfig } from "./config.ts";
 import { type BlkLimits, limitsOf } from "./limits.ts";
 import { type ConfigChangeDetail, ConfigWatch, type ConfigWatchStats } from "./config_watch.ts";
 import { featuresOf, type VirtioBlkFeatures } from "./features.ts";
-import { resolveOptions, type VirtioBlkConnectOptions } from "./options.ts";
+import { type ResolvedOptions, resolveOptions, type VirtioBlkConnectOptions } from "./options.ts";
 import { queueFacade, type VirtioBlkQueue, type WriteZeroesOptions } from "./queue.ts";
 import { QueueEngine, type QueueHost } from "./queue_engine.ts";
-import { allocateMemory, type DeviceMemory, negotiate, type Negotiated, type Started, startQueues } from "./setup.ts";
+import {
+  allocateMemory,
+  type DeviceMemory,
+  negotiate,
+  type Negotiated,
+  renegotiate,
+  type Started,
+  startQueues,
+} from "./setup.ts";
 import {
   BLK_CONFIG,
   VIRTIO_BLK_F_CONFIG_WCE,
@@ -40,6 +48,7 @@ import {
   VIRTIO_BLK_T_WRITE_ZEROES,
 } from "./spec.ts";
 import { StallWatchdog } from "./stall_watchdog.ts";
+import { type ConnectionStats, type DisconnectDetail, type ReconnectDetail, Reconnector } from "./reconnect.ts";
 
 /** The events a {@linkcode VirtioBlk} dispatches. */
 export interface VirtioBlkEventMap {
@@ -50,6 +59,14 @@ export interface VirtioBlkEventMap {
    * previous capacity.
    */
   configchange: CustomEvent<ConfigChangeDetail>;
+  /**
+   * With `reconnect`: the back-end hung up. Requests in flight are kept
+   * (`detail.inFlight`) and the driver is reconnecting; promise-API
+   * requests wait, the batch API refuses new ones (`ERR_RECONNECTING`).
+   */
+  disconnect: CustomEvent<DisconnectDetail>;
+  /** With `reconnect`: the back-end is back and `detail.resubmitted` requests went to it again. */
+  reconnect: CustomEvent<ReconnectDetail>;
 }
 
 /**
@@ -96,13 +113,17 @@ export class VirtioBlk extends EventTarget implements AsyncDisposable {
   /** The transport in use. */
   readonly transportType: TransportType;
 
-  readonly #transport: Transport;
+  #transport: Transport;
   readonly #memory: DeviceMemory;
   readonly #pool: BufferPool;
   readonly #engines: QueueEngine<unknown>[];
   readonly #queues: VirtioBlkQueue<unknown>[];
-  readonly #driver: CompletionDriver;
-  readonly #interrupts: InterruptSource;
+  #driver: CompletionDriver;
+  #interrupts: InterruptSource;
+  readonly #target: ConnectTarget;
+  readonly #negotiated: Negotiated;
+  readonly #options: ResolvedOptions;
+  readonly #reconnector: Reconnector | undefined;
   readonly #closeTimeoutMs: number;
   readonly #watchdog: StallWatchdog | undefined;
   readonly #limits: BlkLimits;
@@ -112,14 +133,18 @@ export class VirtioBlk extends EventTarget implements AsyncDisposable {
   #closing: Promise<void> | undefined;
 
   private constructor(
+    target: ConnectTarget,
     transport: Transport,
     n: Negotiated,
     memory: DeviceMemory,
     started: Started,
-    o: ReturnType<typeof resolveOptions>,
+    o: ResolvedOptions,
   ) {
     super();
     const { config, layout } = n;
+    this.#target = target;
+    this.#negotiated = n;
+    this.#options = o;
     this.#transport = transport;
     this.#memory = memory;
     this.#pool = memory.pool;
@@ -136,11 +161,11 @@ export class VirtioBlk extends EventTarget implements AsyncDisposable {
     this.maxSegmentSize = config.sizeMax ?? 0xffff_ffff;
     const limits = this.#limits = limitsOf(n.config, this.features, n.maxSegments);
     this.#configWatch = new ConfigWatch(
-      () => transport.readConfig(0, VIRTIO_BLK_CONFIG_SIZE),
+      () => this.#transport.readConfig(0, VIRTIO_BLK_CONFIG_SIZE),
       n.features,
       config,
       (next, previous) => this.#configChanged(next, previous),
-      () => transport.backendChannel,
+      () => this.#transport.backendChannel,
     );
     const host: QueueHost = {
       requestDriving: () => {
@@ -166,6 +191,15 @@ export class VirtioBlk extends EventTarget implements AsyncDisposable {
     this.#queues = this.#engines.map((e) => queueFacade(e));
     this.#driver = new CompletionDriver(this.#engines, started.interrupts, o.mode, o.spinMicros, monotonicClock());
     this.#watchdog = o.stallTimeoutMs === undefined ? undefined : new StallWatchdog(this.#engines, o.stallTimeoutMs);
+    this.#reconnector = o.reconnect === undefined ? undefined : new Reconnector(this.#engines, o.reconnect, {
+      drop: () => this.#dropConnection(),
+      attempt: (replyTimeoutMs, wanted) => this.#reconnectOnce(replyTimeoutMs, wanted),
+      dispatch: (event) => this.dispatchEvent(event),
+      lost: (error) => {
+        this.#lost = error;
+        for (const e of this.#engines) e.fail(error);
+      },
+    });
   }
 
   /**
@@ -198,9 +232,10 @@ export class VirtioBlk extends EventTarget implements AsyncDisposable {
       memory?.pool.region.close();
       throw e;
     }
-    const blk = new VirtioBlk(transport, n, memory, started, o);
+    const blk = new VirtioBlk(options, transport, n, memory, started, o);
     try {
       blk.#configWatch.signal = await transport.watchConfig(() => blk.#configWatch.notify());
+      if (blk.#reconnector) await transport.watchHangup(() => blk.#hangUp());
     } catch (e) {
       await blk.close().catch(() => {});
       throw e;
@@ -343,11 +378,72 @@ export class VirtioBlk extends EventTarget implements AsyncDisposable {
     this.dispatchEvent(new CustomEvent("configchange", { detail }));
   }
 
+  /** With `reconnect`: the back-end hung up (noticed at once, also while nothing is in flight). */
+  #hangUp(): void {
+    if (this.#lost !== undefined || this.#closing !== undefined) return;
+    this.#reconnector?.begin(new ConnectionLostError(`the ${this.transportType} backend hung up`));
+  }
+
   #connectionError(): VirtioError | undefined {
-    if (this.#lost === undefined && this.#interrupts.hungUp) {
-      this.#lost = new ConnectionLostError(`the ${this.transportType} backend hung up`);
+    if (this.#lost !== undefined) return this.#lost;
+    const r = this.#reconnector;
+    if (r !== undefined && r.state !== "connected") return undefined; // the queues are paused meanwhile
+    if (this.#interrupts.hungUp) {
+      const error = new ConnectionLostError(`the ${this.transportType} backend hung up`);
+      if (r !== undefined && this.#closing === undefined) {
+        r.begin(error);
+        return undefined;
+      }
+      this.#lost = error;
     }
     return this.#lost;
+  }
+
+  /** Reconnect, first step: releases the lost connection (its completion loop, interrupt source and transport). */
+  async #dropConnection(): Promise<void> {
+    await this.#driver.close();
+    await this.#transport.close();
+  }
+
+  /**
+   * Reconnect, one attempt: connects to the same socket, checks that the
+   * device is the same, sets up fresh rings over the same memory and resumes
+   * the queues on them. What it opened is closed again when it fails.
+   */
+  async #reconnectOnce(replyTimeoutMs: number, wanted: () => boolean): Promise<void> {
+    const o = this.#options;
+    const transport = await connectTransport(this.#target, {
+      requestTimeoutMs: replyTimeoutMs,
+      interrupts: o.mode === "eventfd",
+    });
+    let started: Started | undefined;
+    try {
+      const n = this.#negotiated;
+      await renegotiate(transport, n, this.config, o.reconnect!.allowShrink);
+      this.#memory.queueRegion.bytes.fill(0); // fresh rings over the same memory
+      started = await startQueues(transport, n, this.#memory, o);
+      if (!wanted()) throw new ClosedError("the reconnect was called off");
+      const rings = started.rings;
+      this.#transport = transport;
+      this.#interrupts = started.interrupts;
+      this.#engines.forEach((e, i) => e.resume(rings[i], transport.notifier(i)));
+      this.#driver = new CompletionDriver(this.#engines, started.interrupts, o.mode, o.spinMicros, monotonicClock());
+    } catch (e) {
+      await started?.interrupts.close().catch(() => {});
+      await transport.close().catch(() => {});
+      throw e;
+    }
+    // The device may have changed while it was away (grown, say): look.
+    this.#configWatch.signal = await transport.watchConfig(() => this.#configWatch.notify()).catch(() => "none");
+    this.#configWatch.notify();
+    await transport.watchHangup(() => this.#hangUp());
+  }
+
+  /** The connection's state, and what back-end restarts it rode out (with `reconnect`). */
+  connectionStats(): ConnectionStats {
+    if (this.#reconnector) return this.#reconnector.stats();
+    const state = this.#closing ? "closed" : this.#lost ? "lost" : "connected";
+    return { state, reconnects: 0, resubmitted: 0, attempts: 0, lastDowntimeMs: undefined, longestDowntimeMs: 0 };
   }
 
   #checkOpen(): void {
@@ -511,9 +607,13 @@ export class VirtioBlk extends EventTarget implements AsyncDisposable {
 
   async #close(): Promise<void> {
     for (const e of this.#engines) e.closeForNew();
+    // A reconnect under way ends: what it kept fails, what it opened is closed.
+    await this.#reconnector?.close(
+      new ClosedError("the device was closed while this request waited for the back-end to come back"),
+    );
     const deadline = performance.now() + this.#closeTimeoutMs;
-    // Requests the device still owns (on queues that have not failed).
-    const busy = () => this.#engines.some((e) => e.error === undefined && e.ring.inFlight > 0);
+    // Requests the device still owns (on queues that have not failed or paused).
+    const busy = () => this.#engines.some((e) => e.error === undefined && !e.paused && e.ring.inFlight > 0);
     let turns = 0;
     while (busy() && this.#connectionError() === undefined && performance.now() < deadline) {
       for (const e of this.#engines) e.drain();

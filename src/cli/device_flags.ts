@@ -76,7 +76,7 @@ export function deviceFlags(mode: CompletionMode, pathHelp: string): FlagSpec[] 
 function connectOptions(
   flags: ParsedFlags,
   mode: CompletionMode,
-  overrides: { path?: string; queueSize?: number } = {},
+  overrides: { path?: string; queueSize?: number; reconnectSeconds?: number } = {},
 ): VirtioBlkConnectOptions {
   const transport = parseChoice(flags.transport ?? "vhost-user", "--transport", CLI_TRANSPORTS);
   const path = overrides.path ?? (typeof flags.path === "string" ? flags.path : undefined);
@@ -102,7 +102,11 @@ function connectOptions(
     indirectThreshold: indirect === "always" ? 2 : undefined,
   };
   if (transport === "vfio-pci") return { transport, device: flags.device as string, ...common };
-  return { transport, path: path!, ...common };
+  const reconnect = overrides.reconnectSeconds === undefined
+    ? undefined
+    : { timeoutMs: overrides.reconnectSeconds * 1000 };
+  if (reconnect && transport !== "vhost-user") throw new UsageError("--reconnect is for --transport vhost-user");
+  return { transport, path: path!, ...common, ...(reconnect ? { reconnect } : {}) };
 }
 
 /**
@@ -116,7 +120,7 @@ function connectOptions(
 export async function openDevice(
   flags: ParsedFlags,
   mode: CompletionMode,
-  overrides: { path?: string; queueSize?: number } = {},
+  overrides: { path?: string; queueSize?: number; reconnectSeconds?: number } = {},
 ): Promise<VirtioBlk> {
   try {
     return await VirtioBlk.connect(connectOptions(flags, mode, overrides));

@@ -45,6 +45,8 @@ export interface FioJob {
   onProgress?: (p: FioProgress) => void;
   /** Ends the run early: requests in flight finish, nothing after the abort is measured. */
   signal?: AbortSignal;
+  /** The device was connected with `reconnect`: report the restarts it rode out. */
+  reconnect?: boolean;
 }
 
 /** One progress report. */
@@ -91,9 +93,16 @@ export interface FioResult {
   seconds: number;
   /** Whether the run was stopped early by its signal. */
   interrupted: boolean;
+  /** With `reconnect`: the back-end restarts the run rode out. */
+  reconnects?: { count: number; longestGapMs: number; resubmitted: number };
 }
 
 const READ = 0, WRITE = 1;
+
+function reconnectSummary(blk: VirtioBlk): NonNullable<FioResult["reconnects"]> {
+  const s = blk.connectionStats();
+  return { count: s.reconnects, longestGapMs: Math.round(s.longestDowntimeMs), resubmitted: s.resubmitted };
+}
 
 function nextPowerOfTwo(n: number): number {
   let p = 1;
@@ -296,6 +305,12 @@ export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
       await Promise.all(workers);
     } else {
       const queues = Array.from({ length: job.queues }, (_, i) => blk.queue<number>(i));
+      // With reconnect: while the back-end is away the batch API refuses new
+      // requests (ERR_RECONNECTING); their slots rest until it is back.
+      const parked: number[] = [];
+      let back = Promise.withResolvers<void>();
+      const onBack = () => back.resolve();
+      blk.addEventListener("reconnect", onBack);
       const issue = (slot: number): void => {
         const q = queues[Math.floor(slot / job.iodepth)];
         const k = kind[slot] = nextKind();
@@ -309,7 +324,8 @@ export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
         try {
           issue(slot);
         } catch (e) {
-          complete(slot, e as VirtioError);
+          if ((e as VirtioError).code === "ERR_RECONNECTING") parked.push(slot);
+          else complete(slot, e as VirtioError);
         }
       };
       const onDone = (slot: number, error: VirtioError | undefined): void => {
@@ -319,20 +335,32 @@ export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
       for (let s = 0; s < slots; s++) reissue(s);
       for (const q of queues) q.submit();
       let turns = 0;
-      for (;;) {
-        let n = 0;
-        for (const q of queues) n += q.poll(onDone);
-        if (n > 0) { for (const q of queues) q.submit(); }
-        tick(now());
-        if (stopping && queues.every((q) => q.inFlight === 0)) break;
-        if (n === 0) {
-          if (blk.mode === "eventfd") {
+      try {
+        for (;;) {
+          if (parked.length > 0 && (stopping || blk.connectionStats().state !== "reconnecting")) {
+            const rest = parked.splice(0);
+            if (!stopping) { for (const s of rest) reissue(s); }
+            for (const q of queues) q.submit();
+          }
+          let n = 0;
+          for (const q of queues) n += q.poll(onDone);
+          if (n > 0) { for (const q of queues) q.submit(); }
+          tick(now());
+          if (stopping && parked.length === 0 && queues.every((q) => q.inFlight === 0)) break;
+          if (n !== 0) continue;
+          if (parked.length > 0) {
+            // Wait for the back-end (ticking on: progress lines, the end of the run, a Ctrl-C).
+            await Promise.race([back.promise, new Promise((r) => setTimeout(r, 20))]);
+            back = Promise.withResolvers<void>();
+          } else if (blk.mode === "eventfd") {
             await (queues.length === 1 ? queues[0].wait() : Promise.race(queues.map((q) => q.wait())));
           } else if (++turns % 4096 === 0) {
             // Let timers, signals and I/O run now and then.
             await new Promise((r) => setImmediate(r));
           }
         }
+      } finally {
+        blk.removeEventListener("reconnect", onBack);
       }
     }
   } finally {
@@ -355,5 +383,6 @@ export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
     ...(firstError ? { firstError: firstError.message } : {}),
     seconds,
     interrupted,
+    ...(job.reconnect ? { reconnects: reconnectSummary(blk) } : {}),
   };
 }

@@ -58,6 +58,13 @@ export const FIO: CommandSpec = {
       default: "null",
       help: "private daemon only: null (null-co, 1 GiB, stores nothing) or file (a 256 MiB image)",
     },
+    {
+      name: "reconnect",
+      kind: "string",
+      value: "S",
+      default: "off",
+      help: "with --path: ride out a back-end restart of up to S seconds (requests in flight are resubmitted)",
+    },
     { name: "json", kind: "boolean", help: "print one JSON object instead of text (no progress lines)" },
   ],
   examples: [
@@ -94,6 +101,12 @@ export async function fio(flags: ParsedFlags): Promise<void> {
   };
   if (job.bs === 0) throw new UsageError("--bs must be at least one block");
   const queueSize = flags["queue-size"] === undefined ? queueSizeFor(iodepth) : parseQueueSize(flags["queue-size"]);
+  const reconnectSeconds = flags.reconnect === undefined
+    ? undefined
+    : parseSeconds(flags.reconnect, "--reconnect", false);
+  if (reconnectSeconds !== undefined && flags.path === undefined) {
+    throw new UsageError("--reconnect needs --path: a private daemon is never restarted");
+  }
 
   let daemon: QemuStorageDaemon | undefined;
   let described: FioBackend;
@@ -114,7 +127,8 @@ export async function fio(flags: ParsedFlags): Promise<void> {
       };
   }
   try {
-    await using blk = await openDevice(flags, "poll", { path: daemon?.socketPath, queueSize });
+    await using blk = await openDevice(flags, "poll", { path: daemon?.socketPath, queueSize, reconnectSeconds });
+    job.reconnect = reconnectSeconds !== undefined;
     const tty = Deno.stderr.isTerminal();
     const encoder = new TextEncoder();
     const total = job.runtime + (job.rampTime ?? 0);

@@ -66,6 +66,14 @@ export function formatFioSummary(r: FioResult, mode: string, backend: FioBackend
     `  total: ${formatCount(r.total.ios)} I/Os, ${formatBytes(r.total.bytes)} in ${r.seconds.toFixed(2)} s; ` +
       `errors=${r.errors}${r.firstError ? ` (first: ${r.firstError})` : ""}`,
   );
+  if (r.reconnects) {
+    const c = r.reconnects;
+    lines.push(
+      c.count === 0
+        ? "  reconnects: none (the back-end stayed up)"
+        : `  reconnects: ${c.count} (longest gap ${c.longestGapMs} ms; ${c.resubmitted} requests resubmitted, none lost)`,
+    );
+  }
   return lines.join("\n");
 }
 

@@ -145,6 +145,7 @@ export class MockTransport implements Transport {
   #nextIova = 0x1_0000_0000;
   #notifiers: QueueNotifier[] = [];
   #closed = false;
+  #onHangup: (() => void) | undefined;
 
   /**
    * Creates the instance.
@@ -221,8 +222,17 @@ export class MockTransport implements Transport {
 
   createInterruptSource(): Promise<InterruptSource> {
     const source = new InProcessInterruptSource(this.device);
-    this.device.setInterruptHandler(() => source.signal());
+    this.device.setInterruptHandler((queue) => {
+      source.signal();
+      const onHangup = this.#onHangup;
+      if (queue === -1 && onHangup) queueMicrotask(onHangup);
+    });
     return Promise.resolve(source);
+  }
+
+  watchHangup(listener: () => void): Promise<void> {
+    this.#onHangup = listener;
+    return Promise.resolve();
   }
 
   writeConfig(offset: number, data: Uint8Array): Promise<void> {
@@ -242,6 +252,7 @@ export class MockTransport implements Transport {
 
   close(): Promise<void> {
     this.#closed = true;
+    this.#onHangup = undefined;
     this.device.setConfigChangeHandler(undefined);
     return Promise.resolve();
   }

@@ -45,6 +45,17 @@ export class SignalWatch {
     return SignalWatch.#start((w) => w.watchReadable(fd, 0), onReadable);
   }
 
+  /**
+   * Watches a connected socket for the peer hanging up (once).
+   *
+   * @param fd the socket
+   * @param onHangup runs once the peer is gone
+   * @returns the running watch
+   */
+  static hangup(fd: number, onHangup: () => void): Promise<SignalWatch> {
+    return SignalWatch.#start((w) => w.watchHangup(fd, 0), onHangup);
+  }
+
   static async #start(watch: (w: Waker) => void, onSignal: () => void): Promise<SignalWatch> {
     const waker = await Waker.forQueues([]);
     try {

@@ -162,6 +162,17 @@ export interface Transport {
   watchConfig(listener: () => void): Promise<ConfigChangeSignal>;
 
   /**
+   * Calls `listener` once, in a later task, when the connection to the
+   * device is lost — also while no request is in flight — for a driver that
+   * reconnects at once. Transports without a connection to lose (a kernel
+   * device, an in-process one) never call it. The watch ends with
+   * {@linkcode Transport.close}.
+   *
+   * @param listener what to call
+   */
+  watchHangup(listener: () => void): Promise<void>;
+
+  /**
    * Allocates memory of the kind this transport can share (a memfd, or heap
    * memory for the mock). The caller owns it and closes it after unmapping.
    *

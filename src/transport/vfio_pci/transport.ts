@@ -350,6 +350,11 @@ export class VfioPciTransport implements Transport {
     return "generation";
   }
 
+  /** A PCI function does not hang up: the listener is never called. */
+  watchHangup(_listener: () => void): Promise<void> {
+    return Promise.resolve();
+  }
+
   createRegion(size: number, name: string): SharedRegion {
     return new MemfdRegion(name, size);
   }

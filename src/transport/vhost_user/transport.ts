@@ -12,6 +12,7 @@ import { eventfd, eventfdNotifier, eventfdTake } from "../../os/eventfd.ts";
 import { closeFd } from "../../os/syscalls.ts";
 import { socketPair } from "../../os/unix_socket.ts";
 import { MAX_WAKER_TOKEN, Waker } from "../waker.ts";
+import { SignalWatch } from "../signal_watch.ts";
 import {
   ConnectionLostError,
   DeviceProtocolError,
@@ -92,6 +93,7 @@ export class VhostUserTransport implements Transport {
   readonly #conn: VhostUserConnection;
   readonly #path: string;
   readonly #channel: BackendChannel | undefined;
+  #hangupWatch: SignalWatch | undefined;
   #regions: SharedRegion[] = [];
   #kickFds: number[] = [];
   #callFds: number[] = [];
@@ -289,6 +291,11 @@ export class VhostUserTransport implements Transport {
     return Promise.resolve("message");
   }
 
+  async watchHangup(listener: () => void): Promise<void> {
+    if (this.#hangupWatch) throw new InvalidArgumentError("the connection is watched already");
+    this.#hangupWatch = await SignalWatch.hangup(this.#conn.fd, listener);
+  }
+
   createRegion(size: number, name: string): SharedRegion {
     return new MemfdRegion(name, size);
   }
@@ -387,6 +394,8 @@ export class VhostUserTransport implements Transport {
     } catch {
       // The back-end is gone or misbehaving: tear down regardless.
     } finally {
+      await this.#hangupWatch?.close();
+      this.#hangupWatch = undefined;
       await this.#channel?.close();
       await this.#conn.close();
       for (const fd of [...this.#kickFds, ...this.#callFds]) if (fd !== undefined) closeFd(fd);

@@ -233,6 +233,11 @@ export class VhostVdpaTransport implements Transport {
     steps.finish();
   }
 
+  /** A character device does not hang up: the listener is never called. */
+  watchHangup(_listener: () => void): Promise<void> {
+    return Promise.resolve();
+  }
+
   createRegion(size: number, name: string): SharedRegion {
     return new MemfdRegion(name, size);
   }
