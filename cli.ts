@@ -1,5 +1,5 @@
 /**
- * The command-line tool: `info`, `read`, `write`, `fio` and `probe`.
+ * The command-line tool: `info`, `read`, `write`, `fio`, `probe` and `copy`.
  *
  * ```sh
  * deno task info --path /tmp/x.sock
@@ -17,6 +17,7 @@
  */
 
 import { type CommandSpec, formatHelp, type ParsedFlags, parseFlags, UsageError } from "./src/cli/args.ts";
+import { COPY, copy } from "./src/cli/copy.ts";
 import { FIO, fio } from "./src/cli/fio_command.ts";
 import { INFO, info } from "./src/cli/info.ts";
 import { PROBE, probe } from "./src/cli/probe_command.ts";
@@ -33,6 +34,7 @@ const COMMANDS: readonly { spec: CommandSpec; run: (flags: ParsedFlags) => Promi
   { spec: WRITE, run: write },
   { spec: FIO, run: fio },
   { spec: PROBE, run: probe },
+  { spec: COPY, run: copy },
 ];
 
 const SUMMARY: Record<string, string> = {
@@ -41,6 +43,7 @@ const SUMMARY: Record<string, string> = {
   write: "write a file or a pipe to the device at an offset",
   fio: "run a fio-like workload and print IOPS, bandwidth and latency",
   probe: "report what a vhost-user-blk back-end offers and how it behaves",
+  copy: "copy between a file or a pipe and a device (or two devices), with progress and --verify",
 };
 
 const USAGE = [

@@ -27,10 +27,14 @@
  * @module
  */
 
-export { VirtioBlk, type VirtioBlkEventMap } from "./src/blk/virtio_blk.ts";
+export { VirtioBlk } from "./src/blk/virtio_blk.ts";
+export { type VirtioBlkEventMap, VirtioBlkEvents } from "./src/blk/events.ts";
 export type { ConfigChangeDetail, ConfigWatchStats } from "./src/blk/config_watch.ts";
 export type { ConnectionStats, DisconnectDetail, ReconnectDetail } from "./src/blk/reconnect.ts";
 export type { VirtioBlkFeatures } from "./src/blk/features.ts";
+export type { VirtioBlkLimits } from "./src/blk/limits.ts";
+export { fileReadable, type FileReadableOptions } from "./src/blk/file_readable.ts";
+export type { ReadableOptions, WritableOptions } from "./src/blk/stream_options.ts";
 export {
   type BlkCompletion,
   type CompletionHandler,

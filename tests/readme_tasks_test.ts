@@ -15,7 +15,8 @@ const ciRun = await Deno.readTextFile(`${root}.ci/run`);
 function readmeTaskBlocks(): string[][] {
   const blocks: string[][] = [];
   for (const block of readme.matchAll(/```sh\n([\s\S]*?)```/g)) {
-    const lines = block[1].split("\n").filter((l) => l.startsWith("deno task ")).map((l) => l.trim());
+    // `deno task …` lines, and pipelines into one (`cat disk.img | deno task copy …`).
+    const lines = block[1].split("\n").filter((l) => /^deno task |^[^#]*\| deno task /.test(l)).map((l) => l.trim());
     if (lines.length > 0) blocks.push(lines);
   }
   return blocks;
@@ -106,6 +107,36 @@ const EXPECTED: Record<string, Expectation> = {
       assert.match(r.stdout, /\n {2}reconnects: none \(the back-end stayed up\)/);
     },
   },
+  "deno task fio --rw write --bs 128k --iodepth 16": {
+    check: (r) => {
+      assert.match(r.stdout, /^write: bs=128k, iodepth=16 per queue/);
+      assert.match(r.stdout, /\n {2}write: IOPS=/);
+    },
+  },
+  "deno task copy --from disk.img --to vhost-user:$SOCK --pad --verify": {
+    check: async (r) => {
+      assert.match(
+        r.stdout,
+        /^copied 3.00MiB \(3145828 bytes\) from disk.img to vhost-user:.* verified: the destination reads back the same/,
+      );
+      const disk = await Deno.readFile(`${r.dir}/disk.img`);
+      assert.equal(firstDifference((await image(r)).subarray(0, disk.length), disk), -1);
+    },
+  },
+  "deno task copy --from vhost-user:$SOCK@1M --length 4M --to part.img": {
+    check: async (r) => {
+      const part = await Deno.readFile(`${r.dir}/part.img`);
+      assert.equal(part.length, 4 * MiB);
+      assert.equal(firstDifference(part, (await image(r)).subarray(MiB, 5 * MiB)), -1);
+    },
+  },
+  "cat disk.img | deno task copy --from - --to vhost-user:$SOCK --pad": {
+    check: async (r) => {
+      assert.match(r.stdout, /^copied 3.00MiB \(3145828 bytes\) from stdin to vhost-user:/);
+      const disk = await Deno.readFile(`${r.dir}/disk.img`);
+      assert.equal(firstDifference((await image(r)).subarray(0, disk.length), disk), -1);
+    },
+  },
   "deno task write --path $SOCK --offset 1M --input data.bin": {
     check: async (r) => {
       const data = await Deno.readFile(`${r.dir}/data.bin`);
@@ -146,6 +177,7 @@ const EXPECTED: Record<string, Expectation> = {
   "deno task test:asan": { ci: "deno task test:asan" },
   "deno task check": { ci: "deno task check" },
   "deno task <command> --help": { generic: true },
+  "deno task copy": { generic: true }, // named in prose; its examples are run above
   "deno task <command>": { generic: true },
 };
 
@@ -213,6 +245,9 @@ async function inScratch(fn: (dir: string, qsd: QemuStorageDaemon) => Promise<vo
   const qsd = await QemuStorageDaemon.start({ size: 64 * MiB });
   try {
     await Deno.writeFile(`${dir}/data.bin`, crypto.getRandomValues(new Uint8Array(8192)));
+    const disk = new Uint8Array(3 * MiB + 100); // the README's copy examples: an image that ends inside a block
+    for (let at = 0; at < disk.length; at += 65536) crypto.getRandomValues(disk.subarray(at, at + 65536));
+    await Deno.writeFile(`${dir}/disk.img`, disk);
     await fn(dir, qsd);
   } finally {
     await qsd.stop();

@@ -30,6 +30,8 @@ export interface BlkLimits {
   readonly maxSegments: number;
   /** Largest data segment in bytes. */
   readonly maxSegmentSize: number;
+  /** Most data bytes in one request (segments x segment size, the transport's limit, 1 GiB; block-aligned). */
+  readonly maxTransfer: number;
   /** Whether FLUSH was negotiated (without it, flush completes at once). */
   readonly flush: boolean;
   /** Discard limits, when negotiated. */
@@ -48,9 +50,15 @@ const MAX_RANGE_BYTES = 0xffff_ffff * SECTOR_SIZE;
  * @param config the device's config
  * @param features the negotiated features
  * @param maxSegments data segments per request the driver allows
+ * @param transportMax the most bytes per request the transport carries
  * @returns the limits
  */
-export function limitsOf(config: VirtioBlkConfig, features: VirtioBlkFeatures, maxSegments: number): BlkLimits {
+export function limitsOf(
+  config: VirtioBlkConfig,
+  features: VirtioBlkFeatures,
+  maxSegments: number,
+  transportMax: number = Infinity,
+): BlkLimits {
   const sectorsToBytes = (s: number) => (s === 0 ? MAX_RANGE_BYTES : Math.min(s * SECTOR_SIZE, MAX_RANGE_BYTES));
   return {
     capacity: Number(config.capacity),
@@ -58,6 +66,7 @@ export function limitsOf(config: VirtioBlkConfig, features: VirtioBlkFeatures, m
     readOnly: features.readOnly,
     maxSegments,
     maxSegmentSize: config.sizeMax ?? 0xffff_ffff,
+    maxTransfer: maxTransferOf(config, maxSegments, transportMax),
     flush: features.flush,
     discard: config.discard && {
       maxBytes: sectorsToBytes(config.discard.maxSectors),
@@ -71,6 +80,62 @@ export function limitsOf(config: VirtioBlkConfig, features: VirtioBlkFeatures, m
 }
 
 /**
+ * A device's request limits under libblkio's property names (camelCased:
+ * `request-alignment` is `requestAlignment`), for `VirtioBlk.limits`. The
+ * promise API takes requests of any size and splits them by these; the
+ * batch API takes one request per chain and refuses what exceeds them.
+ */
+export interface VirtioBlkLimits {
+  /** request-alignment: offsets and lengths are multiples of this (the logical block size). */
+  readonly requestAlignment: number;
+  /** optimal-io-alignment: the physical block size (TOPOLOGY), else the logical one. */
+  readonly optimalIoAlignment: number;
+  /** max-transfer: the most bytes one batch-API request carries. */
+  readonly maxTransfer: number;
+  /** max-segments: data buffers in one batch-API request. */
+  readonly maxSegments: number;
+  /** max-segment-len: bytes in one data buffer of a batch-API request. */
+  readonly maxSegmentLen: number;
+  /** buf-alignment: the memory alignment a buffer needs — 1, any `Uint8Array` (but `allocBuffer`'s go zero-copy). */
+  readonly bufAlignment: number;
+  /** discard-alignment: discard offsets and lengths are multiples of this (0 without discard). */
+  readonly discardAlignment: number;
+  /** max-discard-len: bytes in one discard request (0 without discard). */
+  readonly maxDiscardLen: number;
+  /** max-write-zeroes-len: bytes in one write-zeroes request (0 without write-zeroes). */
+  readonly maxWriteZeroesLen: number;
+}
+
+/**
+ * The limits under libblkio's names.
+ *
+ * @param l the driver's limits
+ * @param config the device's config
+ * @returns them, frozen
+ */
+export function publicLimits(l: BlkLimits, config: VirtioBlkConfig): VirtioBlkLimits {
+  return Object.freeze({
+    requestAlignment: l.alignment,
+    optimalIoAlignment: l.alignment * 2 ** (config.topology?.physicalBlockExp ?? 0),
+    maxTransfer: l.maxTransfer,
+    maxSegments: l.maxSegments,
+    maxSegmentLen: l.maxSegmentSize,
+    bufAlignment: 1,
+    discardAlignment: l.discard?.alignment ?? 0,
+    maxDiscardLen: l.discard?.maxBytes ?? 0,
+    maxWriteZeroesLen: l.writeZeroes?.maxBytes ?? 0,
+  });
+}
+
+/** The cap on one request's data whatever the device allows: larger ones gain nothing and hold memory longer. */
+const MAX_TRANSFER_CAP = 1 << 30;
+
+function maxTransferOf(config: VirtioBlkConfig, maxSegments: number, transportMax: number): number {
+  const bytes = Math.min(maxSegments * (config.sizeMax ?? 0xffff_ffff), transportMax, MAX_TRANSFER_CAP);
+  return Math.max(config.blkSize, bytes - (bytes % config.blkSize));
+}
+
+/**
  * Converts a caller's byte offset to a number.
  *
  * @param offset a non-negative safe integer, as number or bigint
@@ -78,7 +143,7 @@ export function limitsOf(config: VirtioBlkConfig, features: VirtioBlkFeatures, m
  * @returns the offset as a number
  * @throws {InvalidArgumentError} for negative, fractional, NaN or too large values
  */
-function toByteOffset(offset: number | bigint, what = "offset"): number {
+export function toByteOffset(offset: number | bigint, what = "offset"): number {
   if (typeof offset === "number") {
     if (Number.isSafeInteger(offset) && offset >= 0) return offset;
   } else if (typeof offset === "bigint") {
@@ -94,7 +159,7 @@ function toByteOffset(offset: number | bigint, what = "offset"): number {
  * @param what the argument's name for the message
  * @returns the length as a number
  */
-function toByteLength(length: number | bigint, what = "length"): number {
+export function toByteLength(length: number | bigint, what = "length"): number {
   const n = toByteOffset(length, what);
   if (n === 0) throw new InvalidArgumentError(`${what} must be positive`);
   return n;
@@ -133,16 +198,29 @@ export function checkRange(limits: BlkLimits, offset: number, length: number, wh
  * @returns its length
  */
 function checkBuffer(limits: BlkLimits, buf: Uint8Array, i: number): number {
+  const len = checkDataBuffer(buf, i);
+  if (len > limits.maxSegmentSize) {
+    throw new InvalidArgumentError(
+      `buffer ${i} is ${len} bytes, above the device's segment limit of ${limits.maxSegmentSize}`,
+    );
+  }
+  return len;
+}
+
+/**
+ * Checks that a data buffer is a usable, non-empty `Uint8Array` (whatever its size).
+ *
+ * @param buf the buffer
+ * @param i its index, for the message
+ * @returns its length
+ * @throws {InvalidArgumentError} otherwise
+ */
+export function checkDataBuffer(buf: Uint8Array, i: number): number {
   if (!(buf instanceof Uint8Array)) throw new InvalidArgumentError(`buffer ${i} is not a Uint8Array`);
   const len = buf.byteLength;
   if (len === 0) {
     throw new InvalidArgumentError(
       (buf.buffer as ArrayBuffer).detached ? `buffer ${i} was freed (or its device closed)` : `buffer ${i} is empty`,
-    );
-  }
-  if (len > limits.maxSegmentSize) {
-    throw new InvalidArgumentError(
-      `buffer ${i} is ${len} bytes, above the device's segment limit of ${limits.maxSegmentSize}`,
     );
   }
   return len;
@@ -192,6 +270,12 @@ export function validateRequest(
     const off = toByteOffset(offset);
     const bytes = buffers instanceof Uint8Array ? checkBuffer(limits, buffers, 0) : checkBuffers(limits, buffers ?? []);
     checkRange(limits, off, bytes, name);
+    if (bytes > limits.maxTransfer) {
+      throw new InvalidArgumentError(
+        `${name}: ${bytes} bytes exceed the ${limits.maxTransfer} one request may carry (max-transfer; ` +
+          `the promise API splits larger requests)`,
+      );
+    }
     return { offset: off, bytes };
   }
   if (type === VIRTIO_BLK_T_DISCARD || type === VIRTIO_BLK_T_WRITE_ZEROES) {

@@ -317,7 +317,7 @@ export class QueueEngine<T = unknown> {
       }
       if (
         typeof offset === "number" && offset >= 0 && Number.isSafeInteger(offset) && single !== undefined &&
-        total > 0 && total <= limits.maxSegmentSize && offset % limits.alignment === 0 &&
+        total > 0 && total <= limits.maxSegmentSize && total <= limits.maxTransfer && offset % limits.alignment === 0 &&
         total % limits.alignment === 0 && offset + total <= limits.capacity &&
         !(type === VIRTIO_BLK_T_OUT && limits.readOnly)
       ) {

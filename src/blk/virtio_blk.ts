@@ -22,7 +22,7 @@ import { type ConnectTarget, connectTransport } from "../transport/connect.ts";
 import type { InterruptSource, Transport, TransportType } from "../transport/transport.ts";
 import { CompletionDriver, type CompletionMode } from "./completion_driver.ts";
 import { VIRTIO_BLK_CONFIG_SIZE, type VirtioBlkConfig } from "./config.ts";
-import { type BlkLimits, limitsOf } from "./limits.ts";
+import { type BlkLimits, limitsOf, publicLimits, type VirtioBlkLimits } from "./limits.ts";
 import { type ConfigChangeDetail, ConfigWatch, type ConfigWatchStats } from "./config_watch.ts";
 import { featuresOf, type VirtioBlkFeatures } from "./features.ts";
 import { type ResolvedOptions, resolveOptions, type VirtioBlkConnectOptions } from "./options.ts";
@@ -48,26 +48,12 @@ import {
   VIRTIO_BLK_T_WRITE_ZEROES,
 } from "./spec.ts";
 import { StallWatchdog } from "./stall_watchdog.ts";
-import { type ConnectionStats, type DisconnectDetail, type ReconnectDetail, Reconnector } from "./reconnect.ts";
-
-/** The events a {@linkcode VirtioBlk} dispatches. */
-export interface VirtioBlkEventMap {
-  /**
-   * The device changed its configuration — a volume grown or shrunk, the
-   * write cache switched. Dispatched after `capacity`, `config` and the
-   * request limits were updated; `detail` has the new configuration and the
-   * previous capacity.
-   */
-  configchange: CustomEvent<ConfigChangeDetail>;
-  /**
-   * With `reconnect`: the back-end hung up. Requests in flight are kept
-   * (`detail.inFlight`) and the driver is reconnecting; promise-API
-   * requests wait, the batch API refuses new ones (`ERR_RECONNECTING`).
-   */
-  disconnect: CustomEvent<DisconnectDetail>;
-  /** With `reconnect`: the back-end is back and `detail.resubmitted` requests went to it again. */
-  reconnect: CustomEvent<ReconnectDetail>;
-}
+import { VirtioBlkEvents } from "./events.ts";
+import { BulkSplitter } from "./bulk.ts";
+import { deviceReadable } from "./device_readable.ts";
+import { deviceWritable, writeFromStream } from "./device_writable.ts";
+import type { ReadableOptions, WritableOptions } from "./stream_options.ts";
+import { type ConnectionStats, Reconnector } from "./reconnect.ts";
 
 /**
  * A virtio-blk device.
@@ -93,7 +79,7 @@ export interface VirtioBlkEventMap {
  * console.log(device.disk[0]); // 7
  * ```
  */
-export class VirtioBlk extends EventTarget implements AsyncDisposable {
+export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
   /** Logical block size in bytes; offsets and lengths must be multiples of it. */
   readonly blockSize: number;
   /** Whether the device is read-only. */
@@ -128,6 +114,8 @@ export class VirtioBlk extends EventTarget implements AsyncDisposable {
   readonly #watchdog: StallWatchdog | undefined;
   readonly #limits: BlkLimits;
   readonly #configWatch: ConfigWatch;
+  readonly #bulk: BulkSplitter;
+  readonly #publicLimits: VirtioBlkLimits;
   #nextQueue = 0;
   #lost: VirtioError | undefined;
   #closing: Promise<void> | undefined;
@@ -159,7 +147,7 @@ export class VirtioBlk extends EventTarget implements AsyncDisposable {
     this.mode = o.mode;
     this.maxSegments = n.maxSegments;
     this.maxSegmentSize = config.sizeMax ?? 0xffff_ffff;
-    const limits = this.#limits = limitsOf(n.config, this.features, n.maxSegments);
+    const limits = this.#limits = limitsOf(n.config, this.features, n.maxSegments, transport.maxTransferBytes);
     this.#configWatch = new ConfigWatch(
       () => this.#transport.readConfig(0, VIRTIO_BLK_CONFIG_SIZE),
       n.features,
@@ -189,6 +177,12 @@ export class VirtioBlk extends EventTarget implements AsyncDisposable {
       });
     });
     this.#queues = this.#engines.map((e) => queueFacade(e));
+    this.#publicLimits = publicLimits(limits, config);
+    this.#bulk = new BulkSplitter(
+      limits,
+      memory.pool,
+      (type, off, bufs, len, unmap) => this.#submitOne(type, off, bufs, len, unmap),
+    );
     this.#driver = new CompletionDriver(this.#engines, started.interrupts, o.mode, o.spinMicros, monotonicClock());
     this.#watchdog = o.stallTimeoutMs === undefined ? undefined : new StallWatchdog(this.#engines, o.stallTimeoutMs);
     this.#reconnector = o.reconnect === undefined ? undefined : new Reconnector(this.#engines, o.reconnect, {
@@ -243,68 +237,9 @@ export class VirtioBlk extends EventTarget implements AsyncDisposable {
     return blk;
   }
 
-  /**
-   * Listens for an event of {@linkcode VirtioBlkEventMap}.
-   *
-   * @param type the event's name
-   * @param listener its handler
-   * @param options as for any `EventTarget`
-   */
-  override addEventListener<K extends keyof VirtioBlkEventMap>(
-    type: K,
-    listener: (this: VirtioBlk, event: VirtioBlkEventMap[K]) => void,
-    options?: boolean | AddEventListenerOptions,
-  ): void;
-  /**
-   * Listens for an event by name.
-   *
-   * @param type the event's name
-   * @param listener its handler
-   * @param options as for any `EventTarget`
-   */
-  override addEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | AddEventListenerOptions,
-  ): void;
-  override addEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null | ((event: never) => void),
-    options?: boolean | AddEventListenerOptions,
-  ): void {
-    super.addEventListener(type, listener as EventListenerOrEventListenerObject | null, options);
-  }
-
-  /**
-   * Stops listening for an event of {@linkcode VirtioBlkEventMap}.
-   *
-   * @param type the event's name
-   * @param listener the handler given to addEventListener
-   * @param options as for any `EventTarget`
-   */
-  override removeEventListener<K extends keyof VirtioBlkEventMap>(
-    type: K,
-    listener: (this: VirtioBlk, event: VirtioBlkEventMap[K]) => void,
-    options?: boolean | EventListenerOptions,
-  ): void;
-  /**
-   * Stops listening for an event by name.
-   *
-   * @param type the event's name
-   * @param listener the handler given to addEventListener
-   * @param options as for any `EventTarget`
-   */
-  override removeEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | EventListenerOptions,
-  ): void;
-  override removeEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null | ((event: never) => void),
-    options?: boolean | EventListenerOptions,
-  ): void {
-    super.removeEventListener(type, listener as EventListenerOrEventListenerObject | null, options);
+  /** The request limits, under libblkio's names (`requestAlignment` for request-alignment, …). */
+  get limits(): VirtioBlkLimits {
+    return this.#publicLimits;
   }
 
   /** Capacity in bytes (follows the device: see {@linkcode VirtioBlk.refreshConfig}). */
@@ -510,6 +445,21 @@ export class VirtioBlk extends EventTarget implements AsyncDisposable {
     length: number | bigint,
     unmap: boolean,
   ): Promise<unknown> {
+    if (!this.#bulk.fits(type, buffers, length)) {
+      if (this.#closing) return Promise.reject(new ClosedError());
+      return this.#bulk.run(type, offset, buffers, length, unmap);
+    }
+    return this.#submitOne(type, offset, buffers, length, unmap);
+  }
+
+  /** One request that fits, on the next queue in turn. */
+  #submitOne(
+    type: number,
+    offset: number | bigint,
+    buffers: Uint8Array | readonly Uint8Array[] | undefined,
+    length: number | bigint,
+    unmap: boolean,
+  ): Promise<unknown> {
     if (this.#closing) return Promise.reject(new ClosedError());
     const n = this.#engines.length;
     const e = this.#engines[this.#nextQueue];
@@ -591,6 +541,65 @@ export class VirtioBlk extends EventTarget implements AsyncDisposable {
    */
   getId(): Promise<string> {
     return this.#submit(VIRTIO_BLK_T_GET_ID, 0, undefined, 0, false) as Promise<string>;
+  }
+
+  /**
+   * A byte stream of the device's contents (BYOB readers supported), with
+   * `queueDepth` reads of `chunkSize` in flight ahead of the reader.
+   *
+   * @example Copy the first 64 MiB into a file
+   * ```ts ignore
+   * using file = await Deno.open("head.img", { write: true, create: true, truncate: true });
+   * await blk.readable({ offset: 0, length: 64 << 20 }).pipeTo(file.writable);
+   * ```
+   *
+   * @param options range (default: from 0 to the end), chunk size, read-ahead
+   * @returns the stream
+   */
+  readable(options?: ReadableOptions): ReadableStream<Uint8Array> {
+    this.#checkOpen();
+    return deviceReadable(this, options);
+  }
+
+  /**
+   * A sink that writes everything piped into it from `offset` on: chunks of
+   * any size, `queueDepth` writes in flight, backpressure while they are
+   * all busy; `close()` waits for them and flushes the device. A tail that
+   * does not fill a block is refused unless `pad`.
+   *
+   * @example Write an image file onto the device
+   * ```ts ignore
+   * using file = await Deno.open("disk.img");
+   * await file.readable.pipeTo(blk.writable({ offset: 0 }));
+   * ```
+   *
+   * @param options start, chunk size, writes in flight, padding, flush
+   * @returns the stream
+   */
+  writable(options?: WritableOptions): WritableStream<Uint8Array> {
+    this.#checkOpen();
+    return deviceWritable(this, options);
+  }
+
+  /**
+   * Writes everything a stream yields from `offset` on, then flushes — what
+   * `source.pipeTo(blk.writable(options))` does, but a byte stream (such as
+   * {@linkcode fileReadable}) is read into reused buffers, with no chunk
+   * allocated on the way: the fast way to put an image onto the device.
+   *
+   * @example
+   * ```ts ignore
+   * import { fileReadable } from "@virtio/deno";
+   * const bytes = await blk.writeFrom(fileReadable(await Deno.open("disk.img")));
+   * ```
+   *
+   * @param source what to write (consumed)
+   * @param options start, chunk size, writes in flight, padding, flush
+   * @returns the bytes written (before padding)
+   */
+  writeFrom(source: ReadableStream<Uint8Array>, options?: WritableOptions): Promise<number> {
+    if (this.#closing) return Promise.reject(new ClosedError());
+    return writeFromStream(this, source, options);
   }
 
   /**

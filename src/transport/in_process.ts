@@ -168,6 +168,10 @@ export class MockTransport implements Transport {
     return this.device.maxQueueSize;
   }
 
+  get maxTransferBytes(): number {
+    return Infinity;
+  }
+
   get maxMemRegions(): number {
     return 64;
   }

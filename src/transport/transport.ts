@@ -116,6 +116,12 @@ export interface Transport {
   readonly maxQueueSize: number;
   /** How many memory regions can be mapped at once. */
   readonly maxMemRegions: number;
+  /**
+   * The most bytes one request may carry through this transport, whatever
+   * the device's own limits (Infinity: none). vfio-pci: 4 MiB, as QEMU maps
+   * a request behind an emulated IOMMU page by page into at most 1024 pieces.
+   */
+  readonly maxTransferBytes: number;
   /** True once closed or once the connection was lost. */
   readonly closed: boolean;
   /** The back-end's request channel, where the transport has one (vhost-user with BACKEND_REQ). */

@@ -77,6 +77,8 @@ const BDF = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
 export class VfioPciTransport implements Transport {
   readonly type = "vfio-pci" as const;
   readonly maxMemRegions = 1024;
+  /** 4 MiB: QEMU maps a request behind an emulated IOMMU into at most 1024 pages of 4 KiB. */
+  readonly maxTransferBytes: number = 4 << 20;
   /** The PCI address. */
   readonly device: string;
   /** Whether MSI-X vectors are routed to eventfds. */

@@ -90,6 +90,7 @@ export class VhostUserTransport implements Transport {
   readonly maxQueues: number;
   readonly maxQueueSize = 32768;
   readonly maxMemRegions: number;
+  readonly maxTransferBytes: number = Infinity;
   readonly #conn: VhostUserConnection;
   readonly #path: string;
   readonly #channel: BackendChannel | undefined;

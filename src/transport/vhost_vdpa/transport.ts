@@ -79,6 +79,7 @@ export class VhostVdpaTransport implements Transport {
   readonly maxQueues: number;
   readonly maxQueueSize: number;
   readonly maxMemRegions = 1024;
+  readonly maxTransferBytes: number = Infinity;
   /** The IOVA range the device accepts. */
   readonly iovaRange: { first: number; last: number };
   readonly #path: string;
