@@ -1,5 +1,6 @@
 /** Shared test helpers. */
 
+import type { VirtioBlk, VirtioBlkEventMap } from "../mod.ts";
 import { DpdkVhostBlk } from "../src/testing/dpdk_vhost_blk.ts";
 import { QemuStorageDaemon } from "../src/testing/qsd.ts";
 
@@ -108,4 +109,40 @@ export async function stopProcess(pid: number): Promise<void> {
     if (performance.now() > deadline) throw new Error(`process ${pid} did not stop: ${states}`);
     await new Promise((r) => setTimeout(r, 1));
   }
+}
+
+/**
+ * The `detail` of the next event `type` of `blk`, or a failure after `ms`
+ * (the listener is removed either way).
+ */
+export function nextEvent<K extends keyof VirtioBlkEventMap>(
+  blk: VirtioBlk,
+  type: K,
+  ms = 1000,
+): Promise<VirtioBlkEventMap[K]["detail"]> {
+  return new Promise((resolve, reject) => {
+    const on = (e: VirtioBlkEventMap[K]) => {
+      clearTimeout(timer);
+      blk.removeEventListener(type, on);
+      resolve(e.detail);
+    };
+    const timer = setTimeout(() => {
+      blk.removeEventListener(type, on);
+      reject(new Error(`no ${type} within ${ms} ms`));
+    }, ms);
+    blk.addEventListener(type, on);
+  });
+}
+
+/** `length` bytes of a file from `offset`, read directly (the independent reader of an image). */
+export async function imageBytes(path: string, offset: number, length: number): Promise<Uint8Array> {
+  using f = await Deno.open(path);
+  await f.seek(offset, Deno.SeekMode.Start);
+  const out = new Uint8Array(length);
+  for (let at = 0; at < length;) {
+    const n = await f.read(out.subarray(at));
+    if (n === null) break;
+    at += n;
+  }
+  return out;
 }

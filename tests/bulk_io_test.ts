@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { DeviceIoError, fileReadable, InvalidArgumentError, VirtioBlk } from "../mod.ts";
 import { MockBlkDevice, QemuStorageDaemon } from "../testing.ts";
 import { loadShim } from "../src/os/loader.ts";
-import { firstDifference, HAVE_QSD, missing, Rng } from "./_support.ts";
+import { firstDifference, HAVE_QSD, imageBytes, missing, Rng } from "./_support.ts";
 
 if (HAVE_QSD) await loadShim();
 
@@ -16,18 +16,6 @@ function pattern(n: number, seed: number): Uint8Array<ArrayBuffer> {
   const u32 = new Uint32Array(b.buffer, 0, n >> 2);
   for (let i = 0; i < u32.length; i++) u32[i] = Math.imul(i + 1, 2654435761) ^ seed;
   return b;
-}
-
-async function imageAt(path: string, offset: number, length: number): Promise<Uint8Array> {
-  using f = await Deno.open(path);
-  await f.seek(offset, Deno.SeekMode.Start);
-  const out = new Uint8Array(length);
-  for (let at = 0; at < length;) {
-    const n = await f.read(out.subarray(at));
-    if (n === null) break;
-    at += n;
-  }
-  return out;
 }
 
 // ------------------------------------------------------- any size, mock limits
@@ -144,7 +132,7 @@ Deno.test({
     const data = pattern(256 * MiB, 9);
     await blk.write(4 * MiB, data);
     await blk.flush();
-    const image = await imageAt(qsd.imagePath!, 4 * MiB, 256 * MiB);
+    const image = await imageBytes(qsd.imagePath!, 4 * MiB, 256 * MiB);
     assert.equal(firstDifference(image, data), -1, "the independent reader sees the write");
     const rng = new Rng(4);
     const segs = Array.from({ length: 3000 }, () => new Uint8Array(512 * rng.int(1, 8)));
@@ -334,7 +322,7 @@ Deno.test({
       assert.equal(firstDifference(a.subarray(0, 20 * MiB), b), -1);
       r = await sh(`cat "$D/src.img" | "$DENO" run -A "$CLI" copy --from - --to vhost-user:"$S"@32M --pad --verify`);
       assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
-      assert.equal(firstDifference(await imageAt(qsd.imagePath!, 32 * MiB, a.byteLength), a), -1);
+      assert.equal(firstDifference(await imageBytes(qsd.imagePath!, 32 * MiB, a.byteLength), a), -1);
       r = await sh(`cat "$D/src.img" | "$DENO" run -A "$CLI" copy --from - --to vhost-user:"$S"@32M`);
       assert.equal(r.code, 1, "a tail inside a block without --pad");
       assert.match(new TextDecoder().decode(r.stderr), /ended 488 bytes into a block of 512/);

@@ -4,13 +4,7 @@
 // and survives a hostile back-end (malformed, oversized, unknown and
 // flooding requests, descriptors, hang-ups) without a hang or a leak.
 import assert from "node:assert/strict";
-import {
-  type ConfigChangeDetail,
-  DeviceProtocolError,
-  DeviceUnsupportedError,
-  InvalidArgumentError,
-  VirtioBlk,
-} from "../mod.ts";
+import { DeviceProtocolError, DeviceUnsupportedError, InvalidArgumentError, VirtioBlk } from "../mod.ts";
 import { MockBlkDevice } from "../testing.ts";
 import { loadShim } from "../src/os/loader.ts";
 import { eventfd } from "../src/os/eventfd.ts";
@@ -23,25 +17,9 @@ import {
   VhostUserProtocolFeature as PF,
 } from "../src/transport/vhost_user/protocol.ts";
 import { FakeVhostUserBackend, rawMessage } from "./_fake_vhost_user.ts";
-import { fdCount } from "./_support.ts";
+import { fdCount, nextEvent } from "./_support.ts";
 
 const MiB = 1 << 20;
-
-/** The next "configchange" of `blk`, or a failure after `ms`. */
-function nextChange(blk: VirtioBlk, ms = 1000): Promise<ConfigChangeDetail> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      blk.removeEventListener("configchange", on);
-      reject(new Error(`no configchange within ${ms} ms`));
-    }, ms);
-    const on = (e: CustomEvent<ConfigChangeDetail>) => {
-      clearTimeout(timer);
-      blk.removeEventListener("configchange", on);
-      resolve(e.detail);
-    };
-    blk.addEventListener("configchange", on);
-  });
-}
 
 const settle = () => new Promise((r) => setTimeout(r, 20));
 
@@ -53,7 +31,7 @@ Deno.test("mock resize: grow → configchange after capacity and limits moved; I
   assert.equal(blk.configStats().signal, "callback");
   const seen: bigint[] = [];
   blk.addEventListener("configchange", () => seen.push(blk.capacity)); // updated before the event
-  const change = nextChange(blk);
+  const change = nextEvent(blk, "configchange");
   device.resize(8 * MiB);
   const detail = await change;
   assert.equal(detail.previousCapacity, BigInt(4 * MiB));
@@ -83,7 +61,7 @@ Deno.test("mock resize: grow → configchange after capacity and limits moved; I
 Deno.test("mock resize: shrink → requests past the new end are refused before they reach the device", async () => {
   const device = new MockBlkDevice({ capacity: 8 * MiB });
   await using blk = await VirtioBlk.connect({ transport: "mock", device });
-  const change = nextChange(blk);
+  const change = nextEvent(blk, "configchange");
   device.resize(2 * MiB);
   assert.equal((await change).previousCapacity, BigInt(8 * MiB));
   assert.equal(blk.capacity, BigInt(2 * MiB));
@@ -103,7 +81,7 @@ Deno.test("mock resize: a request in flight past a new, smaller end is the devic
   const buf = blk.allocBuffer(4096);
   const inFlight = blk.read(6 * MiB, buf);
   await settle();
-  const change = nextChange(blk);
+  const change = nextEvent(blk, "configchange");
   device.resize(2 * MiB);
   await change;
   for (let q = 0; q < blk.numQueues; q++) device.process(q);
@@ -130,7 +108,7 @@ Deno.test("mock resize: 50 in a row lose no state — the last capacity seen is 
 Deno.test("mock resize to 0: the capacity follows, every request is refused", async () => {
   const device = new MockBlkDevice({ capacity: 1 * MiB });
   await using blk = await VirtioBlk.connect({ transport: "mock", device });
-  const change = nextChange(blk);
+  const change = nextEvent(blk, "configchange");
   device.resize(0);
   assert.equal((await change).config.capacity, 0n);
   await assert.rejects(blk.read(0, blk.allocBuffer(512)), InvalidArgumentError);
@@ -169,7 +147,7 @@ Deno.test("setWriteCache: switches writeback through the config space and reads 
   const device = new MockBlkDevice({ capacity: 1 * MiB, writeCache: true });
   await using blk = await VirtioBlk.connect({ transport: "mock", device });
   assert.equal(blk.config.writeback, 1);
-  const change = nextChange(blk);
+  const change = nextEvent(blk, "configchange");
   assert.equal((await blk.setWriteCache(false)).writeback, 0);
   assert.equal((await change).config.writeback, 0);
   assert.equal(device.config[BLK_CONFIG.WRITEBACK], 0);
@@ -236,7 +214,7 @@ Deno.test("back-end channel: handed over at connect; CONFIG_CHANGE_MSG → re-re
     assert.ok(b.channelFd >= 0, "the driver sent SET_BACKEND_REQ_FD");
     assert.equal(blk.configStats().signal, "message");
     setCapacity(config, 8 * MiB);
-    const next = nextChange(blk);
+    const next = nextEvent(blk, "configchange");
     b.sendOnChannel(change());
     const d = await next;
     assert.equal(d.previousCapacity, BigInt(4 * MiB));
@@ -285,7 +263,7 @@ Deno.test("back-end channel: descriptors sent along are closed unread", async ()
 Deno.test("back-end channel: a message split across writes is read whole", async () => {
   await withChannel(async (b, blk, config) => {
     setCapacity(config, 6 * MiB);
-    const next = nextChange(blk);
+    const next = nextEvent(blk, "configchange");
     const m = change(1 | VHOST_USER_NEED_REPLY_MASK);
     b.sendOnChannel(m.slice(0, 5));
     await settle();

@@ -4,37 +4,15 @@
 // (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG); 7.2, Debian 12's, does not — the
 // last test here pins that down, which is why the others use a recent build.
 import assert from "node:assert/strict";
-import { type ConfigChangeDetail, InvalidArgumentError, VirtioBlk } from "../mod.ts";
+import { InvalidArgumentError, VirtioBlk } from "../mod.ts";
 import { QemuStorageDaemon } from "../testing.ts";
-import { HAVE_QSD, missing, Rng } from "./_support.ts";
+import { HAVE_QSD, imageBytes, missing, nextEvent, Rng } from "./_support.ts";
 import { qsdVersion, RECENT_QSD } from "./_qsd_recent.ts";
 import { loadShim } from "../src/os/loader.ts";
 
 if (HAVE_QSD || RECENT_QSD) await loadShim();
 
 const MiB = 1 << 20;
-
-function nextChange(blk: VirtioBlk, ms: number): Promise<ConfigChangeDetail> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no configchange within ${ms} ms`)), ms);
-    blk.addEventListener("configchange", (e) => {
-      clearTimeout(timer);
-      resolve(e.detail);
-    }, { once: true });
-  });
-}
-
-async function imageBytes(path: string, offset: number, length: number): Promise<Uint8Array> {
-  using f = await Deno.open(path);
-  await f.seek(offset, Deno.SeekMode.Start);
-  const out = new Uint8Array(length);
-  for (let at = 0; at < length;) {
-    const n = await f.read(out.subarray(at));
-    if (n === null) break;
-    at += n;
-  }
-  return out;
-}
 
 async function start(size: number): Promise<{ qsd: QemuStorageDaemon; blk: VirtioBlk }> {
   const qsd = await QemuStorageDaemon.start({ size, binary: RECENT_QSD, qmp: true });
@@ -60,7 +38,7 @@ Deno.test({
       const rng = new Rng(7);
       const bufs = Array.from({ length: 32 }, () => blk.allocBuffer(4096));
       const reads = bufs.map((b) => blk.read(rng.int(0, 64 * MiB / 4096 - 1) * 4096, b));
-      const change = nextChange(blk, 1000);
+      const change = nextEvent(blk, "configchange", 1000);
       const t0 = performance.now();
       await qsd.resize(128 * MiB);
       const d = await change;
@@ -91,7 +69,7 @@ Deno.test({
   fn: async () => {
     const { qsd, blk } = await start(64 * MiB);
     try {
-      const change = nextChange(blk, 1000);
+      const change = nextEvent(blk, "configchange", 1000);
       await qsd.resize(16 * MiB);
       assert.equal((await change).config.capacity, BigInt(16 * MiB));
       assert.equal(blk.capacity, BigInt((await Deno.stat(qsd.imagePath!)).size));

@@ -7,47 +7,19 @@ import assert from "node:assert/strict";
 import {
   type CompletionMode,
   ConnectionLostError,
-  type DisconnectDetail,
   IncompatibleDeviceError,
   InvalidArgumentError,
-  type ReconnectDetail,
   ReconnectingError,
   VirtioBlk,
 } from "../mod.ts";
 import { QemuStorageDaemon } from "../testing.ts";
 import { loadShim } from "../src/os/loader.ts";
-import { fdCount, memfdMappings, missing, stopProcess } from "./_support.ts";
+import { fdCount, imageBytes, memfdMappings, missing, nextEvent, stopProcess } from "./_support.ts";
 
 await loadShim();
 
 const MiB = 1 << 20;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function nextEvent<K extends "disconnect" | "reconnect">(
-  blk: VirtioBlk,
-  type: K,
-  ms = 10_000,
-): Promise<K extends "disconnect" ? DisconnectDetail : ReconnectDetail> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no ${type} within ${ms} ms`)), ms);
-    blk.addEventListener(type, (e) => {
-      clearTimeout(timer);
-      resolve((e as CustomEvent).detail);
-    }, { once: true });
-  });
-}
-
-async function imageAt(path: string, offset: number, length: number): Promise<Uint8Array> {
-  using f = await Deno.open(path);
-  await f.seek(offset, Deno.SeekMode.Start);
-  const out = new Uint8Array(length);
-  for (let at = 0; at < length;) {
-    const n = await f.read(out.subarray(at));
-    if (n === null) break;
-    at += n;
-  }
-  return out;
-}
 
 for (const mode of ["eventfd", "poll"] as CompletionMode[]) {
   Deno.test({
@@ -63,8 +35,8 @@ for (const mode of ["eventfd", "poll"] as CompletionMode[]) {
           numQueues: 1,
           reconnect: { timeoutMs: 10_000 },
         });
-        const disconnected = nextEvent(blk, "disconnect");
-        const reconnected = nextEvent(blk, "reconnect");
+        const disconnected = nextEvent(blk, "disconnect", 10_000);
+        const reconnected = nextEvent(blk, "reconnect", 10_000);
         await stopProcess(qsd.pid); // frozen: what is submitted now stays in flight
         const bufs = Array.from({ length: 64 }, (_, i) => blk.allocBuffer(4096).fill(i + 1));
         const writes = bufs.map((b, i) => blk.write(i * 4096, b));
@@ -82,7 +54,7 @@ for (const mode of ["eventfd", "poll"] as CompletionMode[]) {
         assert.deepEqual(settled.filter((s) => s.status === "rejected"), []);
         await blk.flush();
         for (let i = 0; i < 64; i++) {
-          assert.ok((await imageAt(qsd.imagePath!, i * 4096, 4096)).every((b) => b === i + 1), `block ${i}`);
+          assert.ok((await imageBytes(qsd.imagePath!, i * 4096, 4096)).every((b) => b === i + 1), `block ${i}`);
         }
         const s = blk.connectionStats();
         assert.deepEqual([s.state, s.reconnects, s.resubmitted], ["connected", 1, 64]);
@@ -111,7 +83,7 @@ Deno.test({
       inFlight.forEach((b, i) => q.write(i * 4096, b, i));
       q.submit();
       await sleep(20);
-      const disconnected = nextEvent(blk, "disconnect");
+      const disconnected = nextEvent(blk, "disconnect", 10_000);
       await qsd.kill();
       await disconnected;
       const extra = blk.allocBuffer(4096);
@@ -296,7 +268,7 @@ Deno.test({
       await stopProcess(qsd.pid);
       const pending = blk.write(0, blk.allocBuffer(4096)).then(() => "resolved", (e: Error) => e.name);
       await sleep(20);
-      const disconnected = nextEvent(blk, "disconnect");
+      const disconnected = nextEvent(blk, "disconnect", 10_000);
       await qsd.kill();
       await disconnected;
       await blk.close();
