@@ -136,6 +136,14 @@ export class DaemonProcess {
     return this.#exited;
   }
 
+  /**
+   * How the current run ended: resolves once the process has exited and
+   * all of its output is in the log (undefined when it never started).
+   */
+  get status(): Promise<Deno.CommandStatus | undefined> {
+    return this.#status;
+  }
+
   /** Starts (again) and waits until its socket listens; a stale socket of an earlier run is removed first. */
   async spawn(): Promise<void> {
     if (this.#stopped) throw new Error(`${this.#spec.name} was stopped`);
@@ -286,6 +294,31 @@ export abstract class VhostUserDaemon implements AsyncDisposable {
   /** The process id (of the current run). */
   get pid(): number {
     return this.#process.pid;
+  }
+
+  /**
+   * Waits for the current run to end by itself (a crash, say), for at most
+   * `timeoutMs`; then its whole output is in the log.
+   *
+   * @param timeoutMs how long to wait
+   * @returns how it ended, or undefined if it still runs after `timeoutMs`
+   *
+   * @example
+   * ```ts ignore
+   * const status = await daemon.exitStatus(5000);
+   * if (status?.signal === "SIGABRT") console.log(await Deno.readTextFile(daemon.logPath));
+   * ```
+   */
+  async exitStatus(timeoutMs: number): Promise<Deno.CommandStatus | undefined> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<undefined>((resolve) => {
+      timer = setTimeout(() => resolve(undefined), timeoutMs);
+    });
+    try {
+      return await Promise.race([this.#process.status, late]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /**
