@@ -113,14 +113,16 @@ export async function stopProcess(pid: number): Promise<void> {
 
 /**
  * The `detail` of the next event `type` of `blk`, or a failure after `ms`
- * (the listener is removed either way).
+ * (the listener is removed either way). The failure is the awaiting test's:
+ * a timeout while the test still awaits something else is not an unhandled
+ * rejection that takes the whole file down.
  */
 export function nextEvent<K extends keyof VirtioBlkEventMap>(
   blk: VirtioBlk,
   type: K,
   ms = 1000,
 ): Promise<VirtioBlkEventMap[K]["detail"]> {
-  return new Promise((resolve, reject) => {
+  const next = new Promise<VirtioBlkEventMap[K]["detail"]>((resolve, reject) => {
     const on = (e: VirtioBlkEventMap[K]) => {
       clearTimeout(timer);
       blk.removeEventListener(type, on);
@@ -132,6 +134,8 @@ export function nextEvent<K extends keyof VirtioBlkEventMap>(
     }, ms);
     blk.addEventListener(type, on);
   });
+  next.catch(() => {}); // handled: whoever awaits `next` still gets the rejection
+  return next;
 }
 
 /** `length` bytes of a file from `offset`, read directly (the independent reader of an image). */

@@ -14,8 +14,8 @@ if (HAVE_QSD || RECENT_QSD) await loadShim();
 
 const MiB = 1 << 20;
 
-async function start(size: number): Promise<{ qsd: QemuStorageDaemon; blk: VirtioBlk }> {
-  const qsd = await QemuStorageDaemon.start({ size, binary: RECENT_QSD, qmp: true });
+async function start(size: number, iothread = true): Promise<{ qsd: QemuStorageDaemon; blk: VirtioBlk }> {
+  const qsd = await QemuStorageDaemon.start({ size, binary: RECENT_QSD, qmp: true, iothread });
   try {
     const blk = await VirtioBlk.connect({ transport: "vhost-user", path: qsd.socketPath, numQueues: 1 });
     return { qsd, blk };
@@ -32,7 +32,15 @@ Deno.test({
     "qemu-storage-daemon 8.1+: grow by 64 MiB with 32 requests in flight → configchange within 1 s; I/O at the new end",
   ignore: noRecent(),
   fn: async () => {
-    const { qsd, blk } = await start(64 * MiB);
+    // Without an iothread: qemu-storage-daemon 10.0 with one now and then
+    // (1 in 10 to 100 here) never finishes block_resize when requests are in
+    // flight — its drain waits forever although every request completed and
+    // the driver has nothing outstanding. As far as its source shows,
+    // vhost_user_server_dec_in_flight() wakes no one waiting in a drain
+    // (no aio_wait_kick()), so a drain that looked just before the export's
+    // count dropped sleeps on. Without an iothread it never happened (400
+    // runs), nor with one and no requests in flight (400 runs).
+    const { qsd, blk } = await start(64 * MiB, false);
     try {
       assert.equal(blk.configStats().signal, "message");
       const rng = new Rng(7);
