@@ -15,6 +15,8 @@
  * @module
  */
 
+import { within } from "./within.ts";
+
 /** What a hook is told. */
 export type TerminationSignal = "SIGINT" | "SIGTERM" | "SIGHUP";
 
@@ -65,16 +67,10 @@ async function terminate(signal: TerminationSignal): Promise<void> {
   terminating = true;
   terminatingSince = performance.now();
   for (const hook of hooks.slice().reverse()) {
-    let timer: ReturnType<typeof setTimeout> | undefined;
     try {
-      await Promise.race([
-        Promise.resolve().then(() => hook(signal)),
-        new Promise((resolve) => (timer = setTimeout(resolve, HOOK_TIMEOUT_MS))),
-      ]);
+      await within(Promise.resolve().then(() => hook(signal)), HOOK_TIMEOUT_MS);
     } catch (e) {
       console.error(`error while stopping on ${signal}: ${(e as Error)?.message ?? e}`);
-    } finally {
-      clearTimeout(timer);
     }
   }
   Deno.exit(status);

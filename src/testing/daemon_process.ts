@@ -13,6 +13,7 @@
  */
 
 import { onTermination } from "../process/terminate.ts";
+import { within } from "../process/within.ts";
 
 /**
  * The path of an executable: `name` itself when it has a slash, else the
@@ -137,11 +138,14 @@ export class DaemonProcess {
   }
 
   /**
-   * How the current run ended: resolves once the process has exited and
-   * all of its output is in the log (undefined when it never started).
+   * Waits for the current run to end, for at most `timeoutMs`; then its
+   * whole output is in the log.
+   *
+   * @param timeoutMs how long to wait
+   * @returns how it ended, or undefined if it still runs (or never started)
    */
-  get status(): Promise<Deno.CommandStatus | undefined> {
-    return this.#status;
+  exitStatus(timeoutMs: number): Promise<Deno.CommandStatus | undefined> {
+    return within(this.#status, timeoutMs);
   }
 
   /** Starts (again) and waits until its socket listens; a stale socket of an earlier run is removed first. */
@@ -243,9 +247,7 @@ export class DaemonProcess {
     } catch {
       // already exited
     }
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([this.#status, new Promise((r) => (timer = setTimeout(r, 1000)))]);
-    clearTimeout(timer);
+    await this.exitStatus(1000);
     if (!this.#ownsDir) return;
     for (let attempt = 0; attempt < 5; attempt++) {
       try {
@@ -309,16 +311,8 @@ export abstract class VhostUserDaemon implements AsyncDisposable {
    * if (status?.signal === "SIGABRT") console.log(await Deno.readTextFile(daemon.logPath));
    * ```
    */
-  async exitStatus(timeoutMs: number): Promise<Deno.CommandStatus | undefined> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const late = new Promise<undefined>((resolve) => {
-      timer = setTimeout(() => resolve(undefined), timeoutMs);
-    });
-    try {
-      return await Promise.race([this.#process.status, late]);
-    } finally {
-      clearTimeout(timer);
-    }
+  exitStatus(timeoutMs: number): Promise<Deno.CommandStatus | undefined> {
+    return this.#process.exitStatus(timeoutMs);
   }
 
   /**
