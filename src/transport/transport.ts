@@ -9,9 +9,10 @@
  * @module
  */
 
-import { InvalidArgumentError } from "../errors.ts";
+import { DeviceProtocolError, InvalidArgumentError } from "../errors.ts";
 import type { SharedRegion } from "../memory/region.ts";
 import type { VirtqueueFormat } from "../virtqueue/layout.ts";
+import { VIRTIO_STATUS as S } from "../virtio/spec.ts";
 
 /** The transports this library implements. */
 export type TransportType = "vhost-user" | "vhost-vdpa" | "vfio-pci" | "mock";
@@ -244,4 +245,21 @@ export function notifierOf(notifiers: readonly (QueueNotifier | undefined)[], in
   const n = notifiers[index];
   if (!n) throw new InvalidArgumentError(`queue ${index} is not set up`);
   return n;
+}
+
+/**
+ * Checks the status a device shows after the driver set DRIVER_OK (virtio 1.2
+ * §3.1.1 step 8): DRIVER_OK, and neither NEEDS_RESET nor FAILED.
+ *
+ * @param status the device status read back
+ * @param device what to call the device in the message, e.g. `vDPA device`
+ * @throws {DeviceProtocolError} (`driver-ok-refused`) otherwise
+ */
+export function checkDriverOk(status: number, device: string): void {
+  if ((status & (S.DRIVER_OK | S.NEEDS_RESET | S.FAILED)) !== S.DRIVER_OK) {
+    throw new DeviceProtocolError(
+      "driver-ok-refused",
+      `the ${device} did not accept DRIVER_OK (status 0x${status.toString(16)})`,
+    );
+  }
 }

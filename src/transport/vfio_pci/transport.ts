@@ -27,6 +27,7 @@ import { MemfdRegion, type SharedRegion } from "../../memory/region.ts";
 import { settle } from "../settle.ts";
 import { Teardown } from "../teardown.ts";
 import {
+  checkDriverOk,
   type ConfigChangeSignal,
   type InterruptSource,
   type InterruptSourceOptions,
@@ -417,13 +418,7 @@ export class VfioPciTransport implements Transport {
         this.#w16(C.QUEUE_ENABLE, 1);
       }
       this.#setStatus(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK);
-      const status = this.#r8(C.DEVICE_STATUS);
-      if ((status & (S.DRIVER_OK | S.NEEDS_RESET | S.FAILED)) !== S.DRIVER_OK) {
-        throw new DeviceProtocolError(
-          "driver-ok-refused",
-          `the device did not accept DRIVER_OK (status 0x${status.toString(16)})`,
-        );
-      }
+      checkDriverOk(this.#r8(C.DEVICE_STATUS), "device");
     });
   }
 

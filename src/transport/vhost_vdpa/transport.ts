@@ -21,6 +21,7 @@ import { settle } from "../settle.ts";
 import { encodeVringBase, FRESH_VRING_BASE } from "../vring_base.ts";
 import { Teardown } from "../teardown.ts";
 import {
+  checkDriverOk,
   type ConfigChangeSignal,
   type InterruptSource,
   type InterruptSourceOptions,
@@ -280,13 +281,7 @@ export class VhostVdpaTransport implements Transport {
         this.#notifiers[q.index] = { notify: eventfdNotifier(kick) };
       }
       this.#setStatus(this.#status | S.DRIVER_OK);
-      const status = this.#getStatus();
-      if ((status & (S.DRIVER_OK | S.NEEDS_RESET | S.FAILED)) !== S.DRIVER_OK) {
-        throw new DeviceProtocolError(
-          "driver-ok-refused",
-          `the vDPA device did not accept DRIVER_OK (status 0x${status.toString(16)})`,
-        );
-      }
+      checkDriverOk(this.#getStatus(), "vDPA device");
     });
   }
 
