@@ -79,11 +79,43 @@ export interface DeviceRing {
   /** EVENT_IDX: asks the driver for a notification once it passes the current position. */
   publishAvailEvent(): void;
   /** Hostile: rewrites a descriptor of the ring. */
-  rewriteDesc(i: number, fields: { addr?: number; len?: number; flags?: number; next?: number }): void;
+  rewriteDesc(i: number, fields: Partial<DescFields>): void;
   /** Descriptor `i` of the ring as it is in memory (`next` is the id field in a packed ring). */
-  descriptor(i: number): { addr: number; len: number; flags: number; next: number };
+  descriptor(i: number): DescFields;
   /** A chain taken with {@linkcode DeviceRing.take}, as recorded then. */
   chainOf(id: number): DeviceChain | undefined;
+}
+
+/** The fields of one descriptor (`next` is the id field in a packed ring). */
+export interface DescFields {
+  /** Buffer address. */
+  addr: number;
+  /** Buffer length. */
+  len: number;
+  /** Descriptor flags. */
+  flags: number;
+  /** Split: the next descriptor; packed: the buffer id. */
+  next: number;
+}
+
+/** Descriptor `i` of a table (split: flags at 12, next at 14; packed: id at 12, flags at 14). */
+export function descAt(desc: DataView, i: number, split: boolean): DescFields {
+  const at = 16 * i;
+  return {
+    addr: Number(desc.getBigUint64(at, true)),
+    len: desc.getUint32(at + 8, true),
+    flags: desc.getUint16(at + (split ? 12 : 14), true),
+    next: desc.getUint16(at + (split ? 14 : 12), true),
+  };
+}
+
+/** Rewrites the given fields of descriptor `i` of a table (layout as in {@linkcode descAt}). */
+export function rewriteDescAt(desc: DataView, i: number, f: Partial<DescFields>, split: boolean): void {
+  const at = 16 * i;
+  if (f.addr !== undefined) desc.setBigUint64(at, BigInt(f.addr), true);
+  if (f.len !== undefined) desc.setUint32(at + 8, f.len, true);
+  if (f.flags !== undefined) desc.setUint16(at + (split ? 12 : 14), f.flags, true);
+  if (f.next !== undefined) desc.setUint16(at + (split ? 14 : 12), f.next, true);
 }
 
 /** Device-writable bytes of an indirect table our driver wrote (entries in order). */

@@ -15,12 +15,15 @@ import {
   vringNeedEvent,
 } from "../../virtqueue/defs.ts";
 import {
+  descAt,
+  type DescFields,
   type DeviceChain,
   type DeviceMemory,
   type DeviceRing,
   MockDeviceError,
   type RawDesc,
   readTable,
+  rewriteDescAt,
   tableWritable,
 } from "./device_ring.ts";
 
@@ -174,22 +177,12 @@ export class DeviceSplitRing implements DeviceRing {
     if (this.#eventIdx()) Atomics.store(this.#usedU16, 2 + 4 * this.size, this.#lastAvail);
   }
 
-  rewriteDesc(i: number, f: { addr?: number; len?: number; flags?: number; next?: number }): void {
-    const at = 16 * i;
-    if (f.addr !== undefined) this.#desc.setBigUint64(at, BigInt(f.addr), true);
-    if (f.len !== undefined) this.#desc.setUint32(at + 8, f.len, true);
-    if (f.flags !== undefined) this.#desc.setUint16(at + 12, f.flags, true);
-    if (f.next !== undefined) this.#desc.setUint16(at + 14, f.next, true);
+  rewriteDesc(i: number, f: Partial<DescFields>): void {
+    rewriteDescAt(this.#desc, i, f, true);
   }
 
-  descriptor(i: number): { addr: number; len: number; flags: number; next: number } {
-    const at = 16 * i, d = this.#desc;
-    return {
-      addr: Number(d.getBigUint64(at, true)),
-      len: d.getUint32(at + 8, true),
-      flags: d.getUint16(at + 12, true),
-      next: d.getUint16(at + 14, true),
-    };
+  descriptor(i: number): DescFields {
+    return descAt(this.#desc, i, true);
   }
 
   chainOf(id: number): DeviceChain | undefined {
