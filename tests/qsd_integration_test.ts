@@ -158,8 +158,8 @@ Deno.test({
         assert.equal(blk.readOnly, true);
         const buf = blk.allocBuffer(4096);
         await blk.read(0, buf);
-        for (const p of [blk.write(0, buf), blk.writeZeroes(0, 4096), blk.discard(0, 4096)]) {
-          await assert.rejects(p, ReadOnlyError);
+        for (const request of [() => blk.write(0, buf), () => blk.writeZeroes(0, 4096), () => blk.discard(0, 4096)]) {
+          await assert.rejects(request(), ReadOnlyError);
         }
       } finally {
         await blk.close();
