@@ -134,8 +134,21 @@ export function nextEvent<K extends keyof VirtioBlkEventMap>(
     }, ms);
     blk.addEventListener(type, on);
   });
-  next.catch(() => {}); // handled: whoever awaits `next` still gets the rejection
-  return next;
+  return awaitedLater(next); // whoever awaits it still gets the rejection
+}
+
+/**
+ * `p`, already handled: a test that makes a request, awaits other things
+ * (a sleep, a daemon's restart, an event) and only then awaits the request
+ * would otherwise turn a rejection in between into an unhandled rejection
+ * that takes the whole file down. Awaiting the result still throws it.
+ *
+ * @param p a promise the test awaits later
+ * @returns `p`
+ */
+export function awaitedLater<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => {});
+  return p;
 }
 
 /** `length` bytes of a file from `offset`, read directly (the independent reader of an image). */

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { DeviceIoError, fileReadable, InvalidArgumentError, VirtioBlk } from "../mod.ts";
 import { MockBlkDevice, QemuStorageDaemon } from "../testing.ts";
 import { loadShim } from "../src/os/loader.ts";
-import { firstDifference, HAVE_QSD, imageBytes, missing, Rng } from "./_support.ts";
+import { awaitedLater, firstDifference, HAVE_QSD, imageBytes, missing, Rng } from "./_support.ts";
 
 if (HAVE_QSD) await loadShim();
 
@@ -261,7 +261,7 @@ Deno.test("writable: backpressure — a slow device slows the producer; what it 
       c.enqueue(new Uint8Array(64 * 1024));
     },
   }, { highWaterMark: 0 });
-  const piping = src.pipeTo(blk.writable({ offset: 0, chunkSize: MiB, queueDepth: 4 }));
+  const piping = awaitedLater(src.pipeTo(blk.writable({ offset: 0, chunkSize: MiB, queueDepth: 4 })));
   const completer = setInterval(() => {
     for (let q = 0; q < blk.numQueues; q++) device.process(q);
   }, 100);

@@ -17,7 +17,7 @@ import {
   VhostUserProtocolFeature as PF,
 } from "../src/transport/vhost_user/protocol.ts";
 import { FakeVhostUserBackend, rawMessage } from "./_fake_vhost_user.ts";
-import { fdCount, nextEvent } from "./_support.ts";
+import { awaitedLater, fdCount, nextEvent } from "./_support.ts";
 
 const MiB = 1 << 20;
 
@@ -79,7 +79,7 @@ Deno.test("mock resize: a request in flight past a new, smaller end is the devic
   const device = new MockBlkDevice({ capacity: 8 * MiB, completion: "manual" });
   await using blk = await VirtioBlk.connect({ transport: "mock", device });
   const buf = blk.allocBuffer(4096);
-  const inFlight = blk.read(6 * MiB, buf);
+  const inFlight = awaitedLater(blk.read(6 * MiB, buf));
   await settle();
   const change = nextEvent(blk, "configchange");
   device.resize(2 * MiB);

@@ -14,7 +14,7 @@ import {
 } from "../mod.ts";
 import { QemuStorageDaemon } from "../testing.ts";
 import { loadShim } from "../src/os/loader.ts";
-import { fdCount, imageBytes, memfdMappings, missing, nextEvent, stopProcess } from "./_support.ts";
+import { awaitedLater, fdCount, imageBytes, memfdMappings, missing, nextEvent, stopProcess } from "./_support.ts";
 
 await loadShim();
 
@@ -39,7 +39,7 @@ for (const mode of ["eventfd", "poll"] as CompletionMode[]) {
         const reconnected = nextEvent(blk, "reconnect", 10_000);
         await stopProcess(qsd.pid); // frozen: what is submitted now stays in flight
         const bufs = Array.from({ length: 64 }, (_, i) => blk.allocBuffer(4096).fill(i + 1));
-        const writes = bufs.map((b, i) => blk.write(i * 4096, b));
+        const settling = Promise.allSettled(bufs.map((b, i) => blk.write(i * 4096, b)));
         await sleep(20);
         await qsd.kill();
         const d = await disconnected;
@@ -50,7 +50,7 @@ for (const mode of ["eventfd", "poll"] as CompletionMode[]) {
         const r = await reconnected;
         assert.equal(r.resubmitted, 64);
         assert.ok(r.attempts >= 1 && r.downtimeMs >= 200, JSON.stringify(r));
-        const settled = await Promise.allSettled(writes);
+        const settled = await settling;
         assert.deepEqual(settled.filter((s) => s.status === "rejected"), []);
         await blk.flush();
         for (let i = 0; i < 64; i++) {
@@ -91,7 +91,7 @@ Deno.test({
         () => q.read(0, extra, 99),
         (e: Error) => e instanceof ReconnectingError && e.code === "ERR_RECONNECTING",
       );
-      const waiting = blk.read(0, extra); // waits for the back-end
+      const waiting = awaitedLater(blk.read(0, extra)); // waits for the back-end
       assert.equal(blk.connectionStats().state, "reconnecting");
       await qsd.restart();
       await waiting;
@@ -125,19 +125,19 @@ Deno.test({
       });
       await stopProcess(qsd.pid);
       const order: string[] = [];
-      const reqs = [
+      const reqs = awaitedLater(Promise.all([
         ...Array.from(
           { length: 16 },
           (_, i) => blk.write(i * 65536, blk.allocBuffer(65536).fill(i)).then(() => order.push(`w${i}`)),
         ),
         blk.flush().then(() => order.push("flush")),
         blk.write(32 * 65536, blk.allocBuffer(4096)).then(() => order.push("after")),
-      ];
+      ]));
       await sleep(20);
       await qsd.kill();
       await sleep(50);
       await qsd.restart();
-      await Promise.all(reqs);
+      await reqs;
       const flushAt = order.indexOf("flush");
       assert.equal(order.slice(0, flushAt).filter((x) => x.startsWith("w")).length, 16, order.join(" "));
     } finally {

@@ -14,6 +14,7 @@ import {
   type VirtioError,
 } from "../mod.ts";
 import { MockBlkDevice, type MockBlkDeviceOptions } from "../testing.ts";
+import { awaitedLater } from "./_support.ts";
 import {
   VIRTIO_BLK_T_DISCARD,
   VIRTIO_BLK_T_FLUSH,
@@ -429,7 +430,7 @@ Deno.test("a promise request waiting for room in a full ready list goes out once
   const bufs = Array.from({ length: 8 }, () => blk.allocBuffer(512));
   bufs.forEach((b, i) => q.read(i * 512, b, i));
   q.submit();
-  const waiting = blk.read(0, blk.allocBuffer(512)); // no room: into the backlog
+  const waiting = awaitedLater(blk.read(0, blk.allocBuffer(512))); // no room: into the backlog
   device.process(0);
   // The completion loop reaps the batch into the ready list (full: 8 of 8).
   await new Promise((r) => setTimeout(r, 5));

@@ -5,7 +5,7 @@
 // request matrix in poll and eventfd modes; the image is then compared, byte
 // for byte, with the model the guest program kept.
 import assert from "node:assert/strict";
-import { firstDifference } from "../_support.ts";
+import { awaitedLater, firstDifference } from "../_support.ts";
 import { describeFailure, type GuestAssets, isSkip, prepareGuest, runInGuest } from "./harness.ts";
 import { qmpExecute } from "../../testing.ts";
 
@@ -169,7 +169,7 @@ ${ring === "split" ? RESIZE_VFIO : ""}`;
           // The guest's driver is connected: grow the drive from the host's monitor.
           onLine: (line) => {
             const m = /^RESIZE-READY (\d+)$/.exec(line.trim());
-            if (m) resizes.push(qmpExecute(qmp, "block_resize", { device: "d0", size: Number(m[1]) }));
+            if (m) resizes.push(awaitedLater(qmpExecute(qmp, "block_resize", { device: "d0", size: Number(m[1]) })));
           },
           script,
           modules: ["vfio-pci"],
