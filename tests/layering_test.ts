@@ -35,13 +35,29 @@ function layerOf(path: string): { prefix: string; rank: number } {
   throw new Error(`${path} belongs to no layer: add it to LAYERS`);
 }
 
-/** Every TypeScript file of the project, relative to the root. */
-function sources(dir = ""): string[] {
+/**
+ * The project's own entry points: the `exports` of deno.json and the scripts
+ * its tasks run from the root (`demo.ts`). A `.ts` a user saves in the
+ * checkout (a README example, say) is none of them, and not looked at.
+ */
+function entryPoints(): string[] {
+  const config = JSON.parse(Deno.readTextFileSync(`${ROOT}deno.json`));
+  const out = new Set<string>();
+  for (const target of Object.values(config.exports as Record<string, string>)) out.add(target.replace(/^\.\//, ""));
+  for (const task of Object.values(config.tasks as Record<string, string | { command: string }>)) {
+    const command = typeof task === "string" ? task : task.command;
+    for (const m of command.matchAll(/(?:^|\s)(?:\.\/)?([\w-]+\.ts)\b/g)) out.add(m[1]);
+  }
+  return [...out].filter((f) => !f.includes("/")).sort();
+}
+
+/** The TypeScript files under a folder of the project (src/, tests/, bench/), relative to the root. */
+function sources(dir: string): string[] {
   const out: string[] = [];
   for (const e of Deno.readDirSync(`${ROOT}${dir}`)) {
     const path = `${dir}${e.name}`;
     if (e.isDirectory) {
-      if (!e.name.startsWith(".") && e.name !== "build" && e.name !== "node_modules") out.push(...sources(`${path}/`));
+      if (!e.name.startsWith(".") && e.name !== "node_modules") out.push(...sources(`${path}/`));
     } else if (e.name.endsWith(".ts") && !e.name.startsWith(".")) {
       out.push(path);
     }
@@ -61,11 +77,34 @@ function importsOf(path: string): string[] {
   );
 }
 
-const files = sources();
+/** The project's files: its entry points and everything under src/, tests/ and bench/. */
+function projectFiles(): string[] {
+  return [...entryPoints(), ...sources("src/"), ...sources("tests/"), ...sources("bench/")];
+}
+
+const files = projectFiles();
 
 Deno.test("layering: every file belongs to a layer", () => {
   for (const f of files) layerOf(f);
   assert.ok(files.length > 50, `found ${files.length} files`);
+  assert.deepEqual(entryPoints(), ["advanced.ts", "cli.ts", "demo.ts", "mod.ts", "testing.ts"]);
+});
+
+Deno.test("layering: a .ts a user saves in the checkout (a README example) is not the project's", async () => {
+  const mine = `${ROOT}nc_ex5_layering_probe.ts`;
+  await Deno.writeTextFile(mine, 'import { VirtioBlk } from "./mod.ts";\nconsole.log(VirtioBlk);\n');
+  try {
+    assert.throws(
+      () => layerOf("nc_ex5_layering_probe.ts"),
+      /belongs to no layer/,
+      "it would fail the check if looked at",
+    );
+    const now = projectFiles();
+    assert.ok(!now.includes("nc_ex5_layering_probe.ts"));
+    for (const f of now) layerOf(f);
+  } finally {
+    await Deno.remove(mine);
+  }
 });
 
 Deno.test("layering: imports go down the layers or stay in their folder, never up or across", () => {
