@@ -4,11 +4,13 @@
  * 12's, changes the disk without a word and keeps its old capacity in its
  * config space). In order: `$VIRTIO_QSD_RECENT`, the system's binary when
  * it is recent enough, or Debian bookworm-backports' qemu-utils, downloaded
- * once with apt-get and unpacked (not installed) under
- * `~/.cache/virtio-deno/qsd-backports/`. The system's daemon stays what the
- * other tests use.
+ * once with apt-get (from the mirror this machine's apt configuration names
+ * for bookworm; none named, the tests are skipped) and unpacked (not
+ * installed) under `~/.cache/virtio-deno/qsd-backports/` (12 MB). The
+ * system's daemon stays what the other tests use.
  */
 
+import { backportsSource } from "./_apt_sources.ts";
 import { INSTALL_HINTS } from "./_requirements.ts";
 
 const CACHE = `${Deno.env.get("HOME") ?? "/tmp"}/.cache/virtio-deno/qsd-backports`;
@@ -37,17 +39,6 @@ async function run(cmd: string, args: string[]): Promise<void> {
   }
 }
 
-/** The Debian mirror this machine's apt uses (its first `URIs:`/`deb` line for the main archive). */
-async function debianMirror(): Promise<string> {
-  for (const file of ["/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list"]) {
-    const text = await Deno.readTextFile(file).catch(() => "");
-    const m = /^URIs:\s*(\S+\/debian)\s*$/m.exec(text) ??
-      /^deb\s+(?:\[[^\]]*\]\s+)?(\S+\/debian)\s+bookworm\s/m.exec(text);
-    if (m) return m[1];
-  }
-  return "http://deb.debian.org/debian";
-}
-
 /** Downloads and unpacks bookworm-backports' qemu-utils into the cache. */
 async function fetchBackports(): Promise<void> {
   const osRelease = await Deno.readTextFile("/etc/os-release").catch(() => "");
@@ -56,7 +47,7 @@ async function fetchBackports(): Promise<void> {
   try {
     await Deno.mkdir(`${work}/lists/partial`, { recursive: true });
     await Deno.mkdir(`${work}/cache/archives/partial`, { recursive: true });
-    await Deno.writeTextFile(`${work}/sources.list`, `deb ${await debianMirror()} bookworm-backports main\n`);
+    await Deno.writeTextFile(`${work}/sources.list`, `${await backportsSource("bookworm")}\n`);
     const apt = [
       `-o`,
       `Dir::Etc::sourcelist=${work}/sources.list`,

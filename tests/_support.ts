@@ -3,6 +3,8 @@
 import type { VirtioBlk, VirtioBlkEventMap } from "../mod.ts";
 import { DpdkVhostBlk } from "../src/testing/dpdk_vhost_blk.ts";
 import { QemuStorageDaemon } from "../src/testing/qsd.ts";
+import { onTermination } from "../src/process/terminate.ts";
+import { within } from "../src/process/within.ts";
 
 import { INSTALL_HINTS, type Requirement } from "./_requirements.ts";
 
@@ -162,4 +164,85 @@ export async function imageBytes(path: string, offset: number, length: number): 
     at += n;
   }
   return out;
+}
+
+/** A temporary folder a test owns (see {@linkcode tempDir}). */
+export interface TempDir extends AsyncDisposable {
+  /** Its path. */
+  readonly path: string;
+}
+
+/**
+ * A new temporary folder (in `dir`, default `$TMPDIR`), removed with all it
+ * holds when disposed — and, should the run be interrupted (SIGINT, SIGTERM,
+ * SIGHUP: `deno task test` turns a Ctrl-C into a SIGTERM to the test
+ * process), by a termination hook of `src/process/terminate.ts` before the
+ * process ends, as the fixtures' daemons are stopped.
+ *
+ * @param prefix the folder name's start
+ * @param dir where to make it
+ * @returns the folder; `await using` it
+ */
+export async function tempDir(prefix = "virtio-test-", dir?: string): Promise<TempDir> {
+  const path = await Deno.makeTempDir({ prefix, ...(dir ? { dir } : {}) });
+  const hook = onTermination(() => removeTree(path));
+  return {
+    path,
+    async [Symbol.asyncDispose]() {
+      hook[Symbol.dispose]();
+      await Deno.remove(path, { recursive: true }).catch((e) => {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      });
+    },
+  };
+}
+
+/**
+ * A file or folder to remove should the run be interrupted (a termination
+ * hook), as {@linkcode tempDir} does for a folder it makes; for paths made
+ * elsewhere (a script saved in the checkout). Disposing it unregisters the
+ * hook and removes nothing.
+ *
+ * @param path what to remove on a signal
+ * @returns the registration
+ */
+export function removedOnSignal(path: string): Disposable {
+  return onTermination(() => removeTree(path));
+}
+
+function removeTree(path: string): void {
+  try {
+    Deno.removeSync(path, { recursive: true });
+  } catch {
+    // gone already
+  }
+}
+
+/**
+ * Makes a test's child process end with the run should the run be
+ * interrupted: a termination hook sends it `signal` (to its whole process
+ * group when it leads one, e.g. started through `setsid`, since a group
+ * signal from the terminal no longer reaches it) and waits a little for it,
+ * so that its own hooks remove what it made, then SIGKILLs what is left.
+ *
+ * @param child the process
+ * @param options `group`: signal its process group (it was started in a session of its own)
+ * @returns the registration; dispose it once the child has ended
+ */
+export function endedOnSignal(
+  child: Deno.ChildProcess,
+  options: { group?: boolean; signal?: Deno.Signal } = {},
+): Disposable {
+  const target = options.group ? -child.pid : child.pid;
+  return onTermination(async () => {
+    const send = (signal: Deno.Signal) => {
+      try {
+        Deno.kill(target, signal);
+      } catch {
+        // ended already
+      }
+    };
+    send(options.signal ?? "SIGINT");
+    if (await within(child.status, 1200) === undefined) send("SIGKILL");
+  });
 }
