@@ -65,6 +65,8 @@ export {
   InvalidArgumentError,
   OsError,
   OutOfBufferMemoryError,
+  PermissionError,
+  type PermissionFlag,
   type ProtocolViolation,
   QueueFullError,
   ReadOnlyError,

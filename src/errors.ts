@@ -23,6 +23,7 @@ export type VirtioErrorCode =
   | "ERR_TIMEOUT"
   | "ERR_OS"
   | "ERR_SHIM_LOAD"
+  | "ERR_PERMISSION"
   | "ERR_OUT_OF_BUFFER_MEMORY"
   | "ERR_FEATURE_NEGOTIATION";
 
@@ -321,6 +322,47 @@ export class ShimLoadError extends VirtioError {
    */
   constructor(message: string, options?: { cause?: unknown }) {
     super("ERR_SHIM_LOAD", message, options);
+  }
+}
+
+/** The Deno permission flags that {@linkcode PermissionError.flag} may name. */
+export type PermissionFlag =
+  | "--allow-ffi"
+  | "--allow-read"
+  | "--allow-write"
+  | "--allow-run"
+  | "--allow-env"
+  | "--allow-net"
+  | "--allow-import";
+
+/**
+ * The program lacks a Deno permission this needs; the message and
+ * {@linkcode PermissionError.flag} name the flag to add. A real device needs
+ * `--allow-ffi` and nothing else; the mock device needs no permission.
+ *
+ * @example
+ * ```ts
+ * import { PermissionError, VirtioBlk } from "./mod.ts";
+ * try {
+ *   await VirtioBlk.connect({ transport: "vhost-user", path: "/tmp/x.sock" });
+ * } catch (e) {
+ *   if (e instanceof PermissionError) console.error(`run again with ${e.flag}`);
+ * }
+ * ```
+ */
+export class PermissionError extends VirtioError {
+  /** The flag to add, e.g. `--allow-ffi`. */
+  readonly flag: PermissionFlag;
+  /**
+   * Creates the instance.
+   *
+   * @param flag the flag to add
+   * @param message what needs it, naming the flag
+   * @param options the underlying cause (Deno's `NotCapable`, when there was one)
+   */
+  constructor(flag: PermissionFlag, message: string, options?: { cause?: unknown }) {
+    super("ERR_PERMISSION", message, options);
+    this.flag = flag;
   }
 }
 

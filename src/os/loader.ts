@@ -1,254 +1,108 @@
 /**
- * Finds, builds and loads the native shim.
+ * Loads the native shim, once per isolate. In order:
+ * 1. `$VIRTIO_SHIM_PATH`, when the program may read it and it is set (it
+ *    must load, or this fails): a shim of your own, such as the
+ *    AddressSanitizer build of `deno task test:asan`;
+ * 2. the prebuilt shim this package carries for the platform (linux x86_64
+ *    and aarch64, glibc): decoded from its module, checked against its
+ *    pinned SHA-256 and loaded from memory (`memory_library.ts`) — no
+ *    compiler, no file written, nothing fetched, `--allow-ffi` alone;
+ * 3. otherwise, or in a checkout whose `shim.c` was edited since the
+ *    prebuilt shims were made, a build from source (`compile.ts`).
  *
- * Every build is keyed by a hash of `shim.c` and the compiler flags, so an
- * edited source is never served by a stale binary and an unchanged one is
- * never rebuilt. Search order:
- * 1. `$VIRTIO_SHIM_PATH`, when set (it must load, or this fails);
- * 2. `<dir>/<hash>/libvirtio_shim.so` in the first of these folders that has
- *    it: `$VIRTIO_SHIM_CACHE` when set; else the checkout's `build/shim/`
- *    (when this module is a local file) and then the user cache
- *    (`$XDG_CACHE_HOME/virtio-deno` or `~/.cache/virtio-deno`);
- * 3. otherwise it is compiled there with `$CC`, `cc`, `gcc` or `clang` (into
- *    the first of those folders that is writable). This is also how an
- *    import from a registry (which ships no binaries) gets its shim.
+ * Then it starts this isolate's event relay (`event_relay.ts`), through
+ * which waker threads wake the event loop.
  *
  * @module
  */
 
 import { ShimLoadError } from "../errors.ts";
+import { ensureShimBuilt, sha256Hex, shimSource } from "./compile.ts";
+import { startEventRelay } from "./event_relay.ts";
+import { dlopenFromMemory } from "./memory_library.ts";
+import { envIfGranted, permissionErrorOf, requirePermission } from "./permissions.ts";
+import { PREBUILT_SHIMS, PREBUILT_SOURCE_SHA256, type PrebuiltShim } from "./prebuilt/manifest.ts";
 import { type Shim, SHIM_ABI_VERSION, SHIM_SYMBOLS, type ShimLibrary } from "./symbols.ts";
-
-/** File name of the built shim. */
-export const SHIM_FILE_NAME = "libvirtio_shim.so";
-
-/**
- * Compiler flags used for every build of the shim (extra ones come from
- * `$VIRTIO_SHIM_CFLAGS`). `-z nodelete` keeps the code mapped even when Deno
- * unloads the library (it does when an isolate is torn down): a waker thread
- * of a device the program never closed must not return into unmapped code.
- */
-const SHIM_CFLAGS: readonly string[] = [
-  "-O2",
-  "-g",
-  "-fPIC",
-  "-shared",
-  "-Wall",
-  "-Wextra",
-  "-fvisibility=hidden",
-  "-Wl,-z,nodelete",
-];
 
 let loaded: ShimLibrary | undefined;
 let loading: Promise<ShimLibrary> | undefined;
 
-function envGet(name: string): string | undefined {
-  try {
-    return Deno.env.get(name) || undefined;
-  } catch {
-    return undefined; // no --allow-env for this name: treat as unset
-  }
-}
+/** How the shim in use was found (a statistic for `info` and tests). */
+export type ShimOrigin = "path" | "prebuilt" | "source";
+let origin: ShimOrigin | undefined;
 
-function fileExists(path: string): boolean {
-  try {
-    return Deno.statSync(path).isFile;
-  } catch {
-    return false;
-  }
-}
-
-function open(path: string): ShimLibrary {
-  let lib: ShimLibrary;
-  try {
-    lib = Deno.dlopen(path, SHIM_SYMBOLS);
-  } catch (cause) {
-    throw new ShimLoadError(
-      `cannot load the native shim from ${path}: ${
-        (cause as Error).message
-      } (loading it needs --allow-ffi without a path list)`,
-      { cause },
-    );
-  }
+function checkAbi(lib: ShimLibrary, where: string): ShimLibrary {
   const abi = lib.symbols.vd_abi_version();
   if (abi !== SHIM_ABI_VERSION) {
     lib.close();
     throw new ShimLoadError(
-      `the native shim at ${path} has ABI version ${abi}, this module needs ${SHIM_ABI_VERSION}: rebuild it (deno task build) or remove it`,
+      `the native shim ${where} has ABI version ${abi}, this module needs ${SHIM_ABI_VERSION}: rebuild it (deno task build) or remove it`,
     );
   }
   return lib;
 }
 
-async function readShimSource(): Promise<string> {
-  const url = new URL("./shim.c", import.meta.url);
-  if (url.protocol === "file:") return await Deno.readTextFile(url);
-  const res = await fetch(url);
-  if (!res.ok) {
-    throw new ShimLoadError(`cannot fetch ${url}: HTTP ${res.status}`);
-  }
-  return await res.text();
-}
-
-function extraCflags(): string[] {
-  return (envGet("VIRTIO_SHIM_CFLAGS") ?? "").split(/\s+/).filter((s) => s !== "");
-}
-
-async function findCompiler(): Promise<string | undefined> {
-  const candidates = [envGet("CC"), "cc", "gcc", "clang"].filter((c) => c !== undefined) as string[];
-  for (const cc of candidates) {
-    try {
-      const out = await new Deno.Command(cc, {
-        args: ["--version"],
-        stdout: "null",
-        stderr: "null",
-      }).output();
-      if (out.success) return cc;
-    } catch {
-      // not installed, or no --allow-run for it: try the next one
-    }
-  }
-  return undefined;
-}
-
-/**
- * Compiles `shim.c` into `outPath` (atomically: a temporary file renamed into place).
- *
- * @param outPath where the shared object goes
- * @param source the C source (read from `shim.c` when omitted)
- * @returns the compiler that was used
- */
-export async function compileShim(
-  outPath: string,
-  source?: string,
-): Promise<string> {
-  const cc = await findCompiler();
-  if (cc === undefined) {
-    throw new ShimLoadError(
-      "virtio-deno needs its native shim and found no C compiler ($CC, cc, gcc, clang): " +
-        "install one (Debian: apt-get install gcc) so it can build the shim, " +
-        "or set VIRTIO_SHIM_PATH to a libvirtio_shim.so built with `deno task build`",
-    );
-  }
-  const src = source ?? await readShimSource();
-  const dir = outPath.slice(0, outPath.lastIndexOf("/")) || ".";
-  await Deno.mkdir(dir, { recursive: true });
-  const srcPath = await Deno.makeTempFile({ dir, suffix: ".c" });
-  const tmpOut = `${outPath}.${Deno.pid}.tmp`;
+function openFile(path: string): ShimLibrary {
+  let lib: ShimLibrary;
   try {
-    await Deno.writeTextFile(srcPath, src);
-    const out = await new Deno.Command(cc, {
-      args: [
-        ...SHIM_CFLAGS,
-        ...extraCflags(),
-        "-o",
-        tmpOut,
-        srcPath,
-        "-lpthread",
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    if (!out.success) {
-      throw new ShimLoadError(
-        `${cc} failed to build the native shim:\n${new TextDecoder().decode(out.stderr)}`,
-      );
-    }
-    await Deno.rename(tmpOut, outPath);
-  } finally {
-    await Deno.remove(srcPath).catch(() => {});
-    await Deno.remove(tmpOut).catch(() => {});
+    lib = Deno.dlopen(path, SHIM_SYMBOLS);
+  } catch (cause) {
+    const p = permissionErrorOf(cause, "--allow-ffi", `loading the native shim from ${path}`);
+    if (p !== cause) throw p;
+    throw new ShimLoadError(`cannot load the native shim from ${path}: ${(cause as Error).message}`, { cause });
   }
-  return cc;
+  return checkAbi(lib, `at ${path}`);
 }
 
-/**
- * The key of a build: a hash of the shim's source and the compiler flags.
- *
- * @param source the C source
- * @returns 24 hex digits
- */
-export async function shimBuildHash(source: string): Promise<string> {
-  const data = new TextEncoder().encode(
-    `${source}\n${SHIM_CFLAGS.join(" ")} ${extraCflags().join(" ")}`,
-  );
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
-  return Array.from(digest.subarray(0, 12), (b) => b.toString(16).padStart(2, "0")).join("");
+function decodeBase64(text: string): Uint8Array<ArrayBuffer> {
+  const bin = atob(text);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
 }
 
-/** The checkout's build folder for the shim, when this module is a local file. */
-function projectShimDir(): string | undefined {
-  const url = new URL("../../build/shim", import.meta.url);
-  return url.protocol === "file:" ? decodeURIComponent(url.pathname) : undefined;
-}
-
-/** The folders a build is looked for in (and compiled into), in order. */
-function shimDirs(): string[] {
-  const explicit = envGet("VIRTIO_SHIM_CACHE");
-  if (explicit) return [explicit];
-  const dirs: string[] = [];
-  const project = projectShimDir();
-  if (project) dirs.push(project);
-  const xdg = envGet("XDG_CACHE_HOME");
-  const home = envGet("HOME");
-  if (xdg) dirs.push(`${xdg}/virtio-deno`);
-  else if (home) dirs.push(`${home}/.cache/virtio-deno`);
-  return dirs;
-}
-
-/** Where a shim build is, or is to be made. */
-export interface ShimBuild {
-  /** The shared object's path. */
-  readonly path: string;
-  /** The compiler used, when this call compiled it. */
-  readonly compiler?: string;
-}
-
-/**
- * Makes sure a build of the current `shim.c` exists (compiling it when no
- * folder has one) and says where it is. Does nothing but look when the
- * build is up to date.
- *
- * @returns the build's path, and the compiler when it was compiled now
- * @throws {ShimLoadError} when it must be compiled and cannot be
- */
-export async function ensureShimBuilt(): Promise<ShimBuild> {
-  const source = await readShimSource();
-  const hash = await shimBuildHash(source);
-  const dirs = shimDirs();
-  if (dirs.length === 0) {
+async function openPrebuilt(target: string, shim: PrebuiltShim): Promise<ShimLibrary> {
+  const bytes = decodeBase64(await shim.base64());
+  const sum = await sha256Hex(bytes);
+  if (bytes.length !== shim.size || sum !== shim.sha256) {
     throw new ShimLoadError(
-      "cannot find the native shim: set VIRTIO_SHIM_PATH to a built libvirtio_shim.so, or HOME or VIRTIO_SHIM_CACHE for a cache folder",
+      `the prebuilt native shim for ${target} does not match its pinned SHA-256 ` +
+        `(${bytes.length} bytes, ${sum}; expected ${shim.size} bytes, ${shim.sha256}): the package is damaged`,
     );
   }
-  for (const dir of dirs) {
-    const path = `${dir}/${hash}/${SHIM_FILE_NAME}`;
-    if (fileExists(path)) return { path };
-  }
-  let lastError: unknown;
-  for (const dir of dirs) {
-    const path = `${dir}/${hash}/${SHIM_FILE_NAME}`;
-    try {
-      return { path, compiler: await compileShim(path, source) };
-    } catch (e) {
-      if (e instanceof ShimLoadError) throw e; // the compiler failed: the next folder will not help
-      lastError = e; // a folder we may not write to (a read-only checkout): try the next one
-    }
-  }
-  throw new ShimLoadError(`cannot write the native shim into ${dirs.join(" or ")}`, { cause: lastError });
+  return checkAbi(dlopenFromMemory(`virtio-shim-${target}`, bytes, SHIM_SYMBOLS), `prebuilt for ${target}`);
+}
+
+/** True in a checkout whose shim.c differs from what the prebuilt shims were made from. */
+async function sourceEdited(): Promise<boolean> {
+  return await sha256Hex(new TextEncoder().encode(await shimSource())) !== PREBUILT_SOURCE_SHA256;
 }
 
 async function locateAndLoad(): Promise<ShimLibrary> {
-  const explicit = envGet("VIRTIO_SHIM_PATH");
-  if (explicit) return open(explicit);
-  return open((await ensureShimBuilt()).path);
+  requirePermission({ name: "ffi" }, "a real device (loading the native shim)");
+  const explicit = envIfGranted("VIRTIO_SHIM_PATH");
+  if (explicit) {
+    origin = "path";
+    return openFile(explicit);
+  }
+  const target = Deno.build.target;
+  const prebuilt = PREBUILT_SHIMS[target];
+  if (prebuilt && !await sourceEdited()) {
+    origin = "prebuilt";
+    return await openPrebuilt(target, prebuilt);
+  }
+  origin = "source";
+  return openFile((await ensureShimBuilt()).path);
 }
 
 /**
- * Loads the native shim once per process, building it into the cache if
- * needed. Every connect path calls it; call it yourself to load early (for
- * example outside a test, so that the library does not count as a resource
- * the test opened).
+ * Loads the native shim once per isolate (and starts the event relay). Every
+ * connect path calls it; call it yourself to load early (for example
+ * outside a test, so that the library does not count as a resource the test
+ * opened).
+ *
+ * @throws {PermissionError} without `--allow-ffi` (`ERR_PERMISSION`, naming the flag)
+ * @throws {ShimLoadError} when no shim can be loaded (the message says what to do)
  *
  * @example
  * ```ts
@@ -258,7 +112,16 @@ async function locateAndLoad(): Promise<ShimLibrary> {
  */
 export async function loadShim(): Promise<void> {
   if (loaded) return;
-  loading ??= locateAndLoad().then((lib) => (loaded = lib)).finally(() => {
+  loading ??= (async () => {
+    const lib = await locateAndLoad();
+    try {
+      await startEventRelay(lib.symbols);
+    } catch (e) {
+      lib.close();
+      throw e;
+    }
+    return loaded = lib;
+  })().finally(() => {
     loading = undefined;
   });
   await loading;
@@ -270,6 +133,16 @@ export function isShimLoaded(): boolean {
 }
 
 /**
+ * How the loaded shim was found: `"path"` (`$VIRTIO_SHIM_PATH`), `"prebuilt"`
+ * (carried by the package) or `"source"` (built from `shim.c`).
+ *
+ * @returns the origin, or undefined before {@linkcode loadShim} resolved
+ */
+export function shimOrigin(): ShimOrigin | undefined {
+  return loaded ? origin : undefined;
+}
+
+/**
  * The shim's functions, for code that runs after {@linkcode loadShim} has
  * resolved (every connect path awaits it first).
  *
@@ -277,9 +150,7 @@ export function isShimLoaded(): boolean {
  */
 export function requireShim(): Shim {
   if (!loaded) {
-    throw new ShimLoadError(
-      "the native shim is not loaded yet: await loadShim() first",
-    );
+    throw new ShimLoadError("the native shim is not loaded yet: await loadShim() first");
   }
   return loaded.symbols;
 }

@@ -6,20 +6,26 @@
  * returns a negative errno instead of relying on the thread-local `errno`,
  * which the JavaScript runtime may clobber between two FFI calls.
  *
- * The one piece with state is the "waker": a thread that sleeps in
- * epoll_wait on eventfds (virtqueue call fds, MSI-X vectors) and on hang-up
- * of a socket, records which ones fired in a shared bitmap, and wakes the
- * Deno event loop by writing one byte to a Unix socket that Deno reads with
- * an ordinary async read. Measured on the target machines, a socket wake
- * costs ~5 us where a thread-safe FFI callback costs ~50 us.
+ * The pieces with state are the "relay" and its "wakers". A relay is one
+ * per JavaScript isolate: an epoll set that a helper Worker of that isolate
+ * sleeps on in vd_relay_wait() (a blocking call on the helper's thread,
+ * never on an event loop). A waker is a set of watched descriptors
+ * (virtqueue call eventfds, MSI-X vectors, sockets) with a bitmap shared
+ * with JavaScript: when one fires, the helper sets the watch's bit in its
+ * waker's bitmap and the waker's bit in the relay's `fired` words, then
+ * turns each waker's bit into an Atomics.notify that the isolate's event
+ * loop awaits with Atomics.waitAsync. No thread here ever calls into
+ * JavaScript (a thread-safe FFI callback would: it runs on a runtime that
+ * may already be torn down), the shim starts no thread of its own, and
+ * nothing needs a socket, a file or any permission but FFI.
  *
- * Build: cc -O2 -fPIC -shared -o libvirtio_shim.so shim.c -lpthread
+ * Build: cc -O2 -fPIC -shared -o libvirtio_shim.so shim.c
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <pthread.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -36,7 +42,7 @@
 #define VD_API __attribute__((visibility("default")))
 
 /* Version of this ABI; the loader refuses a library that reports another. */
-VD_API uint32_t vd_abi_version(void) { return 7; }
+VD_API uint32_t vd_abi_version(void) { return 8; }
 
 /* ------------------------------------------------------------------ memory */
 
@@ -291,118 +297,186 @@ VD_API int64_t vd_recvmsg(int32_t fd, void *buf, uint64_t len, int32_t *fds_out,
   return r;
 }
 
-/* ------------------------------------------------------------------ waker */
+/* ------------------------------------------------------------ relay, wakers */
 
-#define VD_WAKER_WORDS 1024 /* 32768 tokens */
-#define VD_WAKER_STOP_TOKEN 0xffffffffu
+#define VD_RELAY_SLOTS 1024     /* wakers per relay (per isolate) */
+#define VD_WAKER_WORDS 1024     /* tokens per waker: 32768 */
+#define VD_WAKER_MAX_WATCHES 65535
+#define VD_STOP_DATA UINT64_MAX /* epoll data of the relay's stop eventfd */
+
+/* A tiny lock: held only for a few loads, stores and non-blocking system
+ * calls, by the helper while it files events and by JavaScript while it
+ * adds or removes a waker or a watch. */
+static void vd_lock(uint32_t *l) {
+  while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE) != 0) {
+    while (__atomic_load_n(l, __ATOMIC_RELAXED) != 0) sched_yield();
+  }
+}
+static void vd_unlock(uint32_t *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
+
+struct vd_waker;
+
+struct vd_relay {
+  /* Bit s set: waker s signalled since the helper last took the bits.
+   * First in the struct: the helper maps them at the handle's address. */
+  uint32_t fired[VD_RELAY_SLOTS / 32];
+  uint32_t lock;
+  int epfd;
+  int stopfd;
+  uint32_t next_gen;
+  struct vd_waker *wakers[VD_RELAY_SLOTS];
+};
 
 struct vd_waker {
   /* Bit t set: token t fired since JavaScript last took the bits.
    * Shared with JavaScript, which takes them with Atomics.exchange. */
   uint32_t pending[VD_WAKER_WORDS];
-  /* 1 while a wake byte is unread on the socket (JavaScript clears it). */
+  /* 1 from the helper's signal until JavaScript takes the bits (it clears
+   * this word first). */
   uint32_t signaled;
   uint32_t pad;
-  uint64_t wakes; /* statistics: wake bytes written */
-  int epfd;
-  int stopfd;
-  int sockfd;
-  pthread_t thread;
-  /* Duplicates of the watched descriptors, owned by the waker and closed
-   * only after the thread has been joined: the thread may still be reading
-   * one when JavaScript closes its own copy, and a closed-and-reused number
-   * must never be read from. */
-  int *owned;
-  uint32_t nowned;
-  uint32_t capowned;
+  uint64_t wakes; /* statistics: signals sent */
+  struct vd_relay *relay;
+  uint32_t slot;
+  uint32_t gen; /* tells this waker's events from those of a slot's earlier owner */
+  /* Duplicates of the watched descriptors (owned here, closed under the
+   * relay's lock: the helper may be reading one when JavaScript closes its
+   * own copy, and a closed-and-reused number must never be read from), and
+   * each watch's token. */
+  int *fds;
+  uint32_t *tokens;
+  uint32_t nwatch;
+  uint32_t capwatch;
 };
 
-static void vd_waker_signal(struct vd_waker *w) {
-  /* The pending bit was set (seq_cst RMW) before this exchange; JavaScript
-   * clears `signaled` before it takes the bits. So either JavaScript sees
-   * the bit in its current scan, or we see signaled == 0 here and write a
-   * new wake byte: no wake-up can be lost. */
-  if (__atomic_exchange_n(&w->signaled, 1, __ATOMIC_SEQ_CST) == 0) {
-    char b = 1;
-    ssize_t r;
-    do {
-      r = send(w->sockfd, &b, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-    } while (r < 0 && errno == EINTR);
-    /* EAGAIN: the socket already holds unread wake bytes; one is enough. */
-    __atomic_add_fetch(&w->wakes, 1, __ATOMIC_RELAXED);
-  }
+/* epoll data of a watch: the watch's index, the waker's slot, the kind,
+ * and the waker's generation. */
+static uint64_t vd_watch_data(uint32_t index, uint32_t slot, uint32_t kind, uint32_t gen) {
+  return (uint64_t)index | ((uint64_t)slot << 16) | ((uint64_t)kind << 26) | ((uint64_t)gen << 32);
 }
 
-static void *vd_waker_main(void *arg) {
-  struct vd_waker *w = arg;
+/* Creates a relay; stores its handle in handle_out[0]. */
+VD_API int32_t vd_relay_create(uint64_t *handle_out) {
+  struct vd_relay *r = calloc(1, sizeof *r);
+  if (!r) return -ENOMEM;
+  r->epfd = epoll_create1(EPOLL_CLOEXEC);
+  r->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = VD_STOP_DATA};
+  if (r->epfd < 0 || r->stopfd < 0 || epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->stopfd, &ev) < 0) {
+    int e = errno;
+    if (r->epfd >= 0) close(r->epfd);
+    if (r->stopfd >= 0) close(r->stopfd);
+    free(r);
+    return -e;
+  }
+  *handle_out = (uint64_t)(uintptr_t)r;
+  return 0;
+}
+
+/* Files one event under the lock: the watch's bit in its waker (whose
+ * eventfd counter is consumed, so that level-triggered epoll sleeps again).
+ * Returns the waker, or NULL for an event of a waker that is gone. */
+static struct vd_waker *vd_file_event(struct vd_relay *r, uint64_t data, uint32_t events) {
+  uint32_t index = (uint32_t)data & 0xffffu;
+  uint32_t slot = ((uint32_t)data >> 16) & 0x3ffu;
+  uint32_t kind = ((uint32_t)data >> 26) & 3u;
+  struct vd_waker *w = r->wakers[slot];
+  if (!w || w->gen != (uint32_t)(data >> 32) || index >= w->nwatch) return NULL;
+  if (kind == 0 && (events & EPOLLIN)) {
+    uint64_t v;
+    ssize_t n;
+    do {
+      n = read(w->fds[index], &v, sizeof v);
+    } while (n < 0 && errno == EINTR);
+  }
+  uint32_t token = w->tokens[index];
+  __atomic_fetch_or(&w->pending[token >> 5], 1u << (token & 31), __ATOMIC_SEQ_CST);
+  return w;
+}
+
+/* Blocks until a watched descriptor fires and its waker was signalled (its
+ * bit set in `fired`); returns the number of wakers signalled, or -1 once
+ * the relay is stopped. Called by the isolate's helper Worker only. */
+VD_API int32_t vd_relay_wait(uint64_t handle) {
+  struct vd_relay *r = (struct vd_relay *)(uintptr_t)handle;
   struct epoll_event evs[64];
   for (;;) {
-    int n = epoll_wait(w->epfd, evs, 64, -1);
+    int n = epoll_wait(r->epfd, evs, 64, -1);
     if (n < 0) {
       if (errno == EINTR) continue;
-      break;
+      return -1;
     }
-    int fired = 0;
+    int signalled = 0, stopped = 0;
+    struct vd_waker *seen[64];
+    int nseen = 0;
+    vd_lock(&r->lock);
     for (int i = 0; i < n; i++) {
-      uint64_t data = evs[i].data.u64;
-      if ((uint32_t)data == VD_WAKER_STOP_TOKEN) return NULL;
-      uint32_t token = (uint32_t)data & 0xffffffu;
-      uint32_t kind = ((uint32_t)data >> 24) & 0xffu;
-      int fd = (int)(data >> 32);
-      if (token >= VD_WAKER_WORDS * 32) continue;
-      if (kind == 0 && (evs[i].events & EPOLLIN)) {
-        /* An eventfd: consume its counter so that level-triggered epoll
-         * sleeps again until the next signal. A hang-up watch registers
-         * without EPOLLIN and is one-shot; a readable watch is
-         * edge-triggered and JavaScript reads the socket itself. */
-        uint64_t v;
-        ssize_t r;
-        do {
-          r = read(fd, &v, sizeof v);
-        } while (r < 0 && errno == EINTR);
+      if (evs[i].data.u64 == VD_STOP_DATA) {
+        stopped = 1;
+        continue;
       }
-      __atomic_fetch_or(&w->pending[token >> 5], 1u << (token & 31),
-                        __ATOMIC_SEQ_CST);
-      fired = 1;
+      struct vd_waker *w = vd_file_event(r, evs[i].data.u64, evs[i].events);
+      if (!w) continue;
+      int dup = 0;
+      for (int k = 0; k < nseen; k++) dup |= seen[k] == w;
+      if (!dup) seen[nseen++] = w;
     }
-    if (fired) vd_waker_signal(w);
+    for (int k = 0; k < nseen; k++) {
+      struct vd_waker *w = seen[k];
+      /* The pending bits were set (seq_cst RMW) before this exchange;
+       * JavaScript clears `signaled` before it takes the bits. So either
+       * JavaScript sees a bit in its current scan, or signaled is 0 here and
+       * it is signalled again: no wake-up can be lost. */
+      if (__atomic_exchange_n(&w->signaled, 1, __ATOMIC_SEQ_CST) == 0) {
+        __atomic_fetch_or(&r->fired[w->slot >> 5], 1u << (w->slot & 31), __ATOMIC_SEQ_CST);
+        __atomic_add_fetch(&w->wakes, 1, __ATOMIC_RELAXED);
+        signalled++;
+      }
+    }
+    vd_unlock(&r->lock);
+    if (stopped) return -1;
+    if (signalled > 0) return signalled;
   }
-  return NULL;
 }
 
-/* Creates a waker whose thread connects to the Unix socket at `path` (which
- * the caller is listening on). Stores the handle in handle_out[0]. */
-VD_API int32_t vd_waker_create(const char *path, uint32_t path_len,
-                               uint64_t *handle_out) {
+/* The address of vd_relay_wait, for the helper Worker to call it through
+ * Deno.UnsafeFnPointer without loading the library a second time. */
+VD_API uint64_t vd_relay_wait_address(void) {
+  return (uint64_t)(uintptr_t)&vd_relay_wait;
+}
+
+/* Ends every wait, now and later (the helper then returns for good). The
+ * relay itself is never freed: the helper may still be inside
+ * vd_relay_wait. */
+VD_API void vd_relay_stop(uint64_t handle) {
+  struct vd_relay *r = (struct vd_relay *)(uintptr_t)handle;
+  uint64_t one = 1;
+  ssize_t n;
+  do {
+    n = write(r->stopfd, &one, sizeof one);
+  } while (n < 0 && errno == EINTR);
+}
+
+/* Creates a waker in `slot` of `relay` (a free slot: JavaScript keeps
+ * track). Stores the handle in handle_out[0]. */
+VD_API int32_t vd_waker_create(uint64_t relay, uint32_t slot, uint64_t *handle_out) {
+  struct vd_relay *r = (struct vd_relay *)(uintptr_t)relay;
+  if (slot >= VD_RELAY_SLOTS) return -EINVAL;
   struct vd_waker *w = calloc(1, sizeof *w);
   if (!w) return -ENOMEM;
-  w->epfd = w->stopfd = w->sockfd = -1;
-  int e = 0;
-  w->epfd = epoll_create1(EPOLL_CLOEXEC);
-  if (w->epfd < 0) goto fail_errno;
-  w->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (w->stopfd < 0) goto fail_errno;
-  struct epoll_event ev = {.events = EPOLLIN,
-                           .data.u64 = VD_WAKER_STOP_TOKEN};
-  if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->stopfd, &ev) < 0) goto fail_errno;
-  int fd = vd_unix_connect(path, path_len, 1);
-  if (fd < 0) {
-    e = -fd;
-    goto fail;
+  w->relay = r;
+  w->slot = slot;
+  vd_lock(&r->lock);
+  if (r->wakers[slot]) {
+    vd_unlock(&r->lock);
+    free(w);
+    return -EBUSY;
   }
-  w->sockfd = fd;
-  e = pthread_create(&w->thread, NULL, vd_waker_main, w);
-  if (e != 0) goto fail;
+  w->gen = ++r->next_gen;
+  r->wakers[slot] = w;
+  vd_unlock(&r->lock);
   *handle_out = (uint64_t)(uintptr_t)w;
   return 0;
-fail_errno:
-  e = errno;
-fail:
-  if (w->sockfd >= 0) close(w->sockfd);
-  if (w->stopfd >= 0) close(w->stopfd);
-  if (w->epfd >= 0) close(w->epfd);
-  free(w);
-  return -e;
 }
 
 /* The address of the pending bitmap (VD_WAKER_WORDS u32 words) followed by
@@ -417,53 +491,77 @@ VD_API uint64_t vd_waker_wakes(uint64_t handle) {
 }
 
 /* Watches a duplicate of `fd` under `token`.
- * kind 0: an eventfd (level-triggered, counter consumed on each wake).
+ * kind 0: a non-blocking eventfd (level-triggered, counter consumed on each
+ *         wake; -EINVAL when it blocks: the helper reads it under the lock).
  * kind 1: hang-up/error only (one-shot), e.g. a vhost-user socket.
  * kind 2: readable or hung up (edge-triggered: one wake per arrival; the
  *         reader drains the socket until EAGAIN), e.g. a back-end channel. */
-VD_API int32_t vd_waker_watch(uint64_t handle, int32_t fd, uint32_t token,
-                              int32_t kind) {
+VD_API int32_t vd_waker_watch(uint64_t handle, int32_t fd, uint32_t token, int32_t kind) {
   struct vd_waker *w = (struct vd_waker *)(uintptr_t)handle;
+  struct vd_relay *r = w->relay;
   if (token >= VD_WAKER_WORDS * 32 || kind < 0 || kind > 2) return -EINVAL;
-  if (w->nowned == w->capowned) {
-    uint32_t cap = w->capowned ? w->capowned * 2 : 16;
-    int *p = realloc(w->owned, cap * sizeof(int));
-    if (!p) return -ENOMEM;
-    w->owned = p;
-    w->capowned = cap;
+  if (kind == 0) {
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0) return -errno;
+    if (!(fl & O_NONBLOCK)) return -EINVAL;
+  }
+  int e = 0;
+  vd_lock(&r->lock);
+  if (w->nwatch == VD_WAKER_MAX_WATCHES) {
+    e = ENOSPC;
+    goto out;
+  }
+  if (w->nwatch == w->capwatch) {
+    uint32_t cap = w->capwatch ? w->capwatch * 2 : 16;
+    int *fds = realloc(w->fds, cap * sizeof(int));
+    if (fds) w->fds = fds;
+    uint32_t *tokens = realloc(w->tokens, cap * sizeof(uint32_t));
+    if (tokens) w->tokens = tokens;
+    if (!fds || !tokens) {
+      e = ENOMEM;
+      goto out;
+    }
+    w->capwatch = cap;
   }
   int dup = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-  if (dup < 0) return -errno;
+  if (dup < 0) {
+    e = errno;
+    goto out;
+  }
   struct epoll_event ev;
   memset(&ev, 0, sizeof ev);
   ev.events = kind == 0   ? EPOLLIN
               : kind == 1 ? (EPOLLRDHUP | EPOLLONESHOT)
                           : (EPOLLIN | EPOLLRDHUP | EPOLLET);
-  ev.data.u64 = ((uint64_t)(uint32_t)dup << 32) | ((uint64_t)kind << 24) | token;
-  if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, dup, &ev) < 0) {
-    int e = errno;
+  ev.data.u64 = vd_watch_data(w->nwatch, w->slot, (uint32_t)kind, w->gen);
+  w->fds[w->nwatch] = dup;
+  w->tokens[w->nwatch] = token;
+  if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, dup, &ev) < 0) {
+    e = errno;
     close(dup);
-    return -e;
+    goto out;
   }
-  w->owned[w->nowned++] = dup;
-  return 0;
+  w->nwatch++;
+out:
+  vd_unlock(&r->lock);
+  return -e;
 }
 
-/* Stops and joins the thread, then frees everything. The thread never
- * blocks on anything but epoll_wait, so the join returns promptly. */
+/* Stops watching, closes the duplicates and frees the waker. An event of
+ * it that the helper took from epoll but has not filed yet finds the slot
+ * empty (or of a later generation) and is dropped. */
 VD_API int32_t vd_waker_destroy(uint64_t handle) {
   struct vd_waker *w = (struct vd_waker *)(uintptr_t)handle;
-  uint64_t one = 1;
-  ssize_t r;
-  do {
-    r = write(w->stopfd, &one, sizeof one);
-  } while (r < 0 && errno == EINTR);
-  int e = pthread_join(w->thread, NULL);
-  for (uint32_t i = 0; i < w->nowned; i++) close(w->owned[i]);
-  free(w->owned);
-  close(w->sockfd);
-  close(w->stopfd);
-  close(w->epfd);
+  struct vd_relay *r = w->relay;
+  vd_lock(&r->lock);
+  for (uint32_t i = 0; i < w->nwatch; i++) {
+    epoll_ctl(r->epfd, EPOLL_CTL_DEL, w->fds[i], NULL);
+    close(w->fds[i]);
+  }
+  r->wakers[w->slot] = NULL;
+  vd_unlock(&r->lock);
+  free(w->fds);
+  free(w->tokens);
   free(w);
-  return -e;
+  return 0;
 }

@@ -10,7 +10,7 @@
  */
 
 /** The ABI version `vd_abi_version()` must report. */
-export const SHIM_ABI_VERSION = 7;
+export const SHIM_ABI_VERSION = 8;
 
 /** `Deno.dlopen` symbol definitions for the shim. */
 export const SHIM_SYMBOLS = {
@@ -176,10 +176,23 @@ export const SHIM_SYMBOLS = {
     ],
     result: "i64",
   },
+  vd_relay_create: {
+    parameters: [
+      "buffer", // uint64_t *handle_out
+    ],
+    result: "i32",
+  },
+  vd_relay_wait_address: { parameters: [], result: "u64" }, // int32_t (*)(uint64_t handle)
+  vd_relay_stop: {
+    parameters: [
+      "u64", // struct vd_relay *handle
+    ],
+    result: "void",
+  },
   vd_waker_create: {
     parameters: [
-      "buffer", // const char *path
-      "u32", // uint32_t path_len
+      "u64", // struct vd_relay *relay
+      "u32", // uint32_t slot
       "buffer", // uint64_t *handle_out
     ],
     result: "i32",
@@ -201,7 +214,7 @@ export const SHIM_SYMBOLS = {
       "u64", // struct vd_waker *handle
       "i32", // int fd
       "u32", // uint32_t token
-      "i32", // int kind (0 eventfd, 1 hang-up)
+      "i32", // int kind (0 eventfd, 1 hang-up, 2 readable)
     ],
     result: "i32",
   },

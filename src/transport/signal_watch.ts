@@ -2,7 +2,7 @@
  * {@linkcode SignalWatch}: a watch that lasts as long as the device, for
  * signals that may come while no request is in flight — a configuration
  * change interrupt (an eventfd) or a back-end's request channel (a socket).
- * A waker thread of its own sleeps on the descriptor; the callback runs in
+ * A waker of its own watches the descriptor; the callback runs in
  * a macrotask after each signal. The watch never keeps the program alive.
  *
  * @module
@@ -23,7 +23,7 @@ export class SignalWatch {
   }
 
   /**
-   * Watches an eventfd (its counter is consumed by the waker thread).
+   * Watches an eventfd (its counter is consumed when it fires).
    *
    * @param fd the eventfd
    * @param onSignal runs after each signal (several signals may coalesce into one call)
@@ -83,7 +83,7 @@ export class SignalWatch {
     return this.#waker.wakes;
   }
 
-  /** Stops watching and releases the thread; an outstanding wait ends. */
+  /** Stops watching and releases the descriptor; an outstanding wait ends. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;

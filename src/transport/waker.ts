@@ -1,31 +1,32 @@
 /**
  * {@linkcode Waker}: the {@linkcode InterruptSource} of the kernel-backed
- * transports. A waker thread of the OS layer watches each queue's call
+ * transports. A watch set of the OS layer watches each queue's call
  * eventfd under the queue's index as token, and optionally a control socket
- * for hang-up; `wait()` resolves on the thread's wake byte.
+ * for hang-up; `wait()` resolves on its signal (through the
+ * isolate's event relay).
  *
  * @module
  */
 
-import { MAX_WAKER_TOKEN, WAKER_WORDS, WakerThread } from "../os/waker_thread.ts";
+import { MAX_WAKER_TOKEN, WAKER_WORDS, WatchSet } from "../os/watch_set.ts";
 import type { InterruptSource } from "./transport.ts";
 
 export { MAX_WAKER_TOKEN };
 
 /** Wakes JavaScript on the device's signals and on a socket's hang-up. */
 export class Waker implements InterruptSource {
-  readonly #thread: WakerThread;
-  readonly #pending: Uint32Array; // shared with the thread
-  readonly #readBuf = new Uint8Array(64);
-  #reading: Promise<number | null> | undefined;
+  readonly #set: WatchSet;
+  readonly #pending: Uint32Array; // shared with the relay's helper
+  #waiting = false;
+  #keepAlive = true;
   #hangupToken = -1;
   #words = 0; // words of the bitmap in use (highest token watched)
   #hungUp = false;
   #closed = false;
 
-  private constructor(thread: WakerThread) {
-    this.#thread = thread;
-    this.#pending = thread.shared;
+  private constructor(set: WatchSet) {
+    this.#set = set;
+    this.#pending = set.shared;
   }
 
   /**
@@ -38,7 +39,7 @@ export class Waker implements InterruptSource {
    * @returns the waker
    */
   static async forQueues(callFds: readonly number[], hangup?: { fd: number; token: number }): Promise<Waker> {
-    const waker = new Waker(await WakerThread.start());
+    const waker = new Waker(await WatchSet.start());
     try {
       callFds.forEach((fd, i) => waker.watchEventfd(fd, i));
       if (hangup) waker.watchHangup(hangup.fd, hangup.token);
@@ -56,7 +57,7 @@ export class Waker implements InterruptSource {
    * @param token 0 to {@linkcode MAX_WAKER_TOKEN}
    */
   watchEventfd(fd: number, token: number): void {
-    this.#thread.watch(fd, token, "eventfd");
+    this.#set.watch(fd, token, "eventfd");
     this.#words = Math.max(this.#words, (token >>> 5) + 1);
   }
 
@@ -67,7 +68,7 @@ export class Waker implements InterruptSource {
    * @param token 0 to {@linkcode MAX_WAKER_TOKEN}
    */
   watchHangup(fd: number, token: number): void {
-    this.#thread.watch(fd, token, "hangup");
+    this.#set.watch(fd, token, "hangup");
     this.#hangupToken = token;
     this.#words = Math.max(this.#words, (token >>> 5) + 1);
   }
@@ -80,19 +81,19 @@ export class Waker implements InterruptSource {
    * @param token 0 to {@linkcode MAX_WAKER_TOKEN}
    */
   watchReadable(fd: number, token: number): void {
-    this.#thread.watch(fd, token, "readable");
+    this.#set.watch(fd, token, "readable");
     this.#words = Math.max(this.#words, (token >>> 5) + 1);
   }
 
   /** Lets the program end while a wait is outstanding (for watches that run for the device's lifetime). */
   unref(): void {
-    this.#thread.conn.unref();
+    this.#keepAlive = false;
   }
 
   /** True once the watched socket hung up (checked in shared memory, no system call). */
   get hungUp(): boolean {
-    if (!this.#hungUp && this.#hangupToken >= 0) {
-      // Pairs with the thread's seq_cst fetch_or.
+    if (!this.#hungUp && !this.#closed && this.#hangupToken >= 0) {
+      // Pairs with the helper's seq_cst fetch_or (in the shim).
       if (this.#hangupBit(Atomics.load(this.#pending, this.#hangupToken >>> 5))) this.#hungUp = true;
     }
     return this.#hungUp;
@@ -118,34 +119,37 @@ export class Waker implements InterruptSource {
    */
   async wait(): Promise<void> {
     if (this.#closed) return;
-    this.#reading ??= this.#thread.conn.read(this.#readBuf);
+    if (this.#waiting) throw new Error("Waker.wait: a wait is already outstanding");
+    this.#waiting = true;
+    const slot = this.#set.slot;
     try {
-      await this.#reading;
-    } catch {
-      // Closed under us: close() is running.
+      for (;;) {
+        // The slot's count first, then `signaled`: a signal after this look
+        // moves the count, so the wait below returns at once.
+        const seen = slot.sequence;
+        if (this.#closed || Atomics.load(this.#pending, WAKER_WORDS) !== 0) break;
+        await slot.wait(seen, this.#keepAlive);
+      }
     } finally {
-      this.#reading = undefined;
+      this.#waiting = false;
     }
+    if (this.#closed) return; // the shared words are gone with the set
     // Clear `signaled` before clearing the bits (seq_cst): any bit the
-    // thread sets after that makes it write a new wake byte.
+    // helper sets after that makes it signal again.
     Atomics.store(this.#pending, WAKER_WORDS, 0);
     this.#clearFired();
   }
 
-  /** Wake bytes the thread has written (a statistic). */
+  /** Signals sent so far (a statistic). */
   get wakes(): number {
-    return this.#thread.wakes;
+    return this.#set.wakes;
   }
 
-  /** Stops the thread, closes the socket and every duplicate descriptor. */
-  async close(): Promise<void> {
-    if (this.#closed) return;
+  /** Stops watching and closes every duplicate descriptor; an outstanding wait resolves. */
+  close(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
     this.#closed = true;
-    const reading = this.#reading;
-    // An unref'd read still has to settle: let the event loop wait for it.
-    this.#thread.conn.ref();
-    this.#thread.conn.close();
-    await reading?.catch(() => null);
-    this.#thread.destroy();
+    this.#set.destroy(); // gives the relay slot back, which ends a wait
+    return Promise.resolve();
   }
 }

@@ -1,0 +1,48 @@
+/**
+ * Starting Deno as a child process of a test. Where the suite itself runs
+ * under an emulator (CI's aarch64 stage: `qemu-aarch64-static`), a child must
+ * run under it too: `$VIRTIO_DENO_LAUNCHER` names the emulator, and its
+ * `QEMU_LD_PREFIX` is passed on even to a child with a cleared environment.
+ */
+
+const LAUNCHER = Deno.env.get("VIRTIO_DENO_LAUNCHER") || undefined;
+const QEMU_LD_PREFIX = Deno.env.get("QEMU_LD_PREFIX");
+
+/** Whether the suite runs under an emulator (slow starts: a Deno child costs seconds). */
+export const EMULATED: boolean = LAUNCHER !== undefined;
+
+/**
+ * A command that runs this Deno with `args` (through the emulator when there is one).
+ *
+ * @param args Deno's arguments (`run`, flags, the script…)
+ * @param options as for `Deno.Command`
+ * @returns the command
+ */
+export function denoCommand(args: string[], options: Deno.CommandOptions = {}): Deno.Command {
+  if (LAUNCHER === undefined) return new Deno.Command(Deno.execPath(), { ...options, args });
+  const env = { ...options.env, ...(QEMU_LD_PREFIX ? { QEMU_LD_PREFIX } : {}) };
+  return new Deno.Command(LAUNCHER, { ...options, env, args: [Deno.execPath(), ...args] });
+}
+
+/** What a finished child printed, and how it ended. */
+export interface DenoRun {
+  /** Exit status. */
+  readonly code: number;
+  /** Its stdout. */
+  readonly stdout: string;
+  /** Its stderr. */
+  readonly stderr: string;
+}
+
+/**
+ * Runs Deno with `args` to the end.
+ *
+ * @param args Deno's arguments
+ * @param options as for `Deno.Command` (stdout and stderr are piped)
+ * @returns the exit status and the output
+ */
+export async function runDeno(args: string[], options: Deno.CommandOptions = {}): Promise<DenoRun> {
+  const out = await denoCommand(args, { ...options, stdout: "piped", stderr: "piped" }).output();
+  const text = new TextDecoder();
+  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+}
