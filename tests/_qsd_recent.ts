@@ -12,6 +12,7 @@
 
 import { backportsSource } from "./_apt_sources.ts";
 import { INSTALL_HINTS } from "./_requirements.ts";
+import { removedOnSignal } from "./_support.ts";
 
 const CACHE = `${Deno.env.get("HOME") ?? "/tmp"}/.cache/virtio-deno/qsd-backports`;
 const BINARY = `${CACHE}/root/usr/bin/qemu-storage-daemon`;
@@ -44,6 +45,7 @@ async function fetchBackports(): Promise<void> {
   const osRelease = await Deno.readTextFile("/etc/os-release").catch(() => "");
   if (!/VERSION_CODENAME=bookworm/.test(osRelease)) throw new Error("not Debian 12 (bookworm)");
   const work = await Deno.makeTempDir({ prefix: "virtio-qsd-backports-" });
+  using _onSignal = removedOnSignal(work);
   try {
     await Deno.mkdir(`${work}/lists/partial`, { recursive: true });
     await Deno.mkdir(`${work}/cache/archives/partial`, { recursive: true });

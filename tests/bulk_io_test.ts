@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { DeviceIoError, fileReadable, InvalidArgumentError, VirtioBlk } from "../mod.ts";
 import { MockBlkDevice, QemuStorageDaemon } from "../testing.ts";
 import { loadShim } from "../src/os/loader.ts";
-import { awaitedLater, firstDifference, HAVE_QSD, imageBytes, missing, Rng } from "./_support.ts";
+import { awaitedLater, firstDifference, HAVE_QSD, imageBytes, missing, Rng, tempDir } from "./_support.ts";
 
 if (HAVE_QSD) await loadShim();
 
@@ -151,37 +151,34 @@ Deno.test({
   name: "streams (qemu-storage-daemon): a 512 MiB file piped in, piped back out byte-identical; memory stays bounded",
   ignore: missing("qemu-storage-daemon"),
   fn: async () => {
-    const dir = await Deno.makeTempDir({ prefix: "virtio-streams-" });
-    try {
-      const src = `${dir}/src.img`, out = `${dir}/out.img`;
-      {
-        using f = await Deno.open(src, { write: true, create: true });
-        for (let i = 0; i < 32; i++) await f.write(pattern(16 * MiB, i));
-      }
-      await Deno.mkdir(`${dir}/qsd`);
-      await using qsd = await QemuStorageDaemon.start({ dir: `${dir}/qsd`, size: 520 * MiB });
-      await using blk = await VirtioBlk.connect({ transport: "vhost-user", path: qsd.socketPath });
-      const base = Deno.memoryUsage().rss;
-      let peak = base;
-      const sampler = setInterval(() => peak = Math.max(peak, Deno.memoryUsage().rss), 20);
-      try {
-        await (await Deno.open(src)).readable.pipeTo(blk.writable({ offset: 0 }));
-        using o = await Deno.open(out, { write: true, create: true, truncate: true });
-        await blk.readable({ offset: 0, length: 512 * MiB }).pipeTo(o.writable);
-      } finally {
-        clearInterval(sampler);
-      }
-      const a = await Deno.readFile(src), b = await Deno.readFile(out);
-      assert.equal(b.byteLength, 512 * MiB);
-      assert.equal(firstDifference(a, b), -1);
-      // The bound the README gives: the pool the streams use (queueDepth x chunkSize each way, within the
-      // default 64 MiB pool, which is mapped) plus what the pipes hold; 512 MiB went through. (Not under
-      // AddressSanitizer, whose allocator keeps freed memory in quarantine by design.)
-      const asan = (Deno.env.get("LD_PRELOAD") ?? "").includes("libasan");
-      if (!asan) assert.ok(peak - base < 160 * MiB, `RSS grew by ${((peak - base) / MiB).toFixed(0)} MiB`);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
+    await using tmp = await tempDir("virtio-streams-");
+    const dir = tmp.path;
+    const src = `${dir}/src.img`, out = `${dir}/out.img`;
+    {
+      using f = await Deno.open(src, { write: true, create: true });
+      for (let i = 0; i < 32; i++) await f.write(pattern(16 * MiB, i));
     }
+    await Deno.mkdir(`${dir}/qsd`);
+    await using qsd = await QemuStorageDaemon.start({ dir: `${dir}/qsd`, size: 520 * MiB });
+    await using blk = await VirtioBlk.connect({ transport: "vhost-user", path: qsd.socketPath });
+    const base = Deno.memoryUsage().rss;
+    let peak = base;
+    const sampler = setInterval(() => peak = Math.max(peak, Deno.memoryUsage().rss), 20);
+    try {
+      await (await Deno.open(src)).readable.pipeTo(blk.writable({ offset: 0 }));
+      using o = await Deno.open(out, { write: true, create: true, truncate: true });
+      await blk.readable({ offset: 0, length: 512 * MiB }).pipeTo(o.writable);
+    } finally {
+      clearInterval(sampler);
+    }
+    const a = await Deno.readFile(src), b = await Deno.readFile(out);
+    assert.equal(b.byteLength, 512 * MiB);
+    assert.equal(firstDifference(a, b), -1);
+    // The bound the README gives: the pool the streams use (queueDepth x chunkSize each way, within the
+    // default 64 MiB pool, which is mapped) plus what the pipes hold; 512 MiB went through. (Not under
+    // AddressSanitizer, whose allocator keeps freed memory in quarantine by design.)
+    const asan = (Deno.env.get("LD_PRELOAD") ?? "").includes("libasan");
+    if (!asan) assert.ok(peak - base < 160 * MiB, `RSS grew by ${((peak - base) / MiB).toFixed(0)} MiB`);
   },
 });
 
@@ -279,20 +276,17 @@ Deno.test("writable: backpressure — a slow device slows the producer; what it 
 });
 
 Deno.test("fileReadable: reads in large pieces, feeds writeFrom straight into the device's buffers, closes the file", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const data = pattern(3 * MiB + 4096, 8);
-    await Deno.writeFile(`${dir}/f`, data);
-    const device = new MockBlkDevice({ capacity: 8 * MiB });
-    await using blk = await VirtioBlk.connect({ transport: "mock", device });
-    assert.equal(await blk.writeFrom(fileReadable(await Deno.open(`${dir}/f`), { chunkSize: MiB })), data.byteLength);
-    assert.equal(firstDifference(device.disk.subarray(0, data.byteLength), data), -1);
-    const chunks: number[] = [];
-    for await (const c of fileReadable(await Deno.open(`${dir}/f`))) chunks.push(c.byteLength);
-    assert.deepEqual(chunks, [3 * MiB + 4096]);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  await using tmp = await tempDir();
+  const dir = tmp.path;
+  const data = pattern(3 * MiB + 4096, 8);
+  await Deno.writeFile(`${dir}/f`, data);
+  const device = new MockBlkDevice({ capacity: 8 * MiB });
+  await using blk = await VirtioBlk.connect({ transport: "mock", device });
+  assert.equal(await blk.writeFrom(fileReadable(await Deno.open(`${dir}/f`), { chunkSize: MiB })), data.byteLength);
+  assert.equal(firstDifference(device.disk.subarray(0, data.byteLength), data), -1);
+  const chunks: number[] = [];
+  for await (const c of fileReadable(await Deno.open(`${dir}/f`))) chunks.push(c.byteLength);
+  assert.deepEqual(chunks, [3 * MiB + 4096]);
 });
 
 // ---------------------------------------------------------------------- copy
@@ -301,35 +295,32 @@ Deno.test({
   name: "copy: file → device and device → file with --verify, and through a pipe (cat img | deno task copy --from -)",
   ignore: missing("qemu-storage-daemon"),
   fn: async () => {
-    const dir = await Deno.makeTempDir({ prefix: "virtio-copy-" });
+    await using tmp = await tempDir("virtio-copy-");
+    const dir = tmp.path;
     await using qsd = await QemuStorageDaemon.start({ size: 64 * MiB });
-    try {
-      const src = `${dir}/src.img`;
-      await Deno.writeFile(src, pattern(20 * MiB + 1000, 6));
-      const cli = new URL("../cli.ts", import.meta.url).pathname;
-      const sh = (command: string) =>
-        new Deno.Command("sh", {
-          args: ["-c", command],
-          env: { CLI: cli, DENO: Deno.execPath(), D: dir, S: qsd.socketPath },
-        })
-          .output();
-      let r = await sh(`"$DENO" run -A "$CLI" copy --from "$D/src.img" --to vhost-user:"$S"@1M --pad --verify --json`);
-      assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
-      const j = JSON.parse(new TextDecoder().decode(r.stdout));
-      assert.deepEqual([j.bytes, j.verified], [20 * MiB + 1000, true]);
-      r = await sh(`"$DENO" run -A "$CLI" copy --from vhost-user:"$S"@1M --length 20M --to "$D/back.img" --verify`);
-      assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
-      assert.match(new TextDecoder().decode(r.stdout), /verified: the destination reads back the same/);
-      const a = await Deno.readFile(src), b = await Deno.readFile(`${dir}/back.img`);
-      assert.equal(firstDifference(a.subarray(0, 20 * MiB), b), -1);
-      r = await sh(`cat "$D/src.img" | "$DENO" run -A "$CLI" copy --from - --to vhost-user:"$S"@32M --pad --verify`);
-      assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
-      assert.equal(firstDifference(await imageBytes(qsd.imagePath!, 32 * MiB, a.byteLength), a), -1);
-      r = await sh(`cat "$D/src.img" | "$DENO" run -A "$CLI" copy --from - --to vhost-user:"$S"@32M`);
-      assert.equal(r.code, 1, "a tail inside a block without --pad");
-      assert.match(new TextDecoder().decode(r.stderr), /ended 488 bytes into a block of 512/);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    const src = `${dir}/src.img`;
+    await Deno.writeFile(src, pattern(20 * MiB + 1000, 6));
+    const cli = new URL("../cli.ts", import.meta.url).pathname;
+    const sh = (command: string) =>
+      new Deno.Command("sh", {
+        args: ["-c", command],
+        env: { CLI: cli, DENO: Deno.execPath(), D: dir, S: qsd.socketPath },
+      })
+        .output();
+    let r = await sh(`"$DENO" run -A "$CLI" copy --from "$D/src.img" --to vhost-user:"$S"@1M --pad --verify --json`);
+    assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
+    const j = JSON.parse(new TextDecoder().decode(r.stdout));
+    assert.deepEqual([j.bytes, j.verified], [20 * MiB + 1000, true]);
+    r = await sh(`"$DENO" run -A "$CLI" copy --from vhost-user:"$S"@1M --length 20M --to "$D/back.img" --verify`);
+    assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
+    assert.match(new TextDecoder().decode(r.stdout), /verified: the destination reads back the same/);
+    const a = await Deno.readFile(src), b = await Deno.readFile(`${dir}/back.img`);
+    assert.equal(firstDifference(a.subarray(0, 20 * MiB), b), -1);
+    r = await sh(`cat "$D/src.img" | "$DENO" run -A "$CLI" copy --from - --to vhost-user:"$S"@32M --pad --verify`);
+    assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
+    assert.equal(firstDifference(await imageBytes(qsd.imagePath!, 32 * MiB, a.byteLength), a), -1);
+    r = await sh(`cat "$D/src.img" | "$DENO" run -A "$CLI" copy --from - --to vhost-user:"$S"@32M`);
+    assert.equal(r.code, 1, "a tail inside a block without --pad");
+    assert.match(new TextDecoder().decode(r.stderr), /ended 488 bytes into a block of 512/);
   },
 });

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { parseSize } from "../cli.ts";
 import { QemuStorageDaemon } from "../testing.ts";
-import { missing } from "./_support.ts";
+import { missing, tempDir } from "./_support.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const decoder = new TextDecoder();
@@ -255,8 +255,9 @@ Deno.test({
       const image = await Deno.readFile(qsd.imagePath!);
       assert.deepEqual(image.subarray(1 << 20, (1 << 20) + 8192), expected);
 
-      const dir = await Deno.makeTempDir();
-      try {
+      {
+        await using tmp = await tempDir();
+        const dir = tmp.path;
         const rj = await cli([
           "read",
           "--path",
@@ -273,8 +274,6 @@ Deno.test({
         const summary = JSON.parse(rj.text);
         assert.equal(summary.read, 8192);
         assert.deepEqual(await Deno.readFile(`${dir}/o.bin`), expected);
-      } finally {
-        await Deno.remove(dir, { recursive: true });
       }
       const past = await cli(["read", "--path", qsd.socketPath, "--offset", "4M", "--length", "1"]);
       assert.equal(past.code, 2);

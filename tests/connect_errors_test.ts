@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { ConnectFailedError, TimeoutError, VirtioBlk, VirtioError } from "../mod.ts";
 import { QemuStorageDaemon } from "../testing.ts";
 import { loadShim } from "../src/os/loader.ts";
-import { fdCount, missing } from "./_support.ts";
+import { fdCount, missing, tempDir } from "./_support.ts";
 
 await loadShim();
 
@@ -20,47 +20,45 @@ async function connectError(path: string, requestTimeoutMs = 5000): Promise<Virt
 }
 
 Deno.test("connect: a missing path, a regular file, a directory and a dead socket each name their cause", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    await Deno.writeTextFile(`${dir}/file`, "not a socket");
-    await Deno.mkdir(`${dir}/dir`);
-    // A back-end that died and left its socket behind: killed, it cannot unlink it.
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "eval",
-        `Deno.listen({ transport: "unix", path: "${dir}/dead.sock" }); console.log("up"); setTimeout(() => {}, 60000);`,
-      ],
-      stdout: "piped",
-    }).spawn();
-    const reader = child.stdout.getReader();
-    await reader.read(); // "up"
-    await reader.cancel();
-    child.kill("SIGKILL");
-    await child.status;
-    const cases: [string, string, RegExp][] = [
-      [`${dir}/missing.sock`, "ENOENT", /^no such socket: .*missing\.sock \(ENOENT\)/],
-      [`${dir}/file`, "ECONNREFUSED", /^not a socket: .*file is a regular file \(ECONNREFUSED\)/],
-      [`${dir}/dir`, "ECONNREFUSED", /^not a socket: .*dir is a directory \(ECONNREFUSED\)/],
-      [`${dir}/dead.sock`, "ECONNREFUSED", /^connection refused: .*dead\.sock \(ECONNREFUSED\); nothing listens/],
-      [`${dir}/file/below`, "ENOTDIR", /^no such socket: .*below \(ENOTDIR\); a part of the path is not a folder/],
-    ];
-    const fds = fdCount();
-    for (const [path, errno, message] of cases) {
-      const e = await connectError(path);
-      assert.ok(e instanceof ConnectFailedError, `${path}: ${e.name}`);
-      assert.equal(e.code, "ERR_CONNECT_FAILED", "never connected: not ERR_CONNECTION_LOST");
-      assert.equal(e.errno, errno);
-      assert.equal(e.target, path);
-      assert.match(e.message, message);
-    }
-    assert.equal(fdCount(), fds, "nothing left open");
-  } finally {
-    await Deno.remove(dir, { recursive: true });
+  await using tmp = await tempDir();
+  const dir = tmp.path;
+  await Deno.writeTextFile(`${dir}/file`, "not a socket");
+  await Deno.mkdir(`${dir}/dir`);
+  // A back-end that died and left its socket behind: killed, it cannot unlink it.
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `Deno.listen({ transport: "unix", path: "${dir}/dead.sock" }); console.log("up"); setTimeout(() => {}, 60000);`,
+    ],
+    stdout: "piped",
+  }).spawn();
+  const reader = child.stdout.getReader();
+  await reader.read(); // "up"
+  await reader.cancel();
+  child.kill("SIGKILL");
+  await child.status;
+  const cases: [string, string, RegExp][] = [
+    [`${dir}/missing.sock`, "ENOENT", /^no such socket: .*missing\.sock \(ENOENT\)/],
+    [`${dir}/file`, "ECONNREFUSED", /^not a socket: .*file is a regular file \(ECONNREFUSED\)/],
+    [`${dir}/dir`, "ECONNREFUSED", /^not a socket: .*dir is a directory \(ECONNREFUSED\)/],
+    [`${dir}/dead.sock`, "ECONNREFUSED", /^connection refused: .*dead\.sock \(ECONNREFUSED\); nothing listens/],
+    [`${dir}/file/below`, "ENOTDIR", /^no such socket: .*below \(ENOTDIR\); a part of the path is not a folder/],
+  ];
+  const fds = fdCount();
+  for (const [path, errno, message] of cases) {
+    const e = await connectError(path);
+    assert.ok(e instanceof ConnectFailedError, `${path}: ${e.name}`);
+    assert.equal(e.code, "ERR_CONNECT_FAILED", "never connected: not ERR_CONNECTION_LOST");
+    assert.equal(e.errno, errno);
+    assert.equal(e.target, path);
+    assert.match(e.message, message);
   }
+  assert.equal(fdCount(), fds, "nothing left open");
 });
 
 Deno.test("connect: a socket nobody accepts on times out with a message about one front-end at a time", async () => {
-  const dir = await Deno.makeTempDir();
+  await using tmp = await tempDir();
+  const dir = tmp.path;
   const listener = Deno.listen({ transport: "unix", path: `${dir}/busy.sock` }); // never accepts
   try {
     const e = await connectError(`${dir}/busy.sock`, 300);
@@ -69,7 +67,6 @@ Deno.test("connect: a socket nobody accepts on times out with a message about on
     assert.match(e.message, /serve one front-end at a time: is another program connected to this socket\?/);
   } finally {
     listener.close();
-    await Deno.remove(dir, { recursive: true });
   }
 });
 
@@ -86,7 +83,8 @@ Deno.test({
 });
 
 Deno.test("connect: control-path timeouts release every descriptor", async () => {
-  const dir = await Deno.makeTempDir();
+  await using tmp = await tempDir();
+  const dir = tmp.path;
   const listener = Deno.listen({ transport: "unix", path: `${dir}/silent.sock` });
   const accepted: Deno.UnixConn[] = [];
   const accepting = (async () => {
@@ -106,6 +104,5 @@ Deno.test("connect: control-path timeouts release every descriptor", async () =>
     listener.close();
     await accepting;
     for (const c of accepted) c.close();
-    await Deno.remove(dir, { recursive: true });
   }
 });

@@ -3,7 +3,7 @@
 // compiled and printed by a C program on 2026-11-24 (linux-libc-dev 6.1), and
 // re-derived live below when a C compiler and the headers are present.
 import assert from "node:assert/strict";
-import { missing } from "./_support.ts";
+import { missing, tempDir } from "./_support.ts";
 import { io, ior, iow, iowr } from "../src/transport/linux/ioctl.ts";
 import {
   iotlbMsg,
@@ -271,28 +271,25 @@ Deno.test({
   name: "golden values re-derived live from the installed Linux headers",
   ignore: missing("linux-headers"),
   fn: async () => {
-    const dir = await Deno.makeTempDir();
-    try {
-      const names = Object.keys(GOLDEN_IOCTLS);
-      const src =
-        `#include <stdio.h>\n#include <stddef.h>\n#include <linux/vhost.h>\n#include <linux/vfio.h>\nint main(void){\n` +
-        names.map((n) => `printf("%s %lx\\n", "${n}", (unsigned long)(${n}));`).join("\n") +
-        `\nprintf("msg_v2 %zu %zu %zu %zu\\n", sizeof(struct vhost_msg_v2), offsetof(struct vhost_msg_v2, iotlb), ` +
-        `offsetof(struct vhost_msg_v2, iotlb) + offsetof(struct vhost_iotlb_msg, perm), offsetof(struct vhost_msg_v2, iotlb) + offsetof(struct vhost_iotlb_msg, type));\n` +
-        `printf("sizes %zu %zu %zu %zu\\n", sizeof(struct vfio_region_info), sizeof(struct vfio_irq_set), sizeof(struct vfio_iommu_type1_dma_map), sizeof(struct vfio_iommu_type1_dma_unmap));\n` +
-        `return 0;}\n`;
-      await Deno.writeTextFile(`${dir}/g.c`, src);
-      const cc = await new Deno.Command("cc", { args: ["-o", `${dir}/g`, `${dir}/g.c`], stderr: "piped" }).output();
-      assert.ok(cc.success, new TextDecoder().decode(cc.stderr));
-      const out = new TextDecoder().decode((await new Deno.Command(`${dir}/g`).output()).stdout).trim().split("\n");
-      for (const line of out) {
-        const [name, ...rest] = line.split(" ");
-        if (name === "msg_v2") assert.deepEqual(rest.map(Number), [72, 8, 32, 33]);
-        else if (name === "sizes") assert.deepEqual(rest.map(Number), [32, 20, 32, 24]);
-        else assert.equal(OURS[name], BigInt(`0x${rest[0]}`), name);
-      }
-    } finally {
-      await Deno.remove(dir, { recursive: true });
+    await using tmp = await tempDir();
+    const dir = tmp.path;
+    const names = Object.keys(GOLDEN_IOCTLS);
+    const src =
+      `#include <stdio.h>\n#include <stddef.h>\n#include <linux/vhost.h>\n#include <linux/vfio.h>\nint main(void){\n` +
+      names.map((n) => `printf("%s %lx\\n", "${n}", (unsigned long)(${n}));`).join("\n") +
+      `\nprintf("msg_v2 %zu %zu %zu %zu\\n", sizeof(struct vhost_msg_v2), offsetof(struct vhost_msg_v2, iotlb), ` +
+      `offsetof(struct vhost_msg_v2, iotlb) + offsetof(struct vhost_iotlb_msg, perm), offsetof(struct vhost_msg_v2, iotlb) + offsetof(struct vhost_iotlb_msg, type));\n` +
+      `printf("sizes %zu %zu %zu %zu\\n", sizeof(struct vfio_region_info), sizeof(struct vfio_irq_set), sizeof(struct vfio_iommu_type1_dma_map), sizeof(struct vfio_iommu_type1_dma_unmap));\n` +
+      `return 0;}\n`;
+    await Deno.writeTextFile(`${dir}/g.c`, src);
+    const cc = await new Deno.Command("cc", { args: ["-o", `${dir}/g`, `${dir}/g.c`], stderr: "piped" }).output();
+    assert.ok(cc.success, new TextDecoder().decode(cc.stderr));
+    const out = new TextDecoder().decode((await new Deno.Command(`${dir}/g`).output()).stdout).trim().split("\n");
+    for (const line of out) {
+      const [name, ...rest] = line.split(" ");
+      if (name === "msg_v2") assert.deepEqual(rest.map(Number), [72, 8, 32, 33]);
+      else if (name === "sizes") assert.deepEqual(rest.map(Number), [32, 20, 32, 24]);
+      else assert.equal(OURS[name], BigInt(`0x${rest[0]}`), name);
     }
   },
 });

@@ -6,6 +6,7 @@
 // src/blk sees only the transport interface and connect.ts; only src/os calls
 // the shim (`vd_*`); nothing outside tests/ imports from tests/.
 import assert from "node:assert/strict";
+import { removedOnSignal } from "./_support.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
@@ -92,6 +93,7 @@ Deno.test("layering: every file belongs to a layer", () => {
 
 Deno.test("layering: a .ts a user saves in the checkout (a README example) is not the project's", async () => {
   const mine = `${ROOT}nc_ex5_layering_probe.ts`;
+  using _onSignal = removedOnSignal(mine);
   await Deno.writeTextFile(mine, 'import { VirtioBlk } from "./mod.ts";\nconsole.log(VirtioBlk);\n');
   try {
     assert.throws(

@@ -1,7 +1,7 @@
 // What a newcomer meets: Ctrl-C in the middle of a run, and a machine that
 // has Deno but not qemu-storage-daemon or a C compiler.
 import assert from "node:assert/strict";
-import { missing } from "./_support.ts";
+import { endedOnSignal, missing, removedOnSignal, type TempDir, tempDir } from "./_support.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const decoder = new TextDecoder();
@@ -29,35 +29,33 @@ function processesInGroup(pgid: number): number[] {
  * `afterMs`. Returns its exit status, output, and what remained 2 s later.
  */
 async function interrupt(args: string[], signal: Deno.Signal, afterMs: number) {
-  const tmp = await Deno.makeTempDir({ prefix: "virtio-sig-" });
-  try {
-    const child = new Deno.Command("setsid", {
-      args: [Deno.execPath(), "task", ...args],
-      cwd: root,
-      env: { TMPDIR: tmp, NO_COLOR: "1" },
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const output = child.output();
-    await new Promise((r) => setTimeout(r, afterMs));
-    assert.ok(processesInGroup(child.pid).length >= 2, "deno task and its children are running");
-    Deno.kill(-child.pid, signal); // the whole group, as Ctrl-C does
-    const t0 = performance.now();
-    const out = await output;
-    const exitMs = performance.now() - t0;
-    const left = processesInGroup(child.pid);
-    await new Promise((r) => setTimeout(r, Math.max(0, 2000 - (performance.now() - t0))));
-    return {
-      code: out.code,
-      stdout: decoder.decode(out.stdout),
-      stderr: decoder.decode(out.stderr),
-      exitMs,
-      left: [...left, ...processesInGroup(child.pid)],
-      tmpLeft: [...Deno.readDirSync(tmp)].map((e) => e.name),
-    };
-  } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
+  await using dir = await tempDir("virtio-sig-");
+  const tmp = dir.path;
+  const child = new Deno.Command("setsid", {
+    args: [Deno.execPath(), "task", ...args],
+    cwd: root,
+    env: { TMPDIR: tmp, NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  using _onSignal = endedOnSignal(child, { group: true });
+  const output = child.output();
+  await new Promise((r) => setTimeout(r, afterMs));
+  assert.ok(processesInGroup(child.pid).length >= 2, "deno task and its children are running");
+  Deno.kill(-child.pid, signal); // the whole group, as Ctrl-C does
+  const t0 = performance.now();
+  const out = await output;
+  const exitMs = performance.now() - t0;
+  const left = processesInGroup(child.pid);
+  await new Promise((r) => setTimeout(r, Math.max(0, 2000 - (performance.now() - t0))));
+  return {
+    code: out.code,
+    stdout: decoder.decode(out.stdout),
+    stderr: decoder.decode(out.stderr),
+    exitMs,
+    left: [...left, ...processesInGroup(child.pid)],
+    tmpLeft: [...Deno.readDirSync(tmp)].map((e) => e.name),
+  };
 }
 
 Deno.test({
@@ -91,6 +89,7 @@ Deno.test({
   ignore: missing("qemu-storage-daemon") || Deno.env.get(INNER) === "1",
   fn: async () => {
     const script = `${root}.readme-example-signal.ts`;
+    using _removed = removedOnSignal(script);
     await Deno.writeTextFile(
       script,
       `import { QemuStorageDaemon } from "./testing.ts";
@@ -100,27 +99,25 @@ Deno.test({
        await qsd.stop();`,
     );
     try {
-      const tmp = await Deno.makeTempDir();
-      try {
-        const child = new Deno.Command(Deno.execPath(), {
-          args: ["run", "-A", script],
-          env: { TMPDIR: tmp },
-          stdout: "piped",
-        }).spawn();
-        const reader = child.stdout.getReader();
-        const line = decoder.decode((await reader.read()).value);
-        await reader.cancel();
-        assert.match(line, /^started /);
-        assert.equal([...Deno.readDirSync(tmp)].length, 1, "the daemon's folder exists");
-        child.kill("SIGINT");
-        const status = await child.status;
-        assert.equal(status.code, 130);
-        assert.deepEqual([...Deno.readDirSync(tmp)].map((e) => e.name), [], "its folder is gone");
-        const running = (await new Deno.Command("pgrep", { args: ["-f", tmp] }).output()).stdout;
-        assert.equal(decoder.decode(running), "", "no daemon of that folder is running");
-      } finally {
-        await Deno.remove(tmp, { recursive: true });
-      }
+      await using dir = await tempDir();
+      const tmp = dir.path;
+      const child = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", script],
+        env: { TMPDIR: tmp },
+        stdout: "piped",
+      }).spawn();
+      using _onSignal = endedOnSignal(child);
+      const reader = child.stdout.getReader();
+      const line = decoder.decode((await reader.read()).value);
+      await reader.cancel();
+      assert.match(line, /^started /);
+      assert.equal([...Deno.readDirSync(tmp)].length, 1, "the daemon's folder exists");
+      child.kill("SIGINT");
+      const status = await child.status;
+      assert.equal(status.code, 130);
+      assert.deepEqual([...Deno.readDirSync(tmp)].map((e) => e.name), [], "its folder is gone");
+      const running = (await new Deno.Command("pgrep", { args: ["-f", tmp] }).output()).stdout;
+      assert.equal(decoder.decode(running), "", "no daemon of that folder is running");
     } finally {
       await Deno.remove(script);
     }
@@ -128,8 +125,9 @@ Deno.test({
 });
 
 /** A PATH with every program of the current one except `without` (symlinks in a new folder). */
-async function strippedPath(without: RegExp): Promise<string> {
-  const bin = await Deno.makeTempDir({ prefix: "virtio-path-" });
+async function strippedPath(without: RegExp): Promise<TempDir> {
+  const folder = await tempDir("virtio-path-");
+  const bin = folder.path;
   const seen = new Set<string>();
   for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
     let entries: Deno.DirEntry[];
@@ -144,7 +142,7 @@ async function strippedPath(without: RegExp): Promise<string> {
       await Deno.symlink(`${dir}/${e.name}`, `${bin}/${e.name}`);
     }
   }
-  return bin;
+  return folder;
 }
 
 const COMPILERS = /^(cc|c89|c99|gcc|clang|tcc|x86_64-linux-gnu-gcc.*|aarch64-linux-gnu-gcc.*|gcc-\d+|clang-\d+)$/;
@@ -153,40 +151,36 @@ Deno.test({
   name: "deno task demo with only Deno (no qemu-storage-daemon, no C compiler) runs on the mock device and says so",
   ignore: Deno.env.get(INNER) === "1",
   fn: async () => {
-    const bin = await strippedPath(new RegExp(`${COMPILERS.source}|^qemu-storage-daemon$`));
-    const cache = await Deno.makeTempDir();
-    try {
-      const out = await new Deno.Command(Deno.execPath(), {
-        args: ["task", "demo", "--seconds", "0.2"],
-        cwd: root,
-        // An empty shim cache: nothing prebuilt to fall back on.
-        env: { PATH: bin, VIRTIO_SHIM_CACHE: cache, NO_COLOR: "1" },
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const stdout = decoder.decode(out.stdout), stderr = decoder.decode(out.stderr);
-      assert.equal(out.code, 0, stderr);
-      assert.match(stdout, /^qemu-storage-daemon not found: running on the in-process mock device instead/);
-      assert.match(stdout, /For the real thing: apt-get install qemu-system-common qemu-utils gcc/);
-      assert.match(stdout, /wrote 1 MiB at offset 0, flushed, read it back: verified/);
-      assert.doesNotMatch(stderr, /\n\s+at /, "no stack trace");
+    await using path = await strippedPath(new RegExp(`${COMPILERS.source}|^qemu-storage-daemon$`));
+    await using shimCache = await tempDir();
+    const bin = path.path, cache = shimCache.path;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["task", "demo", "--seconds", "0.2"],
+      cwd: root,
+      // An empty shim cache: nothing prebuilt to fall back on.
+      env: { PATH: bin, VIRTIO_SHIM_CACHE: cache, NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stdout = decoder.decode(out.stdout), stderr = decoder.decode(out.stderr);
+    assert.equal(out.code, 0, stderr);
+    assert.match(stdout, /^qemu-storage-daemon not found: running on the in-process mock device instead/);
+    assert.match(stdout, /For the real thing: apt-get install qemu-system-common qemu-utils gcc/);
+    assert.match(stdout, /wrote 1 MiB at offset 0, flushed, read it back: verified/);
+    assert.doesNotMatch(stderr, /\n\s+at /, "no stack trace");
 
-      // The commands that need the real thing say what to install, in one line.
-      const fio = await new Deno.Command(Deno.execPath(), {
-        args: ["task", "fio", "--runtime", "1"],
-        cwd: root,
-        env: { PATH: bin, VIRTIO_SHIM_CACHE: cache, NO_COLOR: "1" },
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      assert.equal(fio.code, 1);
-      const lines = decoder.decode(fio.stderr).trim().split("\n").filter((l) => !l.startsWith("Task "));
-      assert.equal(lines.length, 1, lines.join("\n"));
-      assert.match(lines[0], /^error: .*not found: install it \(Debian\/Ubuntu: apt-get install qemu-system-common/);
-    } finally {
-      await Deno.remove(bin, { recursive: true });
-      await Deno.remove(cache, { recursive: true });
-    }
+    // The commands that need the real thing say what to install, in one line.
+    const fio = await new Deno.Command(Deno.execPath(), {
+      args: ["task", "fio", "--runtime", "1"],
+      cwd: root,
+      env: { PATH: bin, VIRTIO_SHIM_CACHE: cache, NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(fio.code, 1);
+    const lines = decoder.decode(fio.stderr).trim().split("\n").filter((l) => !l.startsWith("Task "));
+    assert.equal(lines.length, 1, lines.join("\n"));
+    assert.match(lines[0], /^error: .*not found: install it \(Debian\/Ubuntu: apt-get install qemu-system-common/);
   },
 });
 
@@ -194,27 +188,24 @@ Deno.test({
   name: "deno task test without qemu-storage-daemon passes and names what it skipped",
   ignore: Deno.env.get(INNER) === "1",
   fn: async () => {
-    const bin = await strippedPath(/^qemu-storage-daemon$/);
-    try {
-      const env: Record<string, string> = { ...Deno.env.toObject(), PATH: bin, [INNER]: "1", NO_COLOR: "1" };
-      delete env.VIRTIO_REQUIRE_ALL; // CI refuses skips; this run is about them
-      const out = await new Deno.Command(Deno.execPath(), {
-        args: ["task", "test"],
-        cwd: root,
-        env,
-        clearEnv: true,
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const text = decoder.decode(out.stdout) + decoder.decode(out.stderr);
-      assert.equal(out.code, 0, text.slice(-3000));
-      assert.match(text, /\| \d+ passed \| 0 failed \| \d+ ignored/);
-      assert.match(
-        text,
-        /SKIPPED \d+ tests, for want of:\n +\d+ need qemu-storage-daemon: apt-get install qemu-system-common qemu-utils/,
-      );
-    } finally {
-      await Deno.remove(bin, { recursive: true });
-    }
+    await using path = await strippedPath(/^qemu-storage-daemon$/);
+    const bin = path.path;
+    const env: Record<string, string> = { ...Deno.env.toObject(), PATH: bin, [INNER]: "1", NO_COLOR: "1" };
+    delete env.VIRTIO_REQUIRE_ALL; // CI refuses skips; this run is about them
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["task", "test"],
+      cwd: root,
+      env,
+      clearEnv: true,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = decoder.decode(out.stdout) + decoder.decode(out.stderr);
+    assert.equal(out.code, 0, text.slice(-3000));
+    assert.match(text, /\| \d+ passed \| 0 failed \| \d+ ignored/);
+    assert.match(
+      text,
+      /SKIPPED \d+ tests, for want of:\n +\d+ need qemu-storage-daemon: apt-get install qemu-system-common qemu-utils/,
+    );
   },
 });

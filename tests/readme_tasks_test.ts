@@ -4,7 +4,7 @@
 // socket is `$SOCK`. The tasks CI runs itself are checked to be in .ci/run.
 import assert from "node:assert/strict";
 import { QemuStorageDaemon } from "../testing.ts";
-import { firstDifference, missing } from "./_support.ts";
+import { endedOnSignal, firstDifference, missing, tempDir } from "./_support.ts";
 import { RECENT_QSD } from "./_qsd_recent.ts";
 
 const root = new URL("..", import.meta.url).pathname;
@@ -241,18 +241,14 @@ async function runCommand(command: string, dir: string, qsd: QemuStorageDaemon):
 
 /** A scratch folder inside the checkout (where a user's shell would be) and a daemon on a 64 MiB image. */
 async function inScratch(fn: (dir: string, qsd: QemuStorageDaemon) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ dir: root, prefix: ".readme-run-" });
-  const qsd = await QemuStorageDaemon.start({ size: 64 * MiB });
-  try {
-    await Deno.writeFile(`${dir}/data.bin`, crypto.getRandomValues(new Uint8Array(8192)));
-    const disk = new Uint8Array(3 * MiB + 100); // the README's copy examples: an image that ends inside a block
-    for (let at = 0; at < disk.length; at += 65536) crypto.getRandomValues(disk.subarray(at, at + 65536));
-    await Deno.writeFile(`${dir}/disk.img`, disk);
-    await fn(dir, qsd);
-  } finally {
-    await qsd.stop();
-    await Deno.remove(dir, { recursive: true });
-  }
+  await using scratch = await tempDir(".readme-run-", root);
+  const dir = scratch.path;
+  await using qsd = await QemuStorageDaemon.start({ size: 64 * MiB });
+  await Deno.writeFile(`${dir}/data.bin`, crypto.getRandomValues(new Uint8Array(8192)));
+  const disk = new Uint8Array(3 * MiB + 100); // the README's copy examples: an image that ends inside a block
+  for (let at = 0; at < disk.length; at += 65536) crypto.getRandomValues(disk.subarray(at, at + 65536));
+  await Deno.writeFile(`${dir}/disk.img`, disk);
+  await fn(dir, qsd);
 }
 
 /**
@@ -262,43 +258,40 @@ async function inScratch(fn: (dir: string, qsd: QemuStorageDaemon) => Promise<vo
  * group gets SIGINT.
  */
 async function runWatch(command: string, check: (r: Run) => Promise<void> | void): Promise<void> {
-  const dir = await Deno.makeTempDir({ dir: root, prefix: ".readme-run-" });
-  const qsd = await QemuStorageDaemon.start({ size: 64 * MiB, binary: RECENT_QSD, qmp: true });
-  try {
-    const child = new Deno.Command("setsid", {
-      args: ["sh", "-c", command],
-      cwd: dir,
-      env: shellEnv(qsd.socketPath),
-      clearEnv: true,
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    let stdout = "", stderr = "";
-    const collect = async (s: ReadableStream<Uint8Array>, add: (t: string) => void) => {
-      for await (const t of s.pipeThrough(new TextDecoderStream())) add(t);
-    };
-    const reading = Promise.all([collect(child.stdout, (t) => stdout += t), collect(child.stderr, (t) => stderr += t)]);
-    const until = async (ok: () => boolean, what: string) => {
-      const deadline = performance.now() + 20_000;
-      while (!ok()) {
-        if (performance.now() > deadline) throw new Error(`${command}: ${what} did not happen:\n${stdout}\n${stderr}`);
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    };
-    try {
-      await until(() => stderr.includes("Ctrl-C to stop"), "watching");
-      await qsd.resize(128 * MiB);
-      await until(() => stdout.includes("128MiB"), "printing the change");
-    } finally {
-      Deno.kill(-child.pid, "SIGINT"); // the whole group, as Ctrl-C does
+  await using scratch = await tempDir(".readme-run-", root);
+  const dir = scratch.path;
+  await using qsd = await QemuStorageDaemon.start({ size: 64 * MiB, binary: RECENT_QSD, qmp: true });
+  const child = new Deno.Command("setsid", {
+    args: ["sh", "-c", command],
+    cwd: dir,
+    env: shellEnv(qsd.socketPath),
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  using _onSignal = endedOnSignal(child, { group: true });
+  let stdout = "", stderr = "";
+  const collect = async (s: ReadableStream<Uint8Array>, add: (t: string) => void) => {
+    for await (const t of s.pipeThrough(new TextDecoderStream())) add(t);
+  };
+  const reading = Promise.all([collect(child.stdout, (t) => stdout += t), collect(child.stderr, (t) => stderr += t)]);
+  const until = async (ok: () => boolean, what: string) => {
+    const deadline = performance.now() + 20_000;
+    while (!ok()) {
+      if (performance.now() > deadline) throw new Error(`${command}: ${what} did not happen:\n${stdout}\n${stderr}`);
+      await new Promise((r) => setTimeout(r, 20));
     }
-    const status = await child.status;
-    await reading;
-    await check({ code: status.code, stdout, stderr, dir, qsd });
+  };
+  try {
+    await until(() => stderr.includes("Ctrl-C to stop"), "watching");
+    await qsd.resize(128 * MiB);
+    await until(() => stdout.includes("128MiB"), "printing the change");
   } finally {
-    await qsd.stop();
-    await Deno.remove(dir, { recursive: true });
+    Deno.kill(-child.pid, "SIGINT"); // the whole group, as Ctrl-C does
   }
+  const status = await child.status;
+  await reading;
+  await check({ code: status.code, stdout, stderr, dir, qsd });
 }
 
 for (const command of inline) {

@@ -1,6 +1,6 @@
 // Every TypeScript example in README.md runs as written (each in its own process).
 import assert from "node:assert/strict";
-import { missing } from "./_support.ts";
+import { missing, removedOnSignal } from "./_support.ts";
 import { RECENT_QSD } from "./_qsd_recent.ts";
 
 const root = new URL("..", import.meta.url);
@@ -18,6 +18,7 @@ blocks.forEach((code, i) => {
     ignore: needsDaemon && missing("qemu-storage-daemon"),
     fn: async () => {
       const file = await Deno.makeTempFile({ dir: root.pathname, prefix: ".readme-example-", suffix: ".ts" });
+      using _onSignal = removedOnSignal(file);
       try {
         await Deno.writeTextFile(file, code);
         // An example that names its daemon through $QSD gets one that announces resizes.

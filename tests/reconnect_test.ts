@@ -14,7 +14,16 @@ import {
 } from "../mod.ts";
 import { QemuStorageDaemon } from "../testing.ts";
 import { loadShim } from "../src/os/loader.ts";
-import { awaitedLater, fdCount, imageBytes, memfdMappings, missing, nextEvent, stopProcess } from "./_support.ts";
+import {
+  awaitedLater,
+  fdCount,
+  imageBytes,
+  memfdMappings,
+  missing,
+  nextEvent,
+  stopProcess,
+  tempDir,
+} from "./_support.ts";
 
 await loadShim();
 
@@ -153,12 +162,8 @@ function driverFds(): number {
 
 /** Starts a daemon in a folder of the test's own, so that a different one can take its socket. */
 async function inFolder(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "virtio-reconnect-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  await using dir = await tempDir("virtio-reconnect-");
+  await fn(dir.path);
 }
 
 for (

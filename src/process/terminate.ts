@@ -12,6 +12,15 @@
  * it too. With no hook registered nothing is listened to,
  * and a listener never keeps the process alive.
  *
+ * Under `deno test` the hooks run on SIGTERM and SIGHUP (its own SIGINT
+ * handler ends the run at once, before any listener could run; this is why
+ * `deno task test` turns a Ctrl-C into a SIGTERM to the test process). There
+ * `Deno.exit` does not end the run (it fails the test, or ends only the test
+ * file's isolate), so the exit is replaceable ({@linkcode setTerminationExit}):
+ * `deno task test` has the process send itself SIGINT, on which `deno test`
+ * lists the tests that were pending and exits with 130. Without that, a
+ * `Deno.exit` that throws is followed by the same SIGINT.
+ *
  * @module
  */
 
@@ -61,7 +70,7 @@ async function terminate(signal: TerminationSignal): Promise<void> {
     // A second signal: the user does not want to wait any longer. But a copy
     // of the first (`deno task` forwards the signal its process group also
     // got) arrives within a millisecond or two, and must not cut the hooks short.
-    if (performance.now() - terminatingSince > REPEAT_GRACE_MS) Deno.exit(status);
+    if (performance.now() - terminatingSince > REPEAT_GRACE_MS) exitNow(status);
     return;
   }
   terminating = true;
@@ -73,7 +82,39 @@ async function terminate(signal: TerminationSignal): Promise<void> {
       console.error(`error while stopping on ${signal}: ${(e as Error)?.message ?? e}`);
     }
   }
-  Deno.exit(status);
+  exitNow(status);
+}
+
+/** Ends the process by the exit in force; when that throws (`Deno.exit` in a test), by a SIGINT to itself. */
+function exitNow(status: number): void {
+  try {
+    exit(status);
+  } catch {
+    try {
+      Deno.kill(Deno.pid, "SIGINT");
+    } catch {
+      // no permission to signal: the test run goes on, its resources released
+    }
+  }
+}
+
+let exit: (status: number) => void = (status) => Deno.exit(status);
+
+/**
+ * Replaces how the process ends once the hooks have run (by default
+ * `Deno.exit(status)`), for a runner that must be ended another way: under
+ * `deno test`, `Deno.exit` does not end the run, while a SIGINT does.
+ *
+ * @example
+ * ```ts
+ * import { setTerminationExit } from "./terminate.ts";
+ * setTerminationExit(() => Deno.kill(Deno.pid, "SIGINT")); // deno test: list what was pending, exit 130
+ * ```
+ *
+ * @param end ends the process; given the status a shell expects (130, 143, 129)
+ */
+export function setTerminationExit(end: (status: number) => void): void {
+  exit = end;
 }
 
 /**

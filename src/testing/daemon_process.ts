@@ -12,7 +12,7 @@
  * @module
  */
 
-import { onTermination } from "../process/terminate.ts";
+import { isTerminating, onTermination } from "../process/terminate.ts";
 import { within } from "../process/within.ts";
 
 /**
@@ -59,6 +59,24 @@ export async function isListening(path: string): Promise<boolean> {
     if (flags & SO_ACCEPTCON) return true;
   }
   return false;
+}
+
+/**
+ * Removes `dir` should the process get SIGINT, SIGTERM or SIGHUP while the
+ * registration lasts: for a folder made before its daemon's own hook is
+ * registered (which then takes over), or one a build fills.
+ *
+ * @param dir the folder
+ * @returns the registration; dispose it when the folder has another owner or is gone
+ */
+export function removedOnSignal(dir: string): Disposable {
+  return onTermination(() => {
+    try {
+      Deno.removeSync(dir, { recursive: true });
+    } catch {
+      // gone already
+    }
+  });
 }
 
 /** How to run a daemon. */
@@ -114,6 +132,11 @@ export class DaemonProcess {
    * @returns the running daemon
    */
   static async start(spec: DaemonSpec, dir: string, ownsDir: boolean, stopOnSignal = true): Promise<DaemonProcess> {
+    if (isTerminating()) {
+      // Its hook would never run: the hooks of a signal already being handled are running.
+      if (ownsDir) await Deno.remove(dir, { recursive: true }).catch(() => {});
+      throw new Error(`${spec.name} not started: this process is stopping on a signal`);
+    }
     const d = new DaemonProcess(spec, dir, ownsDir);
     if (stopOnSignal) d.#hook = onTermination(() => d.#stopOnSignal());
     try {
@@ -151,6 +174,7 @@ export class DaemonProcess {
   /** Starts (again) and waits until its socket listens; a stale socket of an earlier run is removed first. */
   async spawn(): Promise<void> {
     if (this.#stopped) throw new Error(`${this.#spec.name} was stopped`);
+    if (isTerminating()) throw new Error(`${this.#spec.name} not started: this process is stopping on a signal`);
     const spec = this.#spec;
     await Deno.remove(spec.socketPath).catch(() => {});
     const binary = findExecutable(spec.binary);

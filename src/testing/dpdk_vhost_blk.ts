@@ -14,7 +14,7 @@
  * @module
  */
 
-import { DaemonProcess, findExecutable, VhostUserDaemon } from "./daemon_process.ts";
+import { DaemonProcess, findExecutable, removedOnSignal, VhostUserDaemon } from "./daemon_process.ts";
 
 /** Where Debian's `dpdk-doc` puts the example's source. */
 export const DPDK_VHOST_BLK_SOURCE = "/usr/share/dpdk/examples/vhost_blk";
@@ -116,6 +116,7 @@ export class DpdkVhostBlk extends VhostUserDaemon {
     // Build in a fresh folder, then move it into place (a concurrent build loses the rename, harmlessly).
     await Deno.mkdir(buildRoot(), { recursive: true });
     const tmp = await Deno.makeTempDir({ dir: buildRoot(), prefix: ".build-" });
+    using _onSignal = removedOnSignal(tmp);
     try {
       for (const f of files) await Deno.copyFile(`${DPDK_VHOST_BLK_SOURCE}/${f}`, `${tmp}/${f}`);
       if (!unpatched) await run("patch", ["-p1", "--quiet"], tmp, patch);
@@ -140,6 +141,7 @@ export class DpdkVhostBlk extends VhostUserDaemon {
     const binary = await DpdkVhostBlk.build(options.unpatched ?? false);
     const ownsDir = options.dir === undefined;
     const dir = options.dir ?? await Deno.makeTempDir({ prefix: "virtio-dpdk-" });
+    using _untilStarted = ownsDir ? removedOnSignal(dir) : undefined;
     const socketPath = `${dir}/vhost.socket`;
     const logPath = `${dir}/vhost-blk.log`;
     const eal = [

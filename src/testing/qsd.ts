@@ -9,7 +9,7 @@
  * @module
  */
 
-import { DaemonProcess, VhostUserDaemon } from "./daemon_process.ts";
+import { DaemonProcess, removedOnSignal, VhostUserDaemon } from "./daemon_process.ts";
 import { qmpExecute } from "./qmp.ts";
 
 /** What to install when the daemon is missing (one line, for messages). */
@@ -141,6 +141,7 @@ export class QemuStorageDaemon extends VhostUserDaemon {
   static async start(options: QemuStorageDaemonOptions = {}): Promise<QemuStorageDaemon> {
     const ownsDir = options.dir === undefined;
     const dir = options.dir ?? await Deno.makeTempDir({ prefix: "virtio-qsd-" });
+    using _untilStarted = ownsDir ? removedOnSignal(dir) : undefined;
     const socketPath = `${dir}/vhost-user-blk.sock`;
     const logPath = `${dir}/qsd.log`;
     const driver = options.driver ?? "file";
