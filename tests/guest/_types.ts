@@ -76,14 +76,6 @@ export interface RunOptions {
   /** QEMU `-cpu` model; default `host` under KVM, `max` under TCG. */
   cpu?: string;
   /**
-   * Where the native shim comes from: `"host"` (default) compiles `src/os/shim.c` on the host into the cache
-   * (see {@linkcode buildHostShim}) and sets `VIRTIO_SHIM_PATH` in the guest, because compiling it under TCG
-   * takes several seconds more; `"guest"` leaves it to the loader inside the guest
-   * (`VIRTIO_SHIM_CACHE=/tmp/shim-cache`).
-   * An explicit `env.VIRTIO_SHIM_PATH` wins over both.
-   */
-  shim?: "host" | "guest";
-  /**
    * 9p cache mode of the host root: `"loose"` (default) keeps what the guest read in its page cache, which makes
    * running `deno` 3–5× faster under TCG but may show stale content for host files changed during the run;
    * `"none"` always reads through. The `/tmp/guest` share is never cached.

@@ -17,8 +17,8 @@
  * Inside the chroot: `/tmp`, `/run` and `/dev/shm` are tmpfs; proc, sysfs,
  * devtmpfs and devpts are mounted; `PATH` starts with the folder of the host's
  * `deno`; `HOME=/tmp/home`, `DENO_DIR=/tmp/deno-dir`,
- * `VIRTIO_SHIM_CACHE=/tmp/shim-cache` (the loader compiles the shim there with
- * `cc`, since the host root is read-only); `GUEST_SHARE=/tmp/guest` is a
+ * `VIRTIO_SHIM_CACHE=/tmp/shim-cache` (where a shim built from source would go,
+ * since the host root is read-only: the loader uses the prebuilt one); `GUEST_SHARE=/tmp/guest` is a
  * writable 9p folder shared with the host (see {@linkcode RunOptions.shareDir});
  * `GUEST_MODULES_DIR`/`GUEST_KERNEL_VERSION` are what `modprobe -d … -S …`
  * needs (the {@linkcode RunOptions.modules} option does that for you).

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { isGranted } from "../../os/permissions.ts";
 import { eventfd, eventfdSignal } from "../../os/eventfd.ts";
 import { closeFd, LINUX } from "../../os/syscalls.ts";
 import { pollTwo, recvMsg, sendMsg, setNonBlocking, unixConnect } from "../../os/unix_socket.ts";
@@ -41,8 +42,13 @@ function name(request: number): string {
   return VHOST_USER_REQUEST_NAMES[request] ?? `request ${request}`;
 }
 
-/** What is at `path`, for a message: "a regular file", "a directory", or undefined (missing or a socket). */
+/**
+ * What is at `path`, for a message: "a regular file", "a directory", or
+ * undefined (missing, a socket, or not ours to look at: a program with
+ * `--allow-ffi` alone is never asked for more).
+ */
 function describeNonSocket(path: string): string | undefined {
+  if (!isGranted({ name: "read", path })) return undefined;
   try {
     const st = Deno.statSync(path);
     if (st.isFile) return "a regular file";
