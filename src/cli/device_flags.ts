@@ -9,7 +9,15 @@ import type { CompletionMode } from "../blk/completion_driver.ts";
 import type { VirtioBlkConnectOptions } from "../blk/options.ts";
 import { VirtioBlk } from "../blk/virtio_blk.ts";
 import { InvalidArgumentError } from "../errors.ts";
-import { type FlagSpec, parseChoice, type ParsedFlags, parseInteger, parseQueueSize, UsageError } from "./args.ts";
+import {
+  type FlagSpec,
+  parseChoice,
+  type ParsedFlags,
+  parseInteger,
+  parseQueueSize,
+  UsageError,
+  userPath,
+} from "./args.ts";
 
 /** The transports the CLI reaches. */
 const CLI_TRANSPORTS = ["vhost-user", "vhost-vdpa", "vfio-pci"] as const;
@@ -76,10 +84,11 @@ export function deviceFlags(mode: CompletionMode, pathHelp: string): FlagSpec[] 
 function connectOptions(
   flags: ParsedFlags,
   mode: CompletionMode,
-  overrides: { path?: string; queueSize?: number; reconnectSeconds?: number } = {},
+  overrides: DeviceOverrides = {},
 ): VirtioBlkConnectOptions {
   const transport = parseChoice(flags.transport ?? "vhost-user", "--transport", CLI_TRANSPORTS);
-  const path = overrides.path ?? (typeof flags.path === "string" ? flags.path : undefined);
+  // A relative path is the user's, from the folder they ran deno task in.
+  const path = overrides.path ?? (typeof flags.path === "string" ? userPath(flags.path) : undefined);
   if (transport === "vfio-pci") {
     if (typeof flags.device !== "string") throw new UsageError("--transport vfio-pci needs --device (a PCI address)");
     if (flags.path !== undefined) throw new UsageError("--transport vfio-pci takes --device, not --path");
@@ -100,6 +109,7 @@ function connectOptions(
     features: { indirect: indirect !== "off" },
     // "always": every chain of two descriptors or more goes through a table.
     indirectThreshold: indirect === "always" ? 2 : undefined,
+    ...(overrides.bufferPoolSize !== undefined ? { bufferPoolSize: overrides.bufferPoolSize } : {}),
   };
   if (transport === "vfio-pci") return { transport, device: flags.device as string, ...common };
   const reconnect = overrides.reconnectSeconds === undefined
@@ -107,6 +117,18 @@ function connectOptions(
     : { timeoutMs: overrides.reconnectSeconds * 1000 };
   if (reconnect && transport !== "vhost-user") throw new UsageError("--reconnect is for --transport vhost-user");
   return { transport, path: path!, ...common, ...(reconnect ? { reconnect } : {}) };
+}
+
+/** Connect options a command decides itself rather than take from a flag. */
+export interface DeviceOverrides {
+  /** The socket (a private daemon's). */
+  path?: string;
+  /** Ring entries per queue (sized from the command's own flags). */
+  queueSize?: number;
+  /** Ride out a back-end restart of this many seconds. */
+  reconnectSeconds?: number;
+  /** Bytes of device-reachable buffer memory (sized from what the command keeps in flight). */
+  bufferPoolSize?: number;
 }
 
 /**
@@ -120,7 +142,7 @@ function connectOptions(
 export async function openDevice(
   flags: ParsedFlags,
   mode: CompletionMode,
-  overrides: { path?: string; queueSize?: number; reconnectSeconds?: number } = {},
+  overrides: DeviceOverrides = {},
 ): Promise<VirtioBlk> {
   try {
     return await VirtioBlk.connect(connectOptions(flags, mode, overrides));

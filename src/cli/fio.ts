@@ -9,6 +9,7 @@
  */
 
 import { monotonicClock } from "../os/syscalls.ts";
+import { MAX_QUEUE_SIZE } from "../virtqueue/defs.ts";
 import type { VirtioBlk } from "../blk/virtio_blk.ts";
 import type { VirtioError } from "../errors.ts";
 import { LatencyHistogram, type LatencySummary } from "./histogram.ts";
@@ -111,14 +112,28 @@ function nextPowerOfTwo(n: number): number {
 }
 
 /**
- * The queue size that holds `iodepth` plain requests in flight without
- * indirect descriptors (3 ring entries each), at least 256.
+ * The queue size that holds `iodepth` plain requests in flight: 3 ring
+ * entries each (header, data, status), or one each when every request goes
+ * through an indirect table (`--indirect always`); at least 256.
  *
  * @param iodepth requests per queue
+ * @param oneEntryEach whether each request takes one entry (indirect always)
  * @returns a power of two
  */
-export function queueSizeFor(iodepth: number): number {
-  return Math.max(256, nextPowerOfTwo(3 * iodepth));
+export function queueSizeFor(iodepth: number, oneEntryEach = false): number {
+  return Math.max(256, nextPowerOfTwo(oneEntryEach ? iodepth : 3 * iodepth));
+}
+
+/**
+ * The most requests a queue can keep in flight: as many as the largest
+ * ring (32768 entries) holds, 3 entries each, or one each with indirect
+ * tables for every request.
+ *
+ * @param oneEntryEach whether each request takes one entry (indirect always)
+ * @returns requests
+ */
+export function maxIodepth(oneEntryEach = false): number {
+  return oneEntryEach ? MAX_QUEUE_SIZE : Math.floor(MAX_QUEUE_SIZE / 3);
 }
 
 /**

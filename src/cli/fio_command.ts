@@ -17,8 +17,10 @@ import {
   parseSize,
   UsageError,
 } from "./args.ts";
+import { checkPoolFits, poolFor } from "./buffer_memory.ts";
 import { deviceFlags, openDevice } from "./device_flags.ts";
-import { type FioJob, queueSizeFor, runFio, RW_PATTERNS } from "./fio.ts";
+import { type FioJob, maxIodepth, queueSizeFor, runFio, RW_PATTERNS } from "./fio.ts";
+import { formatSizeFlag } from "./format.ts";
 import { type FioBackend, formatFioSummary, formatProgress } from "./fio_report.ts";
 
 /** The `fio` command. */
@@ -35,11 +37,22 @@ export const FIO: CommandSpec = {
   flags: [
     ...deviceFlags("poll", "a vhost-user socket (or /dev/vhost-vdpa-N); default: a private qemu-storage-daemon")
       .map((f) =>
-        f.name === "queue-size" ? { ...f, default: "256, or 3 × --iodepth rounded up to a power of two" } : f
+        f.name === "queue-size"
+          ? {
+            ...f,
+            default: "256, or 3 × --iodepth (--iodepth with --indirect always) rounded up to a power of two",
+          }
+          : f
       ),
     { name: "rw", kind: "string", value: "R", default: "randread", help: RW_PATTERNS.join(", ") },
     { name: "bs", kind: "string", value: "N", default: "4k", help: "bytes per request (k, M suffixes)" },
-    { name: "iodepth", kind: "string", value: "N", default: "1", help: "requests in flight per queue" },
+    {
+      name: "iodepth",
+      kind: "string",
+      value: "N",
+      default: "1",
+      help: `requests in flight per queue: 1 to ${maxIodepth()} (${maxIodepth(true)} with --indirect always)`,
+    },
     { name: "runtime", kind: "string", value: "S", default: "5", help: "seconds measured (after the ramp)" },
     { name: "ramp", kind: "string", value: "S", default: "1", help: "seconds of warm-up first, not measured" },
     { name: "size", kind: "string", value: "N", default: "the whole device", help: "bytes addressed, from 0" },
@@ -56,7 +69,7 @@ export const FIO: CommandSpec = {
       kind: "string",
       value: "B",
       default: "null",
-      help: "private daemon only: null (null-co, 1 GiB, stores nothing) or file (a 256 MiB image)",
+      help: "private daemon only: null (null-co, 1GiB, stores nothing) or file (a 256MiB image)",
     },
     {
       name: "reconnect",
@@ -75,6 +88,27 @@ export const FIO: CommandSpec = {
 };
 
 /**
+ * Parses `--iodepth`, whose limit is the most a queue's ring holds: a
+ * request takes 3 of its at most 32768 entries, or one with `--indirect
+ * always`.
+ *
+ * @param s the flag's value
+ * @param oneEntryEach whether `--indirect always` was given
+ * @returns the depth
+ * @throws {UsageError} naming the limit and why
+ */
+function parseIodepth(s: string | true, oneEntryEach: boolean): number {
+  const n = typeof s === "string" && /^\d+$/.test(s.trim()) ? Number(s) : NaN;
+  const max = maxIodepth(oneEntryEach);
+  if (Number.isSafeInteger(n) && n >= 1 && n <= max) return n;
+  const why = oneEntryEach
+    ? `a queue's ring has at most ${max} entries, and with --indirect always a request takes one`
+    : `a queue's ring has at most ${maxIodepth(true)} entries and a request takes 3 (header, data, status); ` +
+      `with --indirect always a request takes one, and --iodepth may be up to ${maxIodepth(true)}`;
+  throw new UsageError(`--iodepth must be a whole number from 1 to ${max}, got ${JSON.stringify(s)}: ${why}`);
+}
+
+/**
  * Runs `fio`.
  *
  * @param flags the parsed flags
@@ -86,7 +120,8 @@ export async function fio(flags: ParsedFlags): Promise<void> {
     throw new UsageError("--backend chooses the private daemon's storage; it does not apply with --path or --device");
   }
   const backend = parseChoice(flags.backend ?? "null", "--backend", ["null", "file"] as const);
-  const iodepth = parseInteger(flags.iodepth ?? "1", "--iodepth", 1, 32768);
+  const oneEntryEach = flags.indirect === "always";
+  const iodepth = parseIodepth(flags.iodepth ?? "1", oneEntryEach);
   const queues = flags.queues === undefined ? 1 : parseInteger(flags.queues, "--queues", 1, 65535);
   const job: FioJob = {
     rw: parseChoice(flags.rw ?? "randread", "--rw", RW_PATTERNS),
@@ -100,7 +135,16 @@ export async function fio(flags: ParsedFlags): Promise<void> {
     api: parseChoice(flags.api ?? "batch", "--api", ["batch", "promise"] as const),
   };
   if (job.bs === 0) throw new UsageError("--bs must be at least one block");
-  const queueSize = flags["queue-size"] === undefined ? queueSizeFor(iodepth) : parseQueueSize(flags["queue-size"]);
+  const queueSize = flags["queue-size"] === undefined
+    ? queueSizeFor(iodepth, oneEntryEach)
+    : parseQueueSize(flags["queue-size"]);
+  // Every request in flight has a buffer of its own: the pool holds them all.
+  const bufferPoolSize = poolFor(iodepth * queues, job.bs);
+  checkPoolFits(
+    bufferPoolSize,
+    `--bs ${formatSizeFlag(job.bs)} × --iodepth ${iodepth} × --queues ${queues}`,
+    "--bs, --iodepth or --queues",
+  );
   const reconnectSeconds = flags.reconnect === undefined
     ? undefined
     : parseSeconds(flags.reconnect, "--reconnect", false);
@@ -119,7 +163,7 @@ export async function fio(flags: ParsedFlags): Promise<void> {
       numQueues: queues,
     });
     described = backend === "null"
-      ? { kind: "private", description: "private qemu-storage-daemon, null-co (1 GiB)", storesData: false }
+      ? { kind: "private", description: "private qemu-storage-daemon, null-co (1GiB)", storesData: false }
       : {
         kind: "private",
         description: `private qemu-storage-daemon, file image ${daemon.imagePath}`,
@@ -127,7 +171,12 @@ export async function fio(flags: ParsedFlags): Promise<void> {
       };
   }
   try {
-    await using blk = await openDevice(flags, "poll", { path: daemon?.socketPath, queueSize, reconnectSeconds });
+    await using blk = await openDevice(flags, "poll", {
+      path: daemon?.socketPath,
+      queueSize,
+      reconnectSeconds,
+      bufferPoolSize,
+    });
     job.reconnect = reconnectSeconds !== undefined;
     const tty = Deno.stderr.isTerminal();
     const encoder = new TextEncoder();
