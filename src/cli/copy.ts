@@ -10,11 +10,18 @@
 
 import type { VirtioBlk } from "../blk/virtio_blk.ts";
 import { fileReadable } from "../blk/file_readable.ts";
+import { InvalidArgumentError } from "../errors.ts";
 import { onTermination } from "../process/terminate.ts";
 import { type CommandSpec, type ParsedFlags, parseInteger, parseSize, UsageError, userPath } from "./args.ts";
+import { checkPoolFits, poolFor } from "./buffer_memory.ts";
 import { Crc32 } from "./crc32.ts";
 import { deviceFlags, openDevice } from "./device_flags.ts";
-import { formatBandwidth, formatBytes } from "./format.ts";
+import { formatBandwidth, formatBytes, formatSizeFlag } from "./format.ts";
+
+/** Bytes a file source is read in when it goes straight into the device's buffers (writeFrom). */
+const FILE_PIECE = 4 << 20;
+/** The largest --chunk the device's streams take. */
+const MAX_CHUNK = 64 << 20;
 
 /** The `copy` command. */
 export const COPY: CommandSpec = {
@@ -22,15 +29,22 @@ export const COPY: CommandSpec = {
   usage: "deno task copy --from FILE|-|DEVICE --to FILE|-|DEVICE [--length N] [--verify] [--json] [flags]",
   description: "Copies bytes between a file (or - for stdin/stdout) and a device, or between two devices, through\n" +
     "the device's Web Streams: DEVICE is vhost-user:SOCKET, vhost-vdpa:/dev/vhost-vdpa-N or vfio-pci:BDF, with\n" +
-    "@OFFSET for where on it (k, M, G suffixes). From a device the length defaults to the rest of it; to one,\n" +
-    "a last partial block is refused unless --pad. --verify reads the destination back and compares.",
+    "@OFFSET for where on it (k, M, G suffixes). From a device any byte range (the length defaults to the rest\n" +
+    "of it); to one, whole blocks from a block-aligned offset, and a last partial block is refused unless --pad.\n" +
+    "--verify reads the destination back and compares. Ctrl-C stops it and says how much was copied.",
   flags: [
     { name: "from", kind: "string", value: "SRC", help: "a file, - (stdin) or a device" },
     { name: "to", kind: "string", value: "DST", help: "a file, - (stdout) or a device" },
     { name: "length", kind: "string", value: "N", default: "all of the source", help: "bytes to copy" },
     { name: "verify", kind: "boolean", help: "read the destination back and compare (not with --to -)" },
     { name: "pad", kind: "boolean", help: "zero-fill a last partial block on the device" },
-    { name: "chunk", kind: "string", value: "N", default: "1M", help: "bytes per device request" },
+    {
+      name: "chunk",
+      kind: "string",
+      value: "N",
+      default: "1M",
+      help: "bytes per device request: whole blocks, at most 64M",
+    },
     { name: "depth", kind: "string", value: "N", default: "8", help: "device requests in flight" },
     { name: "json", kind: "boolean", help: "print one JSON object instead of text (no progress line)" },
     ...deviceFlags("eventfd", "(not used: name devices in --from and --to)").filter((f) =>
@@ -40,6 +54,7 @@ export const COPY: CommandSpec = {
   examples: [
     "deno task copy --from disk.img --to vhost-user:/tmp/x.sock --verify",
     "deno task copy --from vhost-user:/tmp/x.sock@1M --length 64M --to part.img",
+    "deno task copy --from vhost-user:/tmp/x.sock@4M --length 3000000 --to -",
     "cat disk.img | deno task copy --from - --to vhost-user:/tmp/x.sock --pad",
   ],
 };
@@ -75,18 +90,31 @@ function parseEndpoint(s: string | true | undefined, flag: string): Endpoint {
   };
 }
 
-/** Passes the first `limit` bytes on, then ends the stream (cancelling what feeds it). */
-function take(limit: number): TransformStream<Uint8Array, Uint8Array> {
-  let left = limit;
+/** Drops the first `skip` bytes, passes the next `limit` on, then ends the stream (cancelling what feeds it). */
+function take(limit: number, skip = 0): TransformStream<Uint8Array, Uint8Array> {
+  let left = limit, toSkip = skip;
   return new TransformStream({
     transform(chunk, controller) {
-      if (left <= 0) return;
+      if (toSkip > 0) {
+        const n = Math.min(toSkip, chunk.byteLength);
+        toSkip -= n;
+        chunk = chunk.subarray(n);
+      }
+      if (left <= 0 || chunk.byteLength === 0) return;
       const part = chunk.byteLength <= left ? chunk : chunk.subarray(0, left);
       left -= part.byteLength;
       controller.enqueue(part);
       if (left === 0) controller.terminate();
     },
   });
+}
+
+/** The library's words for its options, in the flags' words. */
+function inFlagWords(message: string): string {
+  return message
+    .replace(/pass pad: true/g, "give --pad to zero-fill the rest of the last block")
+    .replace(/\bchunkSize\b/g, "--chunk")
+    .replace(/\bqueueDepth\b/g, "--depth");
 }
 
 /** Counts and checksums what goes through, and reports progress. */
@@ -127,7 +155,22 @@ export async function copy(flags: ParsedFlags): Promise<number> {
   const length = flags.length === undefined ? undefined : parseSize(flags.length, "--length");
   if (length === 0) throw new UsageError("--length must be more than 0");
   const chunkSize = parseSize(flags.chunk ?? "1M", "--chunk");
+  if (chunkSize === 0 || chunkSize > MAX_CHUNK) throw new UsageError("--chunk must be from one block to 64M");
   const queueDepth = parseInteger(flags.depth ?? "8", "--depth", 1, 256);
+  // Device-reachable memory: every stream on a device holds up to --depth + 1 buffers of --chunk (4 MiB
+  // pieces for a file read straight into them); the pool holds them all.
+  const piece = Math.max(chunkSize, from.kind === "file" ? FILE_PIECE : 0);
+  const streamsOn = (key: string) =>
+    [from, to].filter((e) => e.kind === "device" && `${e.transport}:${e.target}` === key).length;
+  const poolOf = (key: string) => poolFor(streamsOn(key) * (queueDepth + 1), piece);
+  for (const e of [from, to]) {
+    if (e.kind !== "device") continue;
+    checkPoolFits(
+      poolOf(`${e.transport}:${e.target}`),
+      `--chunk ${formatSizeFlag(chunkSize)} × (--depth ${queueDepth} + 1)`,
+      "--chunk or --depth",
+    );
+  }
 
   // One connection per device; both ends on one device share it (a back-end serves one front-end).
   const devices = new Map<string, VirtioBlk>();
@@ -140,8 +183,11 @@ export async function copy(flags: ParsedFlags): Promise<number> {
         transport: e.transport,
         ...(e.transport === "vfio-pci" ? { device: e.target, path: undefined } : { path: e.target, device: undefined }),
       };
-      blk = await openDevice(deviceFlagsOf, "eventfd");
+      blk = await openDevice(deviceFlagsOf, "eventfd", { bufferPoolSize: poolOf(key) });
       devices.set(key, blk);
+      if (chunkSize % blk.blockSize !== 0) {
+        throw new UsageError(`--chunk must be whole blocks of ${e.label}'s ${blk.blockSize} bytes, got ${chunkSize}`);
+      }
     }
     return blk;
   };
@@ -157,16 +203,23 @@ export async function copy(flags: ParsedFlags): Promise<number> {
     let source: ReadableStream<Uint8Array>;
     let total: number | undefined;
     if (from.kind === "device") {
+      // Any byte range: the blocks around it are read, and the bytes asked for passed on.
       const blk = await open(from);
-      const rest = Number(blk.capacity) - from.offset;
-      total = length ?? rest;
-      if (from.offset % blk.blockSize !== 0 || total % blk.blockSize !== 0 || total > rest || rest <= 0) {
+      const capacity = Number(blk.capacity), a = blk.blockSize;
+      if (from.offset >= capacity) {
+        throw new UsageError(`--from ${from.label}: the offset is at or past the device's end (${capacity} bytes)`);
+      }
+      total = length ?? capacity - from.offset;
+      if (from.offset + total > capacity) {
         throw new UsageError(
-          `--from ${from.label}: offset and length must be whole blocks of ${blk.blockSize} within the device ` +
-            `(${blk.capacity} bytes)`,
+          `--from ${from.label}: ${total} bytes from offset ${from.offset} go past the device's end (${capacity} bytes)`,
         );
       }
-      source = blk.readable({ offset: from.offset, length: total, chunkSize, queueDepth });
+      const start = Math.floor(from.offset / a) * a, end = Math.ceil((from.offset + total) / a) * a;
+      source = blk.readable({ offset: start, length: end - start, chunkSize, queueDepth });
+      if (start !== from.offset || end !== from.offset + total) {
+        source = source.pipeThrough(take(total, from.offset - start));
+      }
     } else if (from.kind === "file") {
       let file: Deno.FsFile;
       try {
@@ -194,9 +247,22 @@ export async function copy(flags: ParsedFlags): Promise<number> {
     let toDevice: VirtioBlk | undefined;
     if (to.kind === "device") {
       toDevice = await open(to);
+      const a = toDevice.blockSize;
+      if (to.offset % a !== 0) {
+        throw new UsageError(
+          `--to ${to.label}: the offset must be a multiple of the device's block size ${a} ` +
+            "(copy writes whole blocks; deno task write takes any byte range)",
+        );
+      }
       if (total !== undefined && to.offset + total > Number(toDevice.capacity)) {
         throw new UsageError(
           `--to ${to.label}: ${total} bytes from offset ${to.offset} go past the device's end (${toDevice.capacity} bytes)`,
+        );
+      }
+      if (total !== undefined && total % a !== 0 && !flags.pad) {
+        throw new UsageError(
+          `--from ${from.label}: its ${total} bytes end ${total % a} bytes into a block of ${a}: ` +
+            "give --pad to zero-fill the rest of the last block",
         );
       }
     } else if (to.kind === "file") {
@@ -251,9 +317,24 @@ export async function copy(flags: ParsedFlags): Promise<number> {
         });
       }
     } catch (e) {
-      if (!abort.signal.aborted) throw e;
+      if (!abort.signal.aborted) {
+        const a = toDevice?.blockSize ?? 1;
+        if (e instanceof InvalidArgumentError && toDevice !== undefined && !flags.pad && copied % a !== 0) {
+          // A pipe: its length was not known before it ended.
+          const whole = Math.floor(copied / a) * a;
+          throw new UsageError(
+            `--from ${from.kind === "stdio" ? "-" : from.label}: the input ended ${copied % a} bytes into a block ` +
+              `of ${a}: give --pad to zero-fill the rest of the last block` +
+              (whole > 0 ? ` (the ${whole} bytes before it were written)` : ""),
+          );
+        }
+        throw e;
+      }
       interrupted = true;
     }
+    // A pipe also ends when the Ctrl-C that stops this copy stops what writes into it: let that signal be seen.
+    if (!interrupted && from.kind === "stdio") await new Promise((r) => setTimeout(r, 50));
+    if (abort.signal.aborted) interrupted = true;
     const seconds = (performance.now() - t0) / 1000;
     if (tty) Deno.stderr.writeSync(encoder.encode("\r\x1b[K"));
 
@@ -294,6 +375,10 @@ export async function copy(flags: ParsedFlags): Promise<number> {
       if (verified === false) out("VERIFY FAILED: the destination does not read back what was copied");
     }
     return verified === false ? 1 : 0;
+  } catch (e) {
+    // Refused before anything reached the device: an option that came from a flag.
+    if (e instanceof InvalidArgumentError) throw new UsageError(inFlagWords(e.message));
+    throw e;
   } finally {
     printed.resolve();
     for (const f of files) {

@@ -34,7 +34,7 @@ export function formatBytes(n: number): string {
   for (const [unit, div] of [["TiB", 2 ** 40], ["GiB", 2 ** 30], ["MiB", 2 ** 20], ["KiB", 2 ** 10]] as const) {
     if (n >= div) return `${significant(n / div)}${unit}`;
   }
-  return `${n}B`;
+  return `${significant(n)}B`;
 }
 
 /**
