@@ -18,7 +18,8 @@
 
 import { type CommandSpec, formatHelp, parseChoice, parseFlags, parseSeconds, UsageError } from "./src/cli/args.ts";
 import { loadShim } from "./src/os/loader.ts";
-import { exitProcess, onTermination } from "./src/process/terminate.ts";
+import { exitProcess, isTerminating, onTermination } from "./src/process/terminate.ts";
+import { formatBytes } from "./src/cli/format.ts";
 import { VirtioBlk, type VirtioBlkConnectOptions, VirtioError } from "./mod.ts";
 import { MockBlkDevice, QemuStorageDaemon } from "./testing.ts";
 import { ShimLoadError } from "./src/errors.ts";
@@ -29,12 +30,12 @@ const REAL_THING = "apt-get install qemu-system-common qemu-utils gcc";
 const DEMO: CommandSpec = {
   name: "demo",
   usage: "deno task demo [--path SOCKET [--yes]] [--mode M] [--seconds S]",
-  description: "Writes 1 MiB, flushes, reads it back and verifies it, then measures 4 KiB random reads at QD1 and\n" +
+  description: "Writes 1MiB, flushes, reads it back and verifies it, then measures 4KiB random reads at QD1 and\n" +
     "QD32. Without --path it starts a private qemu-storage-daemon (or, when that or a C compiler is\n" +
     "missing, uses the in-process mock device and says so). With --path it only reads unless --yes.",
   flags: [
     { name: "path", kind: "string", value: "SOCKET", help: "an existing vhost-user-blk socket to use instead" },
-    { name: "yes", kind: "boolean", help: "with --path: allow writing 1 MiB at offset 0 (overwrites it)" },
+    { name: "yes", kind: "boolean", help: "with --path: allow writing 1MiB at offset 0 (overwrites it)" },
     { name: "mode", kind: "string", value: "M", default: "poll", help: "poll or eventfd" },
     { name: "seconds", kind: "string", value: "S", default: "2", help: "seconds per measurement" },
   ],
@@ -86,7 +87,7 @@ async function writeAndVerify(blk: VirtioBlk): Promise<void> {
   if (bad >= 0) throw new Error(`verification failed at byte ${bad}`);
   blk.freeBuffer(data);
   blk.freeBuffer(back);
-  console.log("wrote 1 MiB at offset 0, flushed, read it back: verified");
+  console.log(`wrote ${formatBytes(MiB)} at offset 0, flushed, read it back: verified`);
 }
 
 async function main(args: string[]): Promise<number> {
@@ -109,7 +110,9 @@ async function main(args: string[]): Promise<number> {
     if (missing === undefined) {
       daemon = await QemuStorageDaemon.start({ size: 256 * MiB });
       console.log(
-        `started qemu-storage-daemon (pid ${daemon.pid}) on a 256 MiB file image, ${daemon.imagePath}: ` +
+        `started qemu-storage-daemon (pid ${daemon.pid}) on a ${
+          formatBytes(256 * MiB)
+        } file image, ${daemon.imagePath}: ` +
           "reads and writes go through the host's page cache",
       );
       options = { transport: "vhost-user", path: daemon.socketPath, mode };
@@ -125,20 +128,22 @@ async function main(args: string[]): Promise<number> {
     await using blk = await VirtioBlk.connect(options);
     const where = options.transport === "mock" ? "the mock device" : (options as { path: string }).path;
     console.log(`connected to ${where} (${mode} mode)`);
-    console.log(`capacity:   ${blk.capacity} bytes (${Number(blk.capacity) / MiB} MiB)`);
+    console.log(`capacity:   ${blk.capacity} bytes (${formatBytes(Number(blk.capacity))})`);
     console.log(`block size: ${blk.blockSize}, read-only: ${blk.readOnly}, queues: ${blk.numQueues}`);
     console.log(`features:   ${blk.features.names.join(" ")}`);
     if (blk.readOnly) {
       console.log("the device is read-only: skipping the write test");
     } else if (!mayWrite) {
-      console.log("not writing to a device the demo did not create: reads only (--yes writes 1 MiB at offset 0)");
+      console.log(
+        `not writing to a device the demo did not create: reads only (--yes writes ${formatBytes(MiB)} at offset 0)`,
+      );
     } else {
       await writeAndVerify(blk);
     }
     for (const depth of [1, 32]) {
       const { iops, meanUs } = await measure(blk, depth, seconds);
       console.log(
-        `4 KiB random reads, QD${depth}: ${Math.round(iops).toLocaleString("en")} IOPS, mean latency ${
+        `${formatBytes(4096)} random reads, QD${depth}: ${Math.round(iops).toLocaleString("en")} IOPS, mean latency ${
           meanUs.toFixed(2)
         } µs`,
       );
@@ -158,7 +163,12 @@ if (import.meta.main) {
       console.error(`error: ${e.message}`);
       status = 2;
     } else {
-      console.error(`error: ${(e as Error)?.message ?? e}${e instanceof VirtioError ? ` [${e.code}]` : ""}`);
+      // On Ctrl-C the hooks stop the daemon, and the requests in flight fail with it: that is the
+      // interruption, already reported, not an error of its own. (A signal may still be on its way.)
+      await new Promise((r) => setTimeout(r, 20));
+      if (!isTerminating()) {
+        console.error(`error: ${(e as Error)?.message ?? e}${e instanceof VirtioError ? ` [${e.code}]` : ""}`);
+      }
       status = 1;
     }
   }

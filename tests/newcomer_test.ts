@@ -166,7 +166,7 @@ Deno.test({
     assert.equal(out.code, 0, stderr);
     assert.match(stdout, /^qemu-storage-daemon not found: running on the in-process mock device instead/);
     assert.match(stdout, /For the real thing: apt-get install qemu-system-common qemu-utils gcc/);
-    assert.match(stdout, /wrote 1 MiB at offset 0, flushed, read it back: verified/);
+    assert.match(stdout, /wrote 1MiB at offset 0, flushed, read it back: verified/);
     assert.doesNotMatch(stderr, /\n\s+at /, "no stack trace");
 
     // The commands that need the real thing say what to install, in one line.
