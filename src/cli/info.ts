@@ -13,6 +13,9 @@ import type { CommandSpec, ParsedFlags } from "./args.ts";
 import { deviceFlags, openDevice } from "./device_flags.ts";
 import { formatBytes } from "./format.ts";
 
+/** What qemu-storage-daemon's vhost-user-blk export (libvhost-user) answers to GET_ID. */
+const QSD_ID = "vhost_user_blk";
+
 /** The `info` command. */
 export const INFO: CommandSpec = {
   name: "info",
@@ -109,6 +112,13 @@ async function watch(blk: VirtioBlk, data: Record<string, unknown>, json: boolea
     none: "nothing: this back-end cannot announce changes",
   }[signal];
   console.error(`watching for configuration changes (through ${how}); Ctrl-C to stop`);
+  if (signal === "message" && data.id === QSD_ID) {
+    // Its version cannot be asked over vhost-user, and 7.2 offers the channel as 8.1 does.
+    console.error(
+      "note: this back-end identifies as qemu-storage-daemon's export, which announces changes from QEMU 8.1 on: " +
+        "an older one offers the channel but sends nothing, and no change shows here (README.md, Device changes)",
+    );
+  }
   blk.addEventListener("configchange", (e) => {
     const d = e.detail;
     const time = new Date().toISOString();
@@ -144,7 +154,9 @@ function printText(blk: VirtioBlk, data: Record<string, unknown>): void {
   console.log(`block size     ${data.blockSize}`);
   console.log(`read-only      ${data.readOnly}`);
   console.log(`queues         ${data.numQueues} in use, ${data.deviceQueues} offered, ${data.queueSize} entries each`);
-  console.log(`segments       at most ${data.maxSegments} per request, ${data.maxSegmentSize} bytes each`);
+  // No size_max: a segment is as large as a descriptor's 32-bit length allows.
+  const each = c.sizeMax === undefined ? "of any size (the device sets no limit)" : `${c.sizeMax} bytes each`;
+  console.log(`segments       at most ${data.maxSegments} per request, ${each}`);
   console.log(`features       ${(data.features as string[]).join(" ")} (${data.featureBits})`);
   if (c.topology) console.log(`topology       ${JSON.stringify(c.topology)}`);
   if (c.writeback !== undefined) console.log(`write cache    ${c.writeback ? "writeback" : "writethrough"}`);

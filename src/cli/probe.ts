@@ -18,7 +18,7 @@ import type { VirtioBlkQueueStats } from "../blk/queue.ts";
 import type { VirtioBlkConnectOptions } from "../blk/options.ts";
 import { VirtioBlk } from "../blk/virtio_blk.ts";
 import { VIRTIO_BLK_CONFIG_SIZE } from "../blk/config.ts";
-import { DeviceIoError, DeviceUnsupportedError, TimeoutError, VirtioError } from "../errors.ts";
+import { ConnectFailedError, DeviceIoError, DeviceUnsupportedError, TimeoutError, VirtioError } from "../errors.ts";
 import { describeFeatures, VIRTIO_F_EVENT_IDX, VIRTIO_F_RING_PACKED } from "../virtio/spec.ts";
 import { describeProtocolFeatures, VhostUserProtocolFeature as PF } from "../transport/vhost_user/protocol.ts";
 import { VhostUserTransport } from "../transport/vhost_user/transport.ts";
@@ -145,6 +145,8 @@ export async function probeVhostUser(path: string, options: ProbeOptions = {}): 
   try {
     s = await open();
   } catch (e) {
+    // Nothing to probe: not the back-end's fault, and no report (exit status as for info).
+    if (e instanceof ConnectFailedError) throw e;
     note("connect", "non-conforming", `the handshake failed: ${(e as Error).message}`);
     return report();
   }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { type CommandSpec, type ParsedFlags, parseInteger, UsageError } from "./args.ts";
+import { type CommandSpec, type ParsedFlags, parseInteger, UsageError, userPath } from "./args.ts";
 import { type ProbeFinding, probeVhostUser } from "./probe.ts";
 
 /** The `probe` command. */
@@ -64,7 +64,7 @@ function formatFindings(findings: readonly ProbeFinding[]): string {
  */
 export async function probe(flags: ParsedFlags): Promise<number> {
   if (typeof flags.path !== "string") throw new UsageError("--path is required: the back-end's vhost-user socket");
-  const report = await probeVhostUser(flags.path, {
+  const report = await probeVhostUser(userPath(flags.path), {
     writeTest: flags["write-test"] === true,
     timeoutMs: flags["timeout-ms"] === undefined
       ? undefined
