@@ -30,6 +30,78 @@ export const VIRTIO_PCI_DEVICE_BLK = 0x1042;
 /** Transitional virtio-blk PCI device id. */
 export const VIRTIO_PCI_DEVICE_BLK_TRANSITIONAL = 0x1001;
 
+/** Virtio device types (virtio 1.2 §5) by id, for naming a function that is not virtio-blk. */
+const VIRTIO_DEVICE_NAMES: Readonly<Record<number, string>> = {
+  1: "virtio-net",
+  2: "virtio-blk",
+  3: "virtio-console",
+  4: "virtio-rng",
+  5: "virtio-balloon",
+  8: "virtio-scsi",
+  9: "virtio-9p",
+  16: "virtio-gpu",
+  18: "virtio-input",
+  19: "virtio-vsock",
+  20: "virtio-crypto",
+  26: "virtio-fs",
+  27: "virtio-pmem",
+  29: "virtio-mem",
+};
+
+/** Transitional (legacy-capable) virtio PCI device ids (virtio 1.2 §4.1.2.1) and their device types. */
+const TRANSITIONAL_TYPES: Readonly<Record<number, number>> = {
+  0x1000: 1,
+  0x1001: 2,
+  0x1002: 5,
+  0x1003: 3,
+  0x1004: 8,
+  0x1005: 4,
+  0x1009: 9,
+};
+
+/** PCI base classes (the class code's top byte), for naming a function that is not virtio. */
+const PCI_CLASSES: Readonly<Record<number, string>> = {
+  0x01: "a storage controller",
+  0x02: "a network controller",
+  0x03: "a display controller",
+  0x04: "a multimedia device",
+  0x06: "a bridge",
+  0x0c: "a serial bus controller (USB, SMBus…)",
+};
+
+/**
+ * Whether a PCI function is a virtio-blk device (vendor 0x1af4, device
+ * 0x1042 modern or 0x1001 transitional).
+ *
+ * @param vendor the vendor id
+ * @param device the device id
+ * @returns true for virtio-blk
+ */
+export function isVirtioBlk(vendor: number, device: number): boolean {
+  return vendor === VIRTIO_PCI_VENDOR &&
+    (device === VIRTIO_PCI_DEVICE_BLK || device === VIRTIO_PCI_DEVICE_BLK_TRANSITIONAL);
+}
+
+/**
+ * What a PCI function is, for a message: `1af4:1053 (virtio-vsock)`,
+ * `8086:0d57 (a bridge)`.
+ *
+ * @param vendor the vendor id
+ * @param device the device id
+ * @param classCode the 24-bit class code (base class, subclass, programming interface)
+ * @returns the ids in lspci's form and a name
+ */
+export function describePciFunction(vendor: number, device: number, classCode: number): string {
+  const ids = `${vendor.toString(16).padStart(4, "0")}:${device.toString(16).padStart(4, "0")}`;
+  if (vendor === VIRTIO_PCI_VENDOR) {
+    const type = device >= 0x1040 && device <= 0x107f ? device - 0x1040 : TRANSITIONAL_TYPES[device];
+    const name = type === undefined ? undefined : VIRTIO_DEVICE_NAMES[type] ?? `virtio device type ${type}`;
+    return `${ids} (${name ?? "a virtio vendor id, not a virtio device"})`;
+  }
+  const base = PCI_CLASSES[classCode >>> 16];
+  return `${ids} (${base ?? `PCI class 0x${classCode.toString(16).padStart(6, "0")}`})`;
+}
+
 /** virtio_pci_cap.cfg_type values. */
 export const VIRTIO_PCI_CAP = {
   COMMON: 1,

@@ -18,10 +18,17 @@ import {
   mmioRead8,
 } from "../../os/mmio.ts";
 import { eventfd } from "../../os/eventfd.ts";
-import { closeFd } from "../../os/syscalls.ts";
+import { closeFd, LINUX, openFile, preadExact } from "../../os/syscalls.ts";
 import { Waker } from "../waker.ts";
 import { SignalWatch } from "../signal_watch.ts";
-import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError, TimeoutError } from "../../errors.ts";
+import {
+  ConnectFailedError,
+  DeviceProtocolError,
+  FeatureNegotiationError,
+  InvalidArgumentError,
+  OsError,
+  TimeoutError,
+} from "../../errors.ts";
 import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_STATUS as S } from "../../virtio/spec.ts";
 import { MemfdRegion, type SharedRegion } from "../../memory/region.ts";
 import { settle } from "../settle.ts";
@@ -38,13 +45,12 @@ import {
 } from "../transport.ts";
 import {
   COMMON_CFG as C,
+  describePciFunction,
+  isVirtioBlk,
   parsePciCapabilities,
   PCI,
   VIRTIO_MSI_NO_VECTOR,
   VIRTIO_PCI_CAP,
-  VIRTIO_PCI_DEVICE_BLK,
-  VIRTIO_PCI_DEVICE_BLK_TRANSITIONAL,
-  VIRTIO_PCI_VENDOR,
   type VirtioPciCap,
 } from "./pci.ts";
 import { VfioDevice } from "./vfio_device.ts";
@@ -65,6 +71,48 @@ export interface VfioPciTransportOptions {
 const GENERATION_POLL_MS = 250;
 
 const BDF = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
+
+/** How to find the virtio-blk functions of a machine, for messages. */
+const FIND_VIRTIO_BLK = "lspci -nn -d 1af4:1042 and lspci -nn -d 1af4:1001 list the virtio-blk functions";
+
+/**
+ * Refuses a PCI address that is not a virtio-blk function, before anything
+ * is opened through VFIO: the identity comes from the first bytes of its
+ * config space in sysfs, which any user may read (through the shim: no
+ * `--allow-read`).
+ *
+ * @param bdf the PCI address
+ * @throws {ConnectFailedError} when there is no such function
+ * @throws {InvalidArgumentError} naming what it is, when it is not virtio-blk
+ */
+function checkIsVirtioBlk(bdf: string): void {
+  const path = `/sys/bus/pci/devices/${bdf}/config`;
+  let fd: number;
+  try {
+    fd = openFile(path, LINUX.O_RDONLY);
+  } catch (e) {
+    if (e instanceof OsError && (e.errno === 2 || e.errno === 20)) {
+      throw new ConnectFailedError(bdf, "ENOENT", `no PCI function ${bdf} on this machine (${FIND_VIRTIO_BLK})`, {
+        cause: e,
+      });
+    }
+    throw e;
+  }
+  const header = new Uint8Array(12);
+  try {
+    preadExact(fd, header, 0, path);
+  } finally {
+    closeFd(fd);
+  }
+  const v = new DataView(header.buffer);
+  const vendor = v.getUint16(PCI.VENDOR_ID, true), device = v.getUint16(PCI.DEVICE_ID, true);
+  if (!isVirtioBlk(vendor, device)) {
+    const classCode = (header[11] << 16) | (header[10] << 8) | header[9];
+    throw new InvalidArgumentError(
+      `${bdf} is ${describePciFunction(vendor, device, classCode)}, not a virtio-blk function (${FIND_VIRTIO_BLK})`,
+    );
+  }
+}
 
 /**
  * A virtio-blk PCI function driven through VFIO.
@@ -138,6 +186,7 @@ export class VfioPciTransport implements Transport {
     if (!BDF.test(device)) {
       throw new InvalidArgumentError(`not a PCI address (dddd:bb:ss.f): ${JSON.stringify(device)}`);
     }
+    checkIsVirtioBlk(device);
     const t = new VfioPciTransport(device, options);
     try {
       await t.#open();
@@ -162,8 +211,11 @@ export class VfioPciTransport implements Transport {
     const config = vfio.readConfigSpace();
     const cv = new DataView(config.buffer);
     const vendor = cv.getUint16(PCI.VENDOR_ID, true), id = cv.getUint16(PCI.DEVICE_ID, true);
-    if (vendor !== VIRTIO_PCI_VENDOR || (id !== VIRTIO_PCI_DEVICE_BLK && id !== VIRTIO_PCI_DEVICE_BLK_TRANSITIONAL)) {
-      throw new InvalidArgumentError(`${bdf} is ${vendor.toString(16)}:${id.toString(16)}, not a virtio-blk device`);
+    if (!isVirtioBlk(vendor, id)) {
+      const classCode = (config[0x0b] << 16) | (config[0x0a] << 8) | config[0x09];
+      throw new InvalidArgumentError(
+        `${bdf} is ${describePciFunction(vendor, id, classCode)}, not a virtio-blk function`,
+      );
     }
     vfio.command = (cv.getUint16(PCI.COMMAND, true) | PCI.COMMAND_MEMORY | PCI.COMMAND_MASTER) & 0xffff;
     const caps = parsePciCapabilities(config);

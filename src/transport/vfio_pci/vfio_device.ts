@@ -93,7 +93,10 @@ export class VfioDevice {
     try {
       groupLink = await Deno.readLink(`/sys/bus/pci/devices/${bdf}/iommu_group`);
     } catch (cause) {
-      throw new InvalidArgumentError(`no IOMMU group for ${bdf} (is the IOMMU on, and the device there?): ${cause}`);
+      if (!(cause instanceof Deno.errors.NotFound)) throw cause;
+      throw new InvalidArgumentError(
+        `${bdf} is in no IOMMU group: is the IOMMU on (intel_iommu=on or amd_iommu=on on the kernel command line)?`,
+      );
     }
     const group = groupLink.slice(groupLink.lastIndexOf("/") + 1);
     this.#container = openFile("/dev/vfio/vfio", LINUX.O_RDWR);
