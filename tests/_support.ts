@@ -246,3 +246,137 @@ export function endedOnSignal(
     if (await within(child.status, 1200) === undefined) send("SIGKILL");
   });
 }
+
+/** What a command run through `deno task` left: its status and the files its output went to. */
+export interface TaskRun {
+  /** The exit status (128 + n when a signal ended it). */
+  code: number;
+  /** Its stdout, read back from the file it went to. */
+  stdout: string;
+  /** The same, as bytes. */
+  stdoutBytes: Uint8Array;
+  /** Its stderr, without `deno task`'s own `Task …` line. */
+  stderr: string;
+}
+
+const ROOT = new URL("..", import.meta.url).pathname;
+
+/** The shell line that runs `deno task "$@"` with stdout and stderr in files ($STDIN, when set, as stdin). */
+const TASK_LINE =
+  'if [ -n "$STDIN" ]; then exec < "$STDIN"; fi; exec "$DENO" task "$@" > "$OUT/stdout" 2> "$OUT/stderr"';
+
+/**
+ * Runs `deno task ARGS…` as a user does in a shell: from `cwd` (default the
+ * checkout), with stdout and stderr going to files (not pipes), stdin from
+ * a file or /dev/null. `NO_COLOR` is set.
+ *
+ * @param args the task and its arguments, e.g. `["fio", "--runtime", "1"]`
+ * @param options `cwd`, extra `env`, `stdin` (a file)
+ * @returns the exit status and what was written
+ */
+export async function denoTask(
+  args: string[],
+  options: { cwd?: string; env?: Record<string, string>; stdin?: string } = {},
+): Promise<TaskRun> {
+  await using out = await tempDir("virtio-task-");
+  const child = new Deno.Command("sh", {
+    args: ["-c", TASK_LINE, "sh", ...args],
+    cwd: options.cwd ?? ROOT,
+    env: { ...options.env, DENO: Deno.execPath(), OUT: out.path, STDIN: options.stdin ?? "/dev/null", NO_COLOR: "1" },
+    stdin: "null",
+  }).spawn();
+  using _onSignal = endedOnSignal(child);
+  const status = await child.status;
+  return await taskOutput(status, out.path);
+}
+
+async function taskOutput(status: Deno.CommandStatus, dir: string): Promise<TaskRun> {
+  const stdoutBytes = await Deno.readFile(`${dir}/stdout`);
+  const stderr = (await Deno.readTextFile(`${dir}/stderr`)).split("\n").filter((l) => !/^Task \S+ /.test(l)).join("\n");
+  return {
+    code: status.signal
+      ? 128 + ({ SIGINT: 2, SIGTERM: 15, SIGKILL: 9 } as Record<string, number>)[status.signal]
+      : status.code,
+    stdout: new TextDecoder().decode(stdoutBytes),
+    stdoutBytes,
+    stderr,
+  };
+}
+
+/**
+ * Runs `deno task ARGS…` (or a shell pipeline that ends in one, with
+ * `shell`) as a terminal runs a foreground job — a process group of its
+ * own, output in files — and sends the whole group `signal` once `ready`
+ * holds for what it has written so far (checked every 50 ms), as Ctrl-C
+ * does.
+ *
+ * @param args the task and its arguments; or, with `options.shell`, arguments of that shell line
+ * @param ready when to send the signal, given stdout and stderr so far
+ * @param options `signal` (default SIGINT), `cwd`, `env`, `shell` (a line ending in `"$DENO" task "$@"`), `timeoutMs`
+ * @returns the exit status and what was written
+ */
+export async function interruptTask(
+  args: string[],
+  ready: (stdout: string, stderr: string) => boolean | Promise<boolean>,
+  options: { signal?: Deno.Signal; cwd?: string; env?: Record<string, string>; shell?: string; timeoutMs?: number } =
+    {},
+): Promise<TaskRun> {
+  await using out = await tempDir("virtio-task-");
+  const line = options.shell !== undefined
+    // The shell waits for the pipeline and exits with its status (deno task's): a caught signal does not end it, and
+    // its commands get the default action.
+    ? `trap : INT TERM HUP; exec > "$OUT/stdout" 2> "$OUT/stderr" < /dev/null; ${options.shell}`
+    : TASK_LINE.replace('if [ -n "$STDIN" ]; then exec < "$STDIN"; fi; ', "exec < /dev/null; ");
+  const child = new Deno.Command("setsid", {
+    args: ["sh", "-c", line, "sh", ...args],
+    cwd: options.cwd ?? ROOT,
+    env: { ...options.env, DENO: Deno.execPath(), OUT: out.path, NO_COLOR: "1" },
+    stdin: "null",
+  }).spawn();
+  using _onSignal = endedOnSignal(child, { group: true });
+  const read = (name: string) => Deno.readTextFile(`${out.path}/${name}`).catch(() => "");
+  const deadline = performance.now() + (options.timeoutMs ?? 60_000);
+  try {
+    while (!await ready(await read("stdout"), await read("stderr"))) {
+      if (await within(child.status, 50) !== undefined) {
+        throw new Error(`ended before it was time to signal it:\n${await read("stdout")}\n${await read("stderr")}`);
+      }
+      if (performance.now() > deadline) {
+        throw new Error(`not ready in time:\n${await read("stdout")}\n${await read("stderr")}`);
+      }
+    }
+    Deno.kill(-child.pid, options.signal ?? "SIGINT");
+  } catch (e) {
+    try {
+      Deno.kill(-child.pid, "SIGKILL");
+    } catch { /* ended */ }
+    await child.status;
+    throw e;
+  }
+  const status = await within(child.status, 20_000);
+  // A pipeline's shell may end before its commands: the output is complete once the whole group is gone.
+  for (const deadline = performance.now() + 20_000; status !== undefined && groupAlive(child.pid);) {
+    if (performance.now() > deadline) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  if (status === undefined || groupAlive(child.pid)) {
+    Deno.kill(-child.pid, "SIGKILL");
+    throw new Error("still running 20 s after the signal");
+  }
+  return await taskOutput(status, out.path);
+}
+
+/** Whether a process of group `pgid` (zombies aside) still runs. */
+function groupAlive(pgid: number): boolean {
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${e.name}/stat`);
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (fields[0] !== "Z" && Number(fields[2]) === pgid) return true;
+    } catch {
+      // ended meanwhile
+    }
+  }
+  return false;
+}
