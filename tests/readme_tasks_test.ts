@@ -56,7 +56,7 @@ const EXPECTED: Record<string, Expectation> = {
   "deno task demo": {
     check: (r) => {
       assert.match(r.stdout, /started qemu-storage-daemon/);
-      assert.match(r.stdout, /wrote 1 MiB at offset 0, flushed, read it back: verified/);
+      assert.match(r.stdout, /wrote 1MiB at offset 0, flushed, read it back: verified/);
       assert.match(r.stdout, /QD32: [\d,]+ IOPS/);
     },
   },
@@ -107,6 +107,12 @@ const EXPECTED: Record<string, Expectation> = {
       assert.match(r.stdout, /\n {2}reconnects: none \(the back-end stayed up\)/);
     },
   },
+  "deno task fio --bs 64M --iodepth 8": {
+    check: (r) => {
+      assert.match(r.stdout, /^randread: bs=64M, iodepth=8 per queue/);
+      assert.match(r.stdout, /\n {2}read: IOPS=/);
+    },
+  },
   "deno task fio --rw write --bs 128k --iodepth 16": {
     check: (r) => {
       assert.match(r.stdout, /^write: bs=128k, iodepth=16 per queue/);
@@ -121,6 +127,15 @@ const EXPECTED: Record<string, Expectation> = {
       );
       const disk = await Deno.readFile(`${r.dir}/disk.img`);
       assert.equal(firstDifference((await image(r)).subarray(0, disk.length), disk), -1);
+    },
+  },
+  // The image of the command before, back out at its own length (3 MiB + 100: not whole blocks).
+  "deno task copy --from vhost-user:$SOCK --length 3145828 --to back.img": {
+    check: async (r) => {
+      const back = await Deno.readFile(`${r.dir}/back.img`);
+      assert.equal(back.length, 3145828);
+      assert.equal(firstDifference(back, await Deno.readFile(`${r.dir}/disk.img`)), -1);
+      assert.match(r.stdout, /^copied 3.00MiB \(3145828 bytes\) from vhost-user:/);
     },
   },
   "deno task copy --from vhost-user:$SOCK@1M --length 4M --to part.img": {
