@@ -5,7 +5,20 @@
  * `QEMU_LD_PREFIX` is passed on even to a child with a cleared environment.
  */
 
-const LAUNCHER = Deno.env.get("VIRTIO_DENO_LAUNCHER") || undefined;
+/** `name` as an absolute path (found on this process's PATH): a child with its own PATH must still find it. */
+function onPath(name: string): string {
+  if (name.includes("/")) return name;
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+    try {
+      if (Deno.statSync(`${dir}/${name}`).isFile) return `${dir}/${name}`;
+    } catch {
+      // not here
+    }
+  }
+  return name;
+}
+
+const LAUNCHER = Deno.env.get("VIRTIO_DENO_LAUNCHER") ? onPath(Deno.env.get("VIRTIO_DENO_LAUNCHER")!) : undefined;
 const QEMU_LD_PREFIX = Deno.env.get("QEMU_LD_PREFIX");
 
 /** Whether the suite runs under an emulator (slow starts: a Deno child costs seconds). */

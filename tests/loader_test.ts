@@ -136,7 +136,13 @@ Deno.test("shim: an edited shim.c is built from source into the cache once; VIRT
   await Deno.writeTextFile(`${dir.path}/src/os/shim.c`, "\n/* edited */\n", { append: true });
   const loader = `${dir.path}/src/os/loader.ts`;
   const cache = `${dir.path}/cache`;
-  const cc = { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", VIRTIO_SHIM_CACHE: cache };
+  // $CC names the compiler for this platform where `cc` builds for another (CI's aarch64 stage).
+  const compiler = Deno.env.get("CC");
+  const cc = {
+    PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
+    VIRTIO_SHIM_CACHE: cache,
+    ...(compiler ? { CC: compiler } : {}),
+  };
 
   // Without the permission to read shim.c the edit is not seen: the prebuilt shim, as a registry user gets.
   const ffiOnly = await run(dir.path, probeScript(loader), ["--allow-ffi"], cc);
@@ -145,7 +151,10 @@ Deno.test("shim: an edited shim.c is built from source into the cache once; VIRT
   // Seen, but building needs more than reading: the error names the next flag.
   const readOnly = await run(dir.path, probeScript(loader), ["--allow-ffi", "--allow-read"], cc);
   assert.equal(readOnly.code, 3, readOnly.stdout + readOnly.stderr);
-  assert.match(readOnly.stdout, /error PermissionError ERR_PERMISSION --allow-run building the native shim from source/);
+  assert.match(
+    readOnly.stdout,
+    /error PermissionError ERR_PERMISSION --allow-run building the native shim from source/,
+  );
 
   const built = await run(dir.path, probeScript(loader), ["-A"], cc);
   assert.equal(built.code, 0, built.stdout + built.stderr);
