@@ -261,6 +261,18 @@ export interface TaskRun {
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
+/**
+ * The environment of a user's shell: this process's, with `extra`, and
+ * without the `INIT_CWD` that a `deno task test` running the tests left
+ * (deno task keeps one already set, and would take the user's relative
+ * paths from there instead of from the folder the command runs in).
+ */
+function shellEnv(extra: Record<string, string>): Record<string, string> {
+  const env = Deno.env.toObject();
+  delete env.INIT_CWD;
+  return { ...env, ...extra, NO_COLOR: "1" };
+}
+
 /** The shell line that runs `deno task "$@"` with stdout and stderr in files ($STDIN, when set, as stdin). */
 const TASK_LINE =
   'if [ -n "$STDIN" ]; then exec < "$STDIN"; fi; exec "$DENO" task "$@" > "$OUT/stdout" 2> "$OUT/stderr"';
@@ -282,7 +294,8 @@ export async function denoTask(
   const child = new Deno.Command("sh", {
     args: ["-c", TASK_LINE, "sh", ...args],
     cwd: options.cwd ?? ROOT,
-    env: { ...options.env, DENO: Deno.execPath(), OUT: out.path, STDIN: options.stdin ?? "/dev/null", NO_COLOR: "1" },
+    env: shellEnv({ ...options.env, DENO: Deno.execPath(), OUT: out.path, STDIN: options.stdin ?? "/dev/null" }),
+    clearEnv: true,
     stdin: "null",
   }).spawn();
   using _onSignal = endedOnSignal(child);
@@ -330,7 +343,8 @@ export async function interruptTask(
   const child = new Deno.Command("setsid", {
     args: ["sh", "-c", line, "sh", ...args],
     cwd: options.cwd ?? ROOT,
-    env: { ...options.env, DENO: Deno.execPath(), OUT: out.path, NO_COLOR: "1" },
+    env: shellEnv({ ...options.env, DENO: Deno.execPath(), OUT: out.path }),
+    clearEnv: true,
     stdin: "null",
   }).spawn();
   using _onSignal = endedOnSignal(child, { group: true });
