@@ -19,7 +19,7 @@ import {
 } from "./defs.ts";
 import type { VirtqueueFormat } from "./layout.ts";
 import { Ring } from "./ring.ts";
-import type { VirtqueueOptions } from "./types.ts";
+import type { RingPosition, VirtqueueOptions } from "./types.ts";
 
 /**
  * A packed virtqueue: one descriptor ring that the driver and the device
@@ -89,7 +89,30 @@ export class PackedRing extends Ring {
     this.#numFreeIds = q;
     this.#chainLen = new Uint16Array(q);
     this.#numFree = q;
-    memory.fill(0, layout.descTableOffset, layout.reqOffset);
+    if (options.resume) {
+      // Another object drove this ring until now, and nothing is in flight:
+      // the descriptors keep the flags the device left (2.8.1), so the ring
+      // memory stays as it is and both sides go on from the same position.
+      const { next, wrap } = options.resume;
+      if (!Number.isInteger(next) || next < 0 || next >= q) {
+        throw new InvalidArgumentError(`resume position ${next} is outside a ring of ${q}`);
+      }
+      this.#nextAvail = this.#lastUsed = next;
+      this.#availWrap = this.#usedWrap = wrap ? 1 : 0;
+    } else {
+      memory.fill(0, layout.descTableOffset, layout.reqOffset);
+    }
+  }
+
+  /**
+   * Where the ring stands (nothing in flight): the next position and its
+   * wrap counter.
+   *
+   * @returns the position, for {@linkcode VirtqueueOptions.resume}
+   */
+  position(): RingPosition {
+    this.checkIdle();
+    return { next: this.#nextAvail, wrap: this.#availWrap === 1 };
   }
 
   /** Ring descriptors not owned by the device. */

@@ -17,7 +17,15 @@ import {
   type VirtioError,
 } from "../errors.ts";
 import type { VirtqueueFormat } from "./layout.ts";
-import type { AddDesc, Completion, DeviceBuffer, RequestSlot, Virtqueue, VirtqueueOptions } from "./types.ts";
+import type {
+  AddDesc,
+  Completion,
+  DeviceBuffer,
+  RequestSlot,
+  RingPosition,
+  Virtqueue,
+  VirtqueueOptions,
+} from "./types.ts";
 
 /** The address-base slot {@linkcode Ring.pushDesc} uses. */
 const SCRATCH_BASE = 7;
@@ -154,6 +162,16 @@ export abstract class Ring implements Virtqueue {
   /** Chains submitted and not yet completed. */
   get inFlight(): number {
     return this.numInFlight;
+  }
+
+  /** Where the ring stands, for another object to continue it (see {@linkcode VirtqueueOptions.resume}). */
+  abstract position(): RingPosition;
+
+  /** Throws unless nothing is in flight or being built (for {@linkcode Ring.position}). */
+  protected checkIdle(): void {
+    if (this.numInFlight > 0) {
+      throw new InvalidArgumentError(`${this.name}: ${this.numInFlight} chains are in flight: the ring is not idle`);
+    }
   }
 
   /** Descriptors free for new chains. */

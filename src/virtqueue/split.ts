@@ -16,7 +16,7 @@ import {
 } from "./defs.ts";
 import type { VirtqueueFormat } from "./layout.ts";
 import { Ring } from "./ring.ts";
-import type { VirtqueueOptions } from "./types.ts";
+import type { RingPosition, VirtqueueOptions } from "./types.ts";
 
 /**
  * A split virtqueue (virtio 1.2, 2.7): descriptor table, available ring,
@@ -87,8 +87,24 @@ export class SplitRing extends Ring {
     this.#chainLen = new Uint16Array(q);
     this.#publishedAt = new Float64Array(q);
     this.#numFree = q;
-    // A fresh ring: zero everything the device reads or the driver owns.
-    memory.fill(0, layout.descTableOffset, layout.reqOffset);
+    if (options.resume) {
+      // Another object drove this ring until now, and nothing is in flight:
+      // the device's last seen index is where it stopped (2.7.6, 2.7.8).
+      this.#availIdx = this.#lastUsed = options.resume.next & 0xffff;
+    } else {
+      // A fresh ring: zero everything the device reads or the driver owns.
+      memory.fill(0, layout.descTableOffset, layout.reqOffset);
+    }
+  }
+
+  /**
+   * Where the ring stands (nothing in flight): the next available index.
+   *
+   * @returns the position, for {@linkcode VirtqueueOptions.resume}
+   */
+  position(): RingPosition {
+    this.checkIdle();
+    return { next: this.#availIdx, wrap: false };
   }
 
   /** Descriptors free for new chains. */

@@ -88,6 +88,25 @@ export interface VirtqueueOptions {
    * that reason), and nothing in the driver uses the length to touch memory.
    */
   strictUsedLength?: boolean;
+  /**
+   * Continue a ring that another driver-side object drove until now, over
+   * the same memory, from the position {@linkcode Virtqueue.position} gave
+   * with nothing in flight (a queue handed to a Worker). The memory is kept
+   * as it is; without this option a new ring zeroes it.
+   */
+  resume?: RingPosition;
+}
+
+/**
+ * Where an idle ring stands: the next position the driver makes available,
+ * which is also the next it expects used (virtio 1.2, 2.7.6 / 2.7.8 split:
+ * the 16-bit `idx`; 2.8.1 packed: the ring position and its wrap counter).
+ */
+export interface RingPosition {
+  /** Split: the next available (= used) index, mod 2^16. Packed: the next ring position. */
+  readonly next: number;
+  /** Packed: the driver's (= the device's) wrap counter there; split: false. */
+  readonly wrap: boolean;
 }
 
 /**
@@ -128,6 +147,15 @@ export interface Virtqueue {
   readonly inFlight: number;
   /** Descriptors free for new chains. */
   readonly freeDescriptors: number;
+  /**
+   * Where the ring stands, for another driver-side object to continue it
+   * ({@linkcode VirtqueueOptions.resume}); after that this one must not be
+   * used again.
+   *
+   * @returns the position
+   * @throws {InvalidArgumentError} while a chain is in flight or being built
+   */
+  position(): RingPosition;
   /** The error that failed this queue, if any. */
   readonly error: VirtioError | undefined;
   /** Used elements whose length exceeded their chain's writable bytes, clamped (a statistic). */
