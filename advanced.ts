@@ -31,6 +31,7 @@ export type {
   DeviceBuffer,
   IndirectOptions,
   RequestSlot,
+  RingPosition,
   Virtqueue,
   VirtqueueOptions,
 } from "./src/virtqueue/types.ts";

@@ -42,6 +42,7 @@ export {
   type VirtioBlkQueueStats,
   type WriteZeroesOptions,
 } from "./src/blk/queue.ts";
+export type { AttachOptions, DetachQueueOptions, VirtioBlkQueueHandle } from "./src/blk/queue_handle.ts";
 export type { ReconnectOptions, VirtioBlkConnectOptions, VirtioBlkOptions } from "./src/blk/options.ts";
 export type { CompletionMode } from "./src/blk/completion_driver.ts";
 export type { VirtioBlkConfig } from "./src/blk/config.ts";

@@ -497,6 +497,11 @@ export class QueueEngine<T = unknown> {
     return this.#waiting;
   }
 
+  /** Promise requests waiting for room on this queue. */
+  get backlogLength(): number {
+    return this.#backlog.length;
+  }
+
   /** Whether the completion loop has work here (promise requests, the backlog, a waiter). */
   needsDriving(): boolean {
     if (this.#paused) return false; // nothing to reap until the device is back

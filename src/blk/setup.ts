@@ -237,6 +237,8 @@ export async function startQueues(
       indirect: n.tableEntries > 0
         ? { slotOffset: SLOT.SIZE, maxDescriptors: n.tableEntries, threshold: o.indirectThreshold }
         : undefined,
+      // A queue handed over goes on where its ring stands (the memory is kept).
+      resume: transport.ringPositions?.[i],
     };
     const ring = layout.format === "packed" ? new PackedRing(ringOptions) : new SplitRing(ringOptions);
     rings.push(ring);

@@ -14,11 +14,12 @@ import {
   DeviceProtocolError,
   DeviceUnsupportedError,
   InvalidArgumentError,
+  TimeoutError,
   type VirtioError,
 } from "../errors.ts";
 import type { BufferPool } from "../memory/buffer_pool.ts";
 import { monotonicClock } from "../os/syscalls.ts";
-import { type ConnectTarget, connectTransport } from "../transport/connect.ts";
+import { attachTransport, type ConnectTarget, connectTransport } from "../transport/connect.ts";
 import type { InterruptSource, Transport, TransportType } from "../transport/transport.ts";
 import { CompletionDriver, type CompletionMode } from "./completion_driver.ts";
 import { VIRTIO_BLK_CONFIG_SIZE, type VirtioBlkConfig } from "./config.ts";
@@ -54,6 +55,14 @@ import { deviceReadable } from "./device_readable.ts";
 import { deviceWritable, writeFromStream } from "./device_writable.ts";
 import type { ReadableOptions, WritableOptions } from "./stream_options.ts";
 import { type ConnectionStats, Reconnector } from "./reconnect.ts";
+import { HandOvers } from "./hand_overs.ts";
+import {
+  type AttachOptions,
+  type DetachQueueOptions,
+  isQueueHandle,
+  type VirtioBlkQueueHandle,
+} from "./queue_handle.ts";
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED } from "../virtio/spec.ts";
 
 /**
  * A virtio-blk device.
@@ -103,6 +112,11 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
   readonly #memory: DeviceMemory;
   readonly #pool: BufferPool;
   readonly #engines: QueueEngine<unknown>[];
+  /** Where promise requests go, round-robin: the queues not handed over. */
+  readonly #submitTo: QueueEngine<unknown>[];
+  /** What the completion loop reaps: the queues not handed over. */
+  readonly #driven: QueueEngine<unknown>[];
+  readonly #handOvers = new HandOvers();
   readonly #queues: VirtioBlkQueue<unknown>[];
   #driver: CompletionDriver;
   #interrupts: InterruptSource;
@@ -118,6 +132,7 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
   readonly #publicLimits: VirtioBlkLimits;
   #nextQueue = 0;
   #lost: VirtioError | undefined;
+  #endedWith: VirtioError | undefined;
   #closing: Promise<void> | undefined;
 
   private constructor(
@@ -176,6 +191,8 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
         slotSize: layout.reqSize,
       });
     });
+    this.#submitTo = [...this.#engines];
+    this.#driven = [...this.#engines];
     this.#queues = this.#engines.map((e) => queueFacade(e));
     this.#publicLimits = publicLimits(limits, config);
     this.#bulk = new BulkSplitter(
@@ -183,7 +200,7 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
       memory.pool,
       (type, off, bufs, len, unmap) => this.#submitOne(type, off, bufs, len, unmap),
     );
-    this.#driver = new CompletionDriver(this.#engines, started.interrupts, o.mode, o.spinMicros, monotonicClock());
+    this.#driver = new CompletionDriver(this.#driven, started.interrupts, o.mode, o.spinMicros, monotonicClock());
     this.#watchdog = o.stallTimeoutMs === undefined ? undefined : new StallWatchdog(this.#engines, o.stallTimeoutMs);
     this.#reconnector = o.reconnect === undefined ? undefined : new Reconnector(this.#engines, o.reconnect, {
       drop: () => this.#dropConnection(),
@@ -230,6 +247,7 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
     try {
       blk.#configWatch.signal = await transport.watchConfig(() => blk.#configWatch.notify());
       if (blk.#reconnector) await transport.watchHangup(() => blk.#hangUp());
+      transport.watchEnd?.((error) => blk.#ended(error));
     } catch (e) {
       await blk.close().catch(() => {});
       throw e;
@@ -261,7 +279,7 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
    * @throws {DeviceProtocolError} when the device's config does not parse (nothing is changed)
    */
   refreshConfig(): Promise<VirtioBlkConfig> {
-    if (this.#closing) return Promise.reject(new ClosedError());
+    if (this.#closing) return Promise.reject(this.#closedError());
     return this.#configWatch.refresh();
   }
 
@@ -319,6 +337,205 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
     this.#reconnector?.begin(new ConnectionLostError(`the ${this.transportType} backend hung up`));
   }
 
+  /** What a request meets once the device is closing: why a handed-over queue ended, or `ClosedError`. */
+  #closedError(): VirtioError {
+    return this.#endedWith ?? new ClosedError();
+  }
+
+  /** A queue handed over: its owner closed the device or lost the back-end; everything here fails, then closes. */
+  #ended(error: VirtioError): void {
+    if (this.#closing !== undefined) return;
+    this.#endedWith = error;
+    this.#lost ??= error;
+    for (const e of this.#engines) e.fail(error);
+    void this.close();
+  }
+
+  /**
+   * Hands queue `index` over to a Worker: returns a plain handle to post to
+   * it, where {@linkcode VirtioBlk.attach} makes a one-queue `VirtioBlk` of
+   * it. From then on this side sends no request to that queue (the promise
+   * API uses the others; `queue(index)` throws), and the Worker drives it
+   * alone — its rings, its notifications, its interrupts, and `bufferBytes`
+   * of buffer memory shared with the device here, now — with nothing per
+   * request crossing threads. This side keeps the control plane: when it
+   * closes, or loses the back-end, the Worker's requests fail at once with
+   * `ClosedError` or `ConnectionLostError`.
+   *
+   * Requests in flight on the queue complete first. Refused (typed errors):
+   * an index out of range, a queue handed over before, a device connected
+   * with `reconnect` (its rings are rebuilt on a new connection, which a
+   * Worker cannot follow), and the mock device (it lives in this isolate).
+   *
+   * @example
+   * ```ts ignore
+   * await using blk = await VirtioBlk.connect({ transport: "vhost-user", path: "/tmp/x.sock", numQueues: 2 });
+   * const worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
+   * worker.postMessage(await blk.detachQueue(1, { bufferBytes: 16 << 20 }));
+   * await blk.read(0, blk.allocBuffer(4096)); // queue 0, here
+   * ```
+   *
+   * @param index the queue
+   * @param options the Worker's buffer memory
+   * @returns the handle (structured-cloneable)
+   * @throws {InvalidArgumentError} for what cannot be handed over
+   */
+  async detachQueue(index: number, options: DetachQueueOptions): Promise<VirtioBlkQueueHandle> {
+    this.#checkOpen();
+    const e = this.#engines[index];
+    if (!Number.isInteger(index) || e === undefined) {
+      throw new InvalidArgumentError(`queue index must be from 0 to ${this.numQueues - 1}, got ${index}`);
+    }
+    const bytes = options?.bufferBytes;
+    if (!Number.isSafeInteger(bytes) || bytes < 65536) {
+      throw new InvalidArgumentError(`bufferBytes must be an integer of at least 65536, got ${bytes}`);
+    }
+    if (this.#handOvers.has(index)) throw new InvalidArgumentError(`queue ${index} was handed over already`);
+    if (this.#reconnector) {
+      throw new InvalidArgumentError(
+        "detachQueue: a device connected with `reconnect` keeps its queues (a new connection rebuilds the rings)",
+      );
+    }
+    const transport = this.#transport;
+    if (transport.handOverQueue === undefined) {
+      throw new InvalidArgumentError(
+        `detachQueue: the ${transport.type} device runs in this isolate; a Worker cannot reach its queues`,
+      );
+    }
+    if (e.error) throw e.error;
+    // No new requests here; those in flight (or waiting for room) complete.
+    const at = this.#submitTo.indexOf(e);
+    if (at >= 0) this.#submitTo.splice(at, 1);
+    try {
+      await this.#quiesce(e);
+    } catch (err) {
+      if (at >= 0) this.#submitTo.splice(at, 0, e);
+      throw err;
+    }
+    const region = transport.createRegion(bytes, `virtio-blk-queue${index}-worker-buffers`);
+    let handOver;
+    let config: Uint8Array<ArrayBuffer>;
+    try {
+      await transport.mapMemRegion(region);
+      config = new Uint8Array(await transport.readConfig(0, VIRTIO_BLK_CONFIG_SIZE));
+      if (this.#handOvers.size === 0) await transport.watchHangup(() => this.#handOvers.lost());
+      handOver = await transport.handOverQueue(index);
+    } catch (err) {
+      if (region.iova >= 0) await transport.unmapMemRegion(region).catch(() => {});
+      region.close();
+      if (at >= 0) this.#submitTo.splice(at, 0, e);
+      throw err;
+    }
+    // From here the queue is the Worker's: this side never touches its ring again.
+    const position = e.ring.position();
+    e.fail(new InvalidArgumentError(`queue ${index} was handed to a Worker (detachQueue): use it there`));
+    this.#driven.splice(this.#driven.indexOf(e), 1);
+    this.#interrupts.forgetQueue?.(index);
+    this.#handOvers.add(index, handOver, region);
+    const layout = this.#negotiated.layout, qr = this.#memory.queueRegion, off = layout.queueOffset(index);
+    const ring = e.ring, o = this.#options;
+    return {
+      kind: "virtio-blk-queue",
+      version: 1,
+      index,
+      queue: {
+        type: transport.type,
+        features: this.#negotiated.features,
+        config,
+        maxQueueSize: transport.maxQueueSize,
+        maxTransferBytes: transport.maxTransferBytes,
+        queue: {
+          index,
+          size: layout.queueSize,
+          format: layout.format,
+          descIova: ring.descTableIova,
+          driverIova: ring.driverAreaIova,
+          deviceIova: ring.deviceAreaIova,
+        },
+        position,
+        rings: { address: qr.addr + off, length: layout.stride, iova: qr.iova + off },
+        buffers: { address: region.addr, length: region.size, iova: region.iova },
+        notify: handOver.notify,
+        interrupts: handOver.interrupts,
+        control: handOver.control,
+      },
+      maxSegments: this.maxSegments,
+      mode: o.mode,
+      spinMicros: o.spinMicros,
+      strictUsedLength: o.strictUsedLength,
+      indirectThreshold: o.indirectThreshold,
+    };
+  }
+
+  /** Waits (driving completions) until `e` has nothing in flight or waiting, within the close timeout. */
+  async #quiesce(e: QueueEngine<unknown>): Promise<void> {
+    const deadline = performance.now() + this.#closeTimeoutMs;
+    while (e.ring.inFlight > 0 || e.backlogLength > 0) {
+      if (e.error) throw e.error;
+      if (performance.now() > deadline) {
+        throw new TimeoutError(
+          `queue ${e.index}: requests in flight did not complete within ${this.#closeTimeoutMs} ms`,
+        );
+      }
+      this.#driver.requestDriving();
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+
+  /**
+   * The `VirtioBlk` of a queue handed over by {@linkcode VirtioBlk.detachQueue}
+   * in another isolate of this process (call it in the Worker the handle
+   * was posted to). It has one queue — queue 0 here, the handed-over one on
+   * the device — and the same API: `read`, `write`, `readv`, `writev`,
+   * `flush`, `discard`, `writeZeroes`, `getId`, streams, `allocBuffer` (from
+   * the memory handed over), `queue(0)`, poll or eventfd mode, `close()`.
+   * Its configuration is the one at hand-over (the connecting side keeps
+   * watching the device). Needs `--allow-ffi` in the Worker.
+   *
+   * @example
+   * ```ts ignore
+   * // worker.ts
+   * import { VirtioBlk } from "@virtio/deno";
+   * self.onmessage = async (e: MessageEvent) => {
+   *   await using blk = await VirtioBlk.attach(e.data);
+   *   const buf = blk.allocBuffer(4096);
+   *   await blk.read(0, buf);
+   *   self.postMessage("done");
+   * };
+   * ```
+   *
+   * @param handle what {@linkcode VirtioBlk.detachQueue} returned, posted here
+   * @param options completion mode and spin, when not the connecting side's
+   * @returns the device, limited to that queue
+   * @throws {ClosedError} when the connecting side closed the device already;
+   *   {@linkcode InvalidArgumentError} for a handle attached before, or not a handle
+   */
+  static async attach(handle: VirtioBlkQueueHandle, options: AttachOptions = {}): Promise<VirtioBlk> {
+    if (!isQueueHandle(handle)) {
+      throw new InvalidArgumentError("VirtioBlk.attach needs a handle from VirtioBlk.detachQueue (posted as it is)");
+    }
+    const transport = await attachTransport(handle.queue);
+    const f = handle.queue.features;
+    try {
+      return await VirtioBlk.connect({
+        transport,
+        numQueues: 1,
+        queueSize: handle.queue.queue.size,
+        ring: (f & VIRTIO_F_RING_PACKED) !== 0n ? "packed" : "split",
+        features: { eventIdx: (f & VIRTIO_F_EVENT_IDX) !== 0n, indirect: (f & VIRTIO_F_INDIRECT_DESC) !== 0n },
+        maxSegments: handle.maxSegments,
+        bufferPoolSize: handle.queue.buffers.length,
+        mode: options.mode ?? handle.mode,
+        spinMicros: options.spinMicros ?? handle.spinMicros,
+        strictUsedLength: handle.strictUsedLength,
+        indirectThreshold: handle.indirectThreshold,
+      });
+    } catch (e) {
+      await transport.close().catch(() => {}); // lets go
+      throw e;
+    }
+  }
+
   #connectionError(): VirtioError | undefined {
     if (this.#lost !== undefined) return this.#lost;
     const r = this.#reconnector;
@@ -362,7 +579,7 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
       this.#transport = transport;
       this.#interrupts = started.interrupts;
       this.#engines.forEach((e, i) => e.resume(rings[i], transport.notifier(i)));
-      this.#driver = new CompletionDriver(this.#engines, started.interrupts, o.mode, o.spinMicros, monotonicClock());
+      this.#driver = new CompletionDriver(this.#driven, started.interrupts, o.mode, o.spinMicros, monotonicClock());
     } catch (e) {
       await started?.interrupts.close().catch(() => {});
       await transport.close().catch(() => {});
@@ -382,7 +599,7 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
   }
 
   #checkOpen(): void {
-    if (this.#closing) throw new ClosedError();
+    if (this.#closing) throw this.#closedError();
   }
 
   /**
@@ -435,6 +652,9 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
     if (!Number.isInteger(index) || q === undefined) {
       throw new InvalidArgumentError(`queue index must be from 0 to ${this.numQueues - 1}, got ${index}`);
     }
+    if (this.#handOvers.has(index)) {
+      throw new InvalidArgumentError(`queue ${index} was handed to a Worker (detachQueue): use it there`);
+    }
     return q as VirtioBlkQueue<T>;
   }
 
@@ -446,7 +666,7 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
     unmap: boolean,
   ): Promise<unknown> {
     if (!this.#bulk.fits(type, buffers, length)) {
-      if (this.#closing) return Promise.reject(new ClosedError());
+      if (this.#closing) return Promise.reject(this.#closedError());
       return this.#bulk.run(type, offset, buffers, length, unmap);
     }
     return this.#submitOne(type, offset, buffers, length, unmap);
@@ -460,9 +680,17 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
     length: number | bigint,
     unmap: boolean,
   ): Promise<unknown> {
-    if (this.#closing) return Promise.reject(new ClosedError());
-    const n = this.#engines.length;
-    const e = this.#engines[this.#nextQueue];
+    if (this.#closing) return Promise.reject(this.#closedError());
+    const to = this.#submitTo, n = to.length;
+    if (n === 0) {
+      return Promise.reject(
+        new InvalidArgumentError(
+          "every queue of this device was handed to a Worker (detachQueue): requests go through the Workers",
+        ),
+      );
+    }
+    if (this.#nextQueue >= n) this.#nextQueue = 0;
+    const e = to[this.#nextQueue];
     this.#nextQueue = this.#nextQueue + 1 === n ? 0 : this.#nextQueue + 1;
     return e.addPromise(type, offset, buffers, length, unmap);
   }
@@ -598,7 +826,7 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
    * @returns the bytes written (before padding)
    */
   writeFrom(source: ReadableStream<Uint8Array>, options?: WritableOptions): Promise<number> {
-    if (this.#closing) return Promise.reject(new ClosedError());
+    if (this.#closing) return Promise.reject(this.#closedError());
     return writeFromStream(this, source, options);
   }
 
@@ -615,6 +843,8 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
   }
 
   async #close(): Promise<void> {
+    // Workers' requests fail at once; they let go of the memory meanwhile.
+    const workersLetGo = this.#handOvers.size > 0 ? this.#handOvers.end() : Promise.resolve(true);
     for (const e of this.#engines) e.closeForNew();
     // A reconnect under way ends: what it kept fails, what it opened is closed.
     await this.#reconnector?.close(
@@ -637,10 +867,14 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
     this.#watchdog?.stop();
     await this.#configWatch.close();
     await this.#driver.close();
+    const letGo = await workersLetGo;
     try {
       await this.#transport.close();
     } finally {
-      this.#memory.queueRegion.close();
+      await this.#handOvers.release();
+      // Rings a Worker did not let go of in time stay readable there (zeros), never unmapped under it.
+      if (letGo) this.#memory.queueRegion.close();
+      else (this.#memory.queueRegion.retire ?? this.#memory.queueRegion.close).call(this.#memory.queueRegion);
       this.#memory.pool.region.close();
     }
   }

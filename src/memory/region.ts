@@ -11,7 +11,7 @@
  * @module
  */
 
-import { closeFd, memfdCreate, mmapShared, munmap, PAGE_SIZE, viewAt } from "../os/syscalls.ts";
+import { closeFd, memfdCreate, mmapShared, munmap, PAGE_SIZE, retireMapping, viewAt } from "../os/syscalls.ts";
 
 /** Memory shared with the device. */
 export interface SharedRegion {
@@ -48,6 +48,12 @@ export interface SharedRegion {
   deviceBytes(offset: number, length: number): Uint8Array;
   /** Detaches every view, unmaps the memory and closes the descriptor. */
   close(): void;
+  /**
+   * Like {@linkcode SharedRegion.close}, but leaves zero-filled private
+   * memory at the region's addresses (for memory another isolate may still
+   * hold views of). Only for memory mapped into this process.
+   */
+  retire?(): void;
 }
 
 /**
@@ -133,17 +139,101 @@ export class MemfdRegion implements SharedRegion {
   }
 
   close(): void {
+    this.#release(false);
+  }
+
+  /**
+   * Closes the region, but leaves zero-filled private memory at its
+   * addresses instead of unmapping them: for memory a Worker may still hold
+   * views of (one that did not let go in time). The memfd and what it held
+   * are released; the address range stays taken until the process ends.
+   */
+  retire(): void {
+    this.#release(true);
+  }
+
+  #release(retire: boolean): void {
     if (this.#closed) return;
     this.#closed = true;
     for (const b of this.#views) detach(b);
     this.#views.clear();
     detach(this.bytes.buffer);
     try {
-      munmap(this.addr, this.size);
+      if (retire) retireMapping(this.addr, this.size);
+      else munmap(this.addr, this.size);
     } finally {
       closeFd(this.#fd);
       this.#fd = -1;
     }
+  }
+}
+
+/**
+ * A region another isolate of this process mapped and owns (a queue handed
+ * to a Worker: its rings and buffer memory). Views work as on a
+ * {@linkcode MemfdRegion}; {@linkcode AttachedRegion.close} detaches every
+ * one of them — after it nothing here can touch the memory — and leaves the
+ * mapping to its owner.
+ */
+export class AttachedRegion implements SharedRegion {
+  /** A name for diagnostics. */
+  readonly name: string;
+  /** Length in bytes. */
+  readonly size: number;
+  /** Process virtual address of byte 0. */
+  readonly addr: number;
+  /** Always -1: the owner keeps the descriptor. */
+  readonly fd: number = -1;
+  /** The IOVA the owner mapped it at. */
+  iova: number;
+  /** The whole region, for the driver's own use. */
+  readonly bytes: Uint8Array<ArrayBuffer>;
+  #views = new Set<ArrayBuffer>();
+  #closed = false;
+
+  /**
+   * @param name for diagnostics
+   * @param addr where the owner mapped it
+   * @param size its length
+   * @param iova where the device sees it
+   */
+  constructor(name: string, addr: number, size: number, iova: number) {
+    this.name = name;
+    this.addr = addr;
+    this.size = size;
+    this.iova = iova;
+    this.bytes = new Uint8Array(viewAt(addr, size));
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  slice(offset: number, length: number): Uint8Array<ArrayBuffer> {
+    if (this.#closed) throw new RangeError(`region ${this.name} is closed`);
+    if (offset < 0 || length < 0 || offset + length > this.size) {
+      throw new RangeError(`[${offset}, +${length}) is outside region ${this.name}`);
+    }
+    const buffer = viewAt(this.addr + offset, length);
+    this.#views.add(buffer);
+    return new Uint8Array(buffer);
+  }
+
+  release(view: Uint8Array<ArrayBuffer>): void {
+    if (this.#views.delete(view.buffer)) detach(view.buffer);
+  }
+
+  deviceBytes(offset: number, length: number): Uint8Array {
+    return this.bytes.subarray(offset, offset + length);
+  }
+
+  /** Detaches every view (they read as empty from now on); the owner unmaps. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const b of this.#views) detach(b);
+    this.#views.clear();
+    detach(this.bytes.buffer);
   }
 }
 

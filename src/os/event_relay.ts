@@ -148,6 +148,27 @@ const KEEP_ALIVE_MS = 2 ** 31 - 1;
 
 /** One waker's word in the relay: what its waits await. */
 export class RelaySlot {
+  /**
+   * The same slot, in another isolate of this process (a Worker): `slots` is
+   * the relay's SharedArrayBuffer, posted there. Its waits work as here;
+   * releasing it gives nothing back (the relay's owner does that).
+   *
+   * @param slots the relay's SharedArrayBuffer
+   * @param index the slot
+   * @returns the slot
+   */
+  static foreign(slots: SharedArrayBuffer, index: number): RelaySlot {
+    if (!Number.isInteger(index) || index < 0 || index >= RELAY_SLOTS || slots.byteLength < RELAY_SLOTS * 4) {
+      throw new RangeError(`relay slot ${index} out of range`);
+    }
+    return new RelaySlot(new Int32Array(slots), index, () => {});
+  }
+
+  /** The relay's words, to post to another isolate (see {@linkcode RelaySlot.foreign}). */
+  get buffer(): SharedArrayBuffer {
+    return this.#slots.buffer as SharedArrayBuffer;
+  }
+
   /** The slot's index (the waker's bit in the relay). */
   readonly index: number;
   readonly #slots: Int32Array;
@@ -200,6 +221,15 @@ export class RelaySlot {
     } finally {
       if (this.#keepAlive !== undefined) Deno.unrefTimer(this.#keepAlive);
     }
+  }
+
+  /**
+   * Moves the slot's count and wakes its waiters, in whichever isolate they
+   * are (a wake-up that is not a signal: they look and find nothing fired).
+   */
+  poke(): void {
+    Atomics.add(this.#slots, this.index, 1);
+    Atomics.notify(this.#slots, this.index);
   }
 
   /** Ends a wait now (a spurious wake for it: the waiter looks again). */

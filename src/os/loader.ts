@@ -70,7 +70,8 @@ async function openPrebuilt(target: string, shim: PrebuiltShim): Promise<ShimLib
         `(${bytes.length} bytes, ${sum}; expected ${shim.size} bytes, ${shim.sha256}): the package is damaged`,
     );
   }
-  return checkAbi(dlopenFromMemory(`virtio-shim-${target}`, bytes, SHIM_SYMBOLS), `prebuilt for ${target}`);
+  // The memfd shows in /proc/PID/maps as memfd:libvirtio_shim (not memfd:virtio-…, the name of shared memory).
+  return checkAbi(dlopenFromMemory("libvirtio_shim", bytes, SHIM_SYMBOLS), `prebuilt for ${target}`);
 }
 
 /** True in a checkout whose shim.c differs from what the prebuilt shims were made from. */
@@ -111,17 +112,24 @@ async function locateAndLoad(): Promise<ShimLibrary> {
  * ```
  */
 export async function loadShim(): Promise<void> {
+  await loadShimLibrary();
+  relayStarting ??= startEventRelay(loaded!.symbols).catch((e) => {
+    relayStarting = undefined;
+    throw e;
+  });
+  await relayStarting;
+}
+
+let relayStarting: Promise<void> | undefined;
+
+/**
+ * Loads the native shim without starting the event relay: for an isolate
+ * that only drives a queue handed over to it (its interrupts are watched by
+ * the owner's relay). {@linkcode loadShim} does both.
+ */
+export async function loadShimLibrary(): Promise<void> {
   if (loaded) return;
-  loading ??= (async () => {
-    const lib = await locateAndLoad();
-    try {
-      await startEventRelay(lib.symbols);
-    } catch (e) {
-      lib.close();
-      throw e;
-    }
-    return loaded = lib;
-  })().finally(() => {
+  loading ??= locateAndLoad().then((lib) => (loaded = lib)).finally(() => {
     loading = undefined;
   });
   await loading;

@@ -381,7 +381,7 @@ static struct vd_waker *vd_file_event(struct vd_relay *r, uint64_t data, uint32_
   uint32_t slot = ((uint32_t)data >> 16) & 0x3ffu;
   uint32_t kind = ((uint32_t)data >> 26) & 3u;
   struct vd_waker *w = r->wakers[slot];
-  if (!w || w->gen != (uint32_t)(data >> 32) || index >= w->nwatch) return NULL;
+  if (!w || w->gen != (uint32_t)(data >> 32) || index >= w->nwatch || w->fds[index] < 0) return NULL;
   if (kind == 0 && (events & EPOLLIN)) {
     uint64_t v;
     ssize_t n;
@@ -547,6 +547,25 @@ out:
   return -e;
 }
 
+/* Stops watching every descriptor watched under `token` (closing their
+ * duplicates); returns how many there were. An event of one that the helper
+ * took from epoll but has not filed yet is dropped. */
+VD_API int32_t vd_waker_unwatch(uint64_t handle, uint32_t token) {
+  struct vd_waker *w = (struct vd_waker *)(uintptr_t)handle;
+  struct vd_relay *r = w->relay;
+  int32_t n = 0;
+  vd_lock(&r->lock);
+  for (uint32_t i = 0; i < w->nwatch; i++) {
+    if (w->fds[i] < 0 || w->tokens[i] != token) continue;
+    epoll_ctl(r->epfd, EPOLL_CTL_DEL, w->fds[i], NULL);
+    close(w->fds[i]);
+    w->fds[i] = -1;
+    n++;
+  }
+  vd_unlock(&r->lock);
+  return n;
+}
+
 /* Stops watching, closes the duplicates and frees the waker. An event of
  * it that the helper took from epoll but has not filed yet finds the slot
  * empty (or of a later generation) and is dropped. */
@@ -555,6 +574,7 @@ VD_API int32_t vd_waker_destroy(uint64_t handle) {
   struct vd_relay *r = w->relay;
   vd_lock(&r->lock);
   for (uint32_t i = 0; i < w->nwatch; i++) {
+    if (w->fds[i] < 0) continue;
     epoll_ctl(r->epfd, EPOLL_CTL_DEL, w->fds[i], NULL);
     close(w->fds[i]);
   }

@@ -218,6 +218,13 @@ export const SHIM_SYMBOLS = {
     ],
     result: "i32",
   },
+  vd_waker_unwatch: {
+    parameters: [
+      "u64", // struct vd_waker *handle
+      "u32", // uint32_t token
+    ],
+    result: "i32", // descriptors no longer watched
+  },
   vd_waker_destroy: {
     parameters: [
       "u64", // struct vd_waker *handle

@@ -124,6 +124,21 @@ export function munmap(addr: number, len: number): void {
 }
 
 /**
+ * Replaces a mapping with private, zero-filled memory at the same address
+ * (MAP_FIXED), releasing what was mapped there: for memory that another
+ * isolate of this process may still hold views of, which then read zeros
+ * and write nowhere instead of faulting. The address range stays taken.
+ *
+ * @param addr the mapping's address
+ * @param len its length
+ */
+export function retireMapping(addr: number, len: number): void {
+  const flags = LINUX.MAP_PRIVATE | LINUX.MAP_ANONYMOUS | LINUX.MAP_FIXED | LINUX.MAP_NORESERVE;
+  const r = requireShim().vd_mmap(BigInt(addr), BigInt(len), LINUX.PROT_READ | LINUX.PROT_WRITE, flags, -1, 0n);
+  check("mmap", r, `retiring ${len} bytes at 0x${addr.toString(16)}`);
+}
+
+/**
  * Closes a descriptor (errors are reported, but the descriptor is gone either way).
  *
  * @param fd the descriptor

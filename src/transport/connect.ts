@@ -8,7 +8,8 @@
  */
 
 import { InvalidArgumentError } from "../errors.ts";
-import { loadShim } from "../os/loader.ts";
+import { loadShim, loadShimLibrary } from "../os/loader.ts";
+import { type AttachedQueueSpec, AttachedTransport } from "./attached.ts";
 import { type InProcessDevice, MockTransport } from "./in_process.ts";
 import type { Transport } from "./transport.ts";
 import { VfioPciTransport } from "./vfio_pci/transport.ts";
@@ -59,6 +60,21 @@ export interface TransportTarget {
 
 /** Where the device is: one of the transports, keyed on `transport`. */
 export type ConnectTarget = VhostUserTarget | VhostVdpaTarget | VfioPciTarget | MockTarget | TransportTarget;
+
+export type { AttachedQueueSpec };
+
+/**
+ * The transport of a queue another isolate of this process handed over
+ * (`Transport.handOverQueue` there, posted here as plain data).
+ *
+ * @param spec what the owner handed over
+ * @returns the transport: one queue, the owner's memory
+ * @throws {ClosedError} when the owner closed the device already; {@linkcode InvalidArgumentError} when it was attached before
+ */
+export async function attachTransport(spec: AttachedQueueSpec): Promise<Transport> {
+  await loadShimLibrary(); // views of the owner's memory and notifying need the shim; its interrupts are watched there
+  return AttachedTransport.attach(spec);
+}
 
 /** How the transport is to behave. */
 export interface TransportSettings {

@@ -9,8 +9,10 @@
  * @module
  */
 
-import { DeviceProtocolError, InvalidArgumentError } from "../errors.ts";
+import { DeviceProtocolError, InvalidArgumentError, type VirtioError } from "../errors.ts";
 import type { SharedRegion } from "../memory/region.ts";
+import type { RemoteWatchSet } from "../os/watch_set.ts";
+import type { RingPosition } from "../virtqueue/types.ts";
 import type { VirtqueueFormat } from "../virtqueue/layout.ts";
 import { VIRTIO_STATUS as S } from "../virtio/spec.ts";
 
@@ -40,6 +42,49 @@ export interface QueueNotifier {
 }
 
 /**
+ * How another isolate of this process notifies the device of a queue handed
+ * over to it: plain data, posted to a Worker.
+ * - `"eventfd"`: write to this kick eventfd (vhost-user, vhost-vdpa);
+ * - `"doorbell16"`: store `value` as 16 bits at `address` after a full fence
+ *   (virtio-pci's notify register, 4.1.4.4, in a BAR mapped by the owner).
+ */
+export type NotifySpec =
+  | { readonly kind: "eventfd"; readonly fd: number }
+  | { readonly kind: "doorbell16"; readonly address: number; readonly value: number };
+
+/**
+ * The owner's side of a queue handed over to another isolate of this
+ * process (see {@linkcode Transport.handOverQueue}). Its plain-data parts go
+ * to the other side; its methods end and release the hand-over.
+ */
+export interface QueueHandOver {
+  /** How the other side notifies the device. */
+  readonly notify: NotifySpec;
+  /** The watch of the queue's interrupt the other side waits on (absent: it polls). */
+  readonly interrupts: RemoteWatchSet | undefined;
+  /** The words both sides share (see `hand_over.ts`). */
+  readonly control: SharedArrayBuffer;
+  /**
+   * Ends the other side's use: its requests fail at once (`"closed"`:
+   * `ClosedError`; `"lost"`: `ConnectionLostError`), and it lets go of the
+   * memory.
+   *
+   * @param why the owner closed the device, or lost the connection
+   */
+  end(why: "closed" | "lost"): void;
+  /**
+   * After {@linkcode QueueHandOver.end}: waits up to `timeoutMs` for the
+   * other side to let go of the memory.
+   *
+   * @param timeoutMs how long to wait
+   * @returns true when nothing there touches the memory any more; false: keep its addresses taken
+   */
+  settle(timeoutMs: number): Promise<boolean>;
+  /** After {@linkcode QueueHandOver.settle}: stops the interrupt watch and frees what may be freed. */
+  release(): Promise<void>;
+}
+
+/**
  * Wakes the driver when the device signals a queue (or the connection drops).
  * Used by the eventfd completion mode and for hang-up detection.
  */
@@ -51,6 +96,14 @@ export interface InterruptSource {
   wait(): Promise<void>;
   /** True once the peer hung up (the connection is gone). */
   readonly hungUp: boolean;
+  /**
+   * Stops watching queue `index`'s interrupt (the queue was handed over to
+   * another isolate, which watches it from then on). Sources that watch no
+   * queue ignore it.
+   *
+   * @param index the queue
+   */
+  forgetQueue?(index: number): void;
   /** Stops waiting and releases everything (an outstanding wait resolves). */
   close(): Promise<void>;
 }
@@ -217,6 +270,38 @@ export interface Transport {
    * @returns its notifier
    */
   notifier(index: number): QueueNotifier;
+
+  /**
+   * Hands queue `index` over to another isolate of this process (a Worker):
+   * how that isolate notifies the device, and (when the device signals the
+   * queue on an eventfd) a watch of that interrupt it can wait on — which
+   * the caller must take off its own interrupt source
+   * ({@linkcode InterruptSource.forgetQueue}). The
+   * rings and the memory stay set up, and the control plane stays here.
+   * Absent where the device cannot be reached from another isolate (an
+   * in-process device).
+   *
+   * @param index a queue set up by {@linkcode Transport.setupQueues}
+   * @returns the owner's side of the hand-over
+   */
+  handOverQueue?(index: number): Promise<QueueHandOver>;
+
+  /**
+   * Where each queue's ring stands, when its rings were driven by another
+   * object before (a queue handed over: the ring goes on from there; see
+   * `VirtqueueOptions.resume`). Absent for fresh rings.
+   */
+  readonly ringPositions?: readonly (RingPosition | undefined)[];
+
+  /**
+   * A transport driving a queue handed over by another isolate calls
+   * `listener` once, in a later task, when that owner ends it (closed the
+   * device, or lost the connection); the driver then fails what is pending
+   * with the error and closes. Other transports lack it.
+   *
+   * @param listener what to call, with the error every request is to get
+   */
+  watchEnd?(listener: (error: VirtioError) => void): void;
 
   /**
    * An interrupt source covering every queue set up (unless `queues` is

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { MAX_WAKER_TOKEN, WAKER_WORDS, WatchSet } from "../os/watch_set.ts";
+import { MAX_WAKER_TOKEN, type RemoteWatchSet, WAKER_WORDS, WatchSet } from "../os/watch_set.ts";
 import type { InterruptSource } from "./transport.ts";
 
 export { MAX_WAKER_TOKEN };
@@ -51,6 +51,29 @@ export class Waker implements InterruptSource {
   }
 
   /**
+   * A waker whose watches another isolate of this process owns (a queue
+   * handed to a Worker): this side waits for their signals and takes the
+   * fired bits; {@linkcode Waker.close} only lets go (the owner stops the
+   * watches and frees them).
+   *
+   * @param remote the owner's {@linkcode Waker.remote}
+   * @returns the waker
+   */
+  static foreign(remote: RemoteWatchSet): Waker {
+    return new Waker(WatchSet.foreign(remote));
+  }
+
+  /** Wakes whoever waits on this waker's signals, here or in another isolate, without a signal (they look at what changed). */
+  poke(): void {
+    this.#set.slot.poke();
+  }
+
+  /** What another isolate needs to wait on this waker's signals (plain data; see {@linkcode Waker.foreign}). */
+  remote(): RemoteWatchSet {
+    return this.#set.remote();
+  }
+
+  /**
    * Watches an eventfd under `token`.
    *
    * @param fd the eventfd
@@ -85,6 +108,16 @@ export class Waker implements InterruptSource {
     this.#words = Math.max(this.#words, (token >>> 5) + 1);
   }
 
+  /**
+   * Stops watching queue `index`'s eventfd (watched under its index as
+   * token): the queue was handed over to a Worker.
+   *
+   * @param index the queue
+   */
+  forgetQueue(index: number): void {
+    this.#set.unwatch(index);
+  }
+
   /** Lets the program end while a wait is outstanding (for watches that run for the device's lifetime). */
   unref(): void {
     this.#keepAlive = false;
@@ -115,9 +148,13 @@ export class Waker implements InterruptSource {
 
   /**
    * Resolves once something fired since the last wait (at once if it
-   * already has). Only one wait may be outstanding.
+   * already has), or once `stop` says so after a wake-up that was not a
+   * signal (an owner's {@linkcode Waker.poke}). Only one wait may be
+   * outstanding.
+   *
+   * @param stop looked at before each sleep
    */
-  async wait(): Promise<void> {
+  async wait(stop?: () => boolean): Promise<void> {
     if (this.#closed) return;
     if (this.#waiting) throw new Error("Waker.wait: a wait is already outstanding");
     this.#waiting = true;
@@ -127,7 +164,7 @@ export class Waker implements InterruptSource {
         // The slot's count first, then `signaled`: a signal after this look
         // moves the count, so the wait below returns at once.
         const seen = slot.sequence;
-        if (this.#closed || Atomics.load(this.#pending, WAKER_WORDS) !== 0) break;
+        if (this.#closed || Atomics.load(this.#pending, WAKER_WORDS) !== 0 || stop?.()) break;
         await slot.wait(seen, this.#keepAlive);
       }
     } finally {

@@ -13,18 +13,18 @@ export interface PrebuiltShim {
 }
 
 /** SHA-256 of the shim.c the prebuilt shims were made from. */
-export const PREBUILT_SOURCE_SHA256 = "5004b443011e486d52bfba798e3e58e5d2ec642292fbd18326b80067f976bb0c";
+export const PREBUILT_SOURCE_SHA256 = "2abea312ac0e8a224994da9c666ccf52b627f5cd9ba7d590068f6a1ce4d94f76";
 
 /** The prebuilt shims, by Deno's build target (`Deno.build.target`). */
 export const PREBUILT_SHIMS: Readonly<Record<string, PrebuiltShim | undefined>> = {
   "x86_64-unknown-linux-gnu": {
-    sha256: "0da1122761988f67f045dd6fb0901183e6d5d4b91aa0ef4f9b00bd457df64ad3",
+    sha256: "13448bcc2bfe2ea7bce8063b1db2f474bb947df913bfe1ffed6126910a2106cb",
     size: 22560,
     compiler: "x86_64-linux-gnu-gcc (Debian 12.2.0-14+deb12u1) 12.2.0",
     base64: async () => (await import("./linux_x86_64.ts")).SHIM_BASE64,
   },
   "aarch64-unknown-linux-gnu": {
-    sha256: "6762c755c211ebbb64975f3583cbdc9e8e250a7c1539f3288210f877e0386ed5",
+    sha256: "509ddf03b973c0ca59bc66c5642a49bb55ed818e7e660999bf2f7bbef417c40d",
     size: 67504,
     compiler: "aarch64-linux-gnu-gcc (Debian 12.2.0-14) 12.2.0",
     base64: async () => (await import("./linux_aarch64.ts")).SHIM_BASE64,

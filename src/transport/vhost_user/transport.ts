@@ -12,6 +12,7 @@ import { eventfd, eventfdNotifier, eventfdTake } from "../../os/eventfd.ts";
 import { closeFd } from "../../os/syscalls.ts";
 import { socketPair } from "../../os/unix_socket.ts";
 import { MAX_WAKER_TOKEN, Waker } from "../waker.ts";
+import { OwnedHandOver } from "../hand_over.ts";
 import { SignalWatch } from "../signal_watch.ts";
 import {
   ConnectionLostError,
@@ -27,6 +28,7 @@ import {
   type InterruptSourceOptions,
   notifierOf,
   type QueueConfig,
+  type QueueHandOver,
   type QueueNotifier,
   type Transport,
 } from "../transport.ts";
@@ -358,6 +360,11 @@ export class VhostUserTransport implements Transport {
 
   notifier(index: number): QueueNotifier {
     return notifierOf(this.#notifiers, index);
+  }
+
+  handOverQueue(index: number): Promise<QueueHandOver> {
+    notifierOf(this.#notifiers, index); // set up, or a typed error
+    return OwnedHandOver.create({ kind: "eventfd", fd: this.#kickFds[index] }, this.#callFds[index]);
   }
 
   async createInterruptSource(options: InterruptSourceOptions = {}): Promise<InterruptSource> {

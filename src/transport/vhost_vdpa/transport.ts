@@ -11,6 +11,7 @@
 import { eventfd, eventfdNotifier } from "../../os/eventfd.ts";
 import { closeFd, ioctl, ioctlValue, LINUX, openFile, writeExact } from "../../os/syscalls.ts";
 import { Waker } from "../waker.ts";
+import { OwnedHandOver } from "../hand_over.ts";
 import { SignalWatch } from "../signal_watch.ts";
 import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError, OsError } from "../../errors.ts";
 import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_STATUS as S } from "../../virtio/spec.ts";
@@ -27,6 +28,7 @@ import {
   type InterruptSourceOptions,
   notifierOf,
   type QueueConfig,
+  type QueueHandOver,
   type QueueNotifier,
   type Transport,
 } from "../transport.ts";
@@ -287,6 +289,11 @@ export class VhostVdpaTransport implements Transport {
 
   notifier(index: number): QueueNotifier {
     return notifierOf(this.#notifiers, index);
+  }
+
+  handOverQueue(index: number): Promise<QueueHandOver> {
+    notifierOf(this.#notifiers, index); // set up, or a typed error
+    return OwnedHandOver.create({ kind: "eventfd", fd: this.#kickFds[index] }, this.#callFds[index]);
   }
 
   createInterruptSource(options: InterruptSourceOptions = {}): Promise<InterruptSource> {
