@@ -103,7 +103,9 @@ try {
     }
   }
 } finally {
-  const left = await removeLeftovers(root);
+  // Test children outside the test process's session got the SIGTERM too, and may still be releasing what
+  // they own (a deno task fio stopping its private daemon): they have a few seconds to end by themselves.
+  const left = await removeLeftovers(root, stopping ? 5000 : 1000);
   if (left.length > 0) {
     console.error(`\nleft behind by the tests, now removed:\n${left.map((l) => `  ${l}`).join("\n")}`);
     if (!stopping && code === 0) code = 1; // a passing run releases what it made
@@ -131,14 +133,18 @@ async function privateFolder(): Promise<string> {
 }
 
 /**
- * Ends the processes that still refer to the run's folder (SIGTERM, then
- * SIGKILL after 2 s) and removes the folder.
+ * Ends the processes that still refer to the run's folder once `graceMs`
+ * has passed (SIGTERM, then SIGKILL after 2 s) and removes the folder.
  *
  * @returns what was there besides the skip log: processes and files
  */
-async function removeLeftovers(folder: string): Promise<string[]> {
+async function removeLeftovers(folder: string, graceMs: number): Promise<string[]> {
   const found: string[] = [];
   let procs = processesUsing(folder);
+  for (const deadline = performance.now() + graceMs; procs.length > 0 && performance.now() < deadline;) {
+    await new Promise((r) => setTimeout(r, 50));
+    procs = processesUsing(folder);
+  }
   for (const p of procs) {
     found.push(`process ${p.pid}: ${p.command.length > 160 ? `${p.command.slice(0, 160)}…` : p.command}`);
     try {
