@@ -5,8 +5,8 @@
  * - `{ job: "writes", handle, mode, first, blocks, count, depth, seed }`:
  *   random block writes, then every block read back and checked through the
  *   same queue; answers `{ gens, verified, mode, numQueues }`.
- * - `{ job: "flood", handle, mode, depth }`: writes with `depth` in flight
- *   until they fail; answers `{ started: true }` once running, then
+ * - `{ job: "flood", handle, mode, depth, first }`: writes with `depth` in
+ *   flight (to blocks `first`… `first + depth - 1`) until they fail; answers `{ started: true }` once running, then
  *   `{ failures: [{ name, code, at }], later }` (`at`: Date.now() of each
  *   rejection; `later`: what a request made afterwards met).
  * - `{ job: "hold", handle }`: attaches, answers `{ attached: true }` and
@@ -53,7 +53,7 @@ const post = (m: unknown) => (self as unknown as Worker).postMessage(m);
         const buf = blk.allocBuffer(BLOCK);
         for (;;) {
           try {
-            await blk.write(i * BLOCK, buf);
+            await blk.write(((m.first ?? 0) + i) * BLOCK, buf);
           } catch (err) {
             failures.push({ name: (err as Error).name, code: (err as VirtioError).code, at: Date.now() });
             return;

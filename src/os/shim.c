@@ -111,6 +111,14 @@ VD_API int32_t vd_open(const char *path, int32_t flags) {
   return fd < 0 ? -errno : fd;
 }
 
+/* readlink(2) into `buf` (not NUL-terminated): the length, or -errno;
+ * -ENAMETOOLONG when the target does not fit. */
+VD_API int64_t vd_readlink(const char *path, char *buf, uint64_t len) {
+  ssize_t n = readlink(path, buf, (size_t)len);
+  if (n < 0) return -errno;
+  return (uint64_t)n == len ? -ENAMETOOLONG : n;
+}
+
 VD_API int32_t vd_eventfd(uint32_t initval, int32_t flags) {
   int fd = eventfd(initval, flags);
   return fd < 0 ? -errno : fd;

@@ -67,6 +67,14 @@ export const SHIM_SYMBOLS = {
     ],
     result: "i32",
   },
+  vd_readlink: {
+    parameters: [
+      "buffer", // const char *path (NUL-terminated)
+      "buffer", // char *buf
+      "u64", // size_t len
+    ],
+    result: "i64", // the target's length, or -errno
+  },
   vd_eventfd: {
     parameters: [
       "u32", // unsigned int initval

@@ -35,6 +35,7 @@ export const LINUX = {
   FALLOC_FL_KEEP_SIZE: 0x1,
   FALLOC_FL_PUNCH_HOLE: 0x2,
   EAGAIN: 11,
+  ENOENT: 2,
   EINTR: 4,
   ETIMEDOUT: 110,
 } as const;
@@ -121,6 +122,21 @@ export function mmapShared(fd: number, len: number, offset = 0): number {
  */
 export function munmap(addr: number, len: number): void {
   check("munmap", requireShim().vd_munmap(BigInt(addr), BigInt(len)));
+}
+
+/**
+ * The target of a symbolic link (readlink(2)) — through the shim, so that
+ * it needs `--allow-ffi` only.
+ *
+ * @param path the link
+ * @returns its target
+ * @throws {OsError} (ENOENT, EINVAL for a file that is not a link, …)
+ */
+export function readLink(path: string): string {
+  const buf = new Uint8Array(4096);
+  const n = Number(requireShim().vd_readlink(cString(path), buf, BigInt(buf.length)));
+  check("readlink", n, path);
+  return new TextDecoder().decode(buf.subarray(0, n));
 }
 
 /**

@@ -19,6 +19,7 @@ import { ClosedError, ConnectionLostError, FeatureNegotiationError, InvalidArgum
 import { AttachedRegion, type SharedRegion } from "../memory/region.ts";
 import type { RemoteWatchSet } from "../os/watch_set.ts";
 import type { RingPosition } from "../virtqueue/types.ts";
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED } from "../virtio/spec.ts";
 import { HandOverControl, notifierFrom } from "./hand_over.ts";
 import type {
   ConfigChangeSignal,
@@ -69,6 +70,8 @@ export interface AttachedQueueSpec {
   /** The words both sides share. */
   readonly control: SharedArrayBuffer;
 }
+
+const RING_FEATURES = VIRTIO_F_EVENT_IDX | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_RING_PACKED;
 
 function endError(why: "closed" | "lost", type: TransportType): ClosedError | ConnectionLostError {
   return why === "lost"
@@ -159,7 +162,10 @@ export class AttachedTransport implements Transport {
   }
 
   negotiateFeatures(driverFeatures: bigint): Promise<bigint> {
-    const missing = this.#spec.features & ~driverFeatures;
+    // The ring features decide how the ring is driven: the driver here must take
+    // each one the owner agreed on. (Transport features, such as
+    // VIRTIO_F_ACCESS_PLATFORM, are the transport's own.)
+    const missing = this.#spec.features & RING_FEATURES & ~driverFeatures;
     if (missing !== 0n) {
       return Promise.reject(
         new FeatureNegotiationError(

@@ -6,6 +6,7 @@
 // for byte, with the model the guest program kept.
 import assert from "node:assert/strict";
 import { awaitedLater, firstDifference } from "../_support.ts";
+import { BLOCK, holdsBlock } from "../_block_pattern.ts";
 import { describeFailure, type GuestAssets, isSkip, prepareGuest, runInGuest } from "./harness.ts";
 import { qmpExecute } from "../../testing.ts";
 
@@ -60,9 +61,29 @@ const RESIZE_VFIO =
 const WAIT_FOR = String
   .raw`wait_for() { i=0; while [ ! -e "$1" ]; do i=$((i + 1)); [ "$i" -gt 300 ] && { echo "GUEST: $1 did not appear"; return 1; }; sleep 0.1; done; }`;
 
+/** Where the Workers' test writes (beyond the matrix's 16 MiB, clear of the resizes' last blocks), and how much. */
+const WORKER_FIRST_BLOCK = SIZE / BLOCK, WORKER_BLOCKS = 128;
+
+/** Queues in Workers: two Workers and the guest's main thread on a 3-queue device (tests/guest/workers_main.ts). */
+function workersRun(transport: string, target: string, mode: string): string {
+  return `deno run -A "$GUEST_SHARE/project/tests/guest/workers_main.ts" --transport ${transport} ${target} ` +
+    `--mode ${mode} --blocks ${WORKER_BLOCKS} --writes 200 --first-block ${WORKER_FIRST_BLOCK} --gens-out "$GUEST_SHARE/gens.bin"`;
+}
+
+/** The Workers' blocks in the image, read on the host: each holds the last write the guest made to it. */
+async function checkWorkerBlocks(image: string, gensFile: string): Promise<void> {
+  const [img, raw] = await Promise.all([Deno.readFile(image), Deno.readFile(gensFile)]);
+  const gens = new Uint32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4);
+  assert.equal(gens.length, 3 * WORKER_BLOCKS);
+  gens.forEach((gen, i) => {
+    const at = (WORKER_FIRST_BLOCK + i) * BLOCK;
+    assert.ok(holdsBlock(img.subarray(at, at + BLOCK), WORKER_FIRST_BLOCK + i, gen), `block ${WORKER_FIRST_BLOCK + i}`);
+  });
+}
+
 /** Shows the guest's resize reports (how the change came, how long it took). */
 function printResizes(log: string): void {
-  for (const line of log.split("\n")) if (line.startsWith("RESIZE ")) console.log(`  ${line.trim()}`);
+  for (const line of log.split("\n")) if (/^(RESIZE|WORKERS) /.test(line)) console.log(`  ${line.trim()}`);
 }
 
 /** Compares the image's first bytes (a resize may have grown it since) with the model. */
@@ -94,7 +115,7 @@ Deno.test({
 ${WAIT_FOR}
 truncate -s ${SIZE} /tmp/disk.img
 qemu-storage-daemon --blockdev driver=file,node-name=f,filename=/tmp/disk.img,discard=unmap \
-  --export type=vduse-blk,id=v0,name=vduse0,node-name=f,writable=on,num-queues=1 \
+  --export type=vduse-blk,id=v0,name=vduse0,node-name=f,writable=on,num-queues=3 \
   --chardev socket,id=m,path=/tmp/qmp.sock,server=on,wait=off --monitor chardev=m,mode=control &
 qsd=$!
 wait_for /dev/vduse/vduse0
@@ -112,6 +133,8 @@ wait_for /tmp/resize-ready
 deno eval "import { qmpExecute } from '$GUEST_SHARE/project/testing.ts'; \
   await qmpExecute('/tmp/qmp.sock', 'block_resize', { 'node-name': 'f', size: ${2 * SIZE} });"
 wait "$resizer"
+${workersRun("vhost-vdpa", "--path /dev/vhost-vdpa-0", "poll")}
+cp /tmp/disk.img "$GUEST_SHARE/disk-workers.img"
 vdpa dev del vduse0
 kill "$qsd"; wait "$qsd" || true
 `;
@@ -129,8 +152,14 @@ kill "$qsd"; wait "$qsd" || true
         new RegExp(`RESIZE vhost-vdpa eventfd: OK ${SIZE} -> ${2 * SIZE} via interrupt`),
         describeFailure(r, "the live resize"),
       );
+      assert.equal(
+        (r.log.match(/WORKERS vhost-vdpa poll: OK/g) ?? []).length,
+        2,
+        describeFailure(r, "queues in Workers"),
+      );
       printResizes(r.log);
       await compare(`${share}/disk.img`, `${share}/model-1.bin`);
+      await checkWorkerBlocks(`${share}/disk-workers.img`, `${share}/gens.bin`);
     });
   },
 });
@@ -161,7 +190,7 @@ group=$(basename "$(readlink "$dev/iommu_group")")
 i=0; while [ ! -e "/dev/vfio/$group" ]; do i=$((i + 1)); [ "$i" -gt 100 ] && { echo "GUEST: no /dev/vfio/$group"; exit 21; }; sleep 0.1; done
 echo "GUEST: $bdf bound to $(basename "$(readlink "$dev/driver")"), IOMMU group $(basename "$(readlink "$dev/iommu_group")")"
 ${matrixRuns("vfio-pci", '--device "$bdf"', ring)}
-${ring === "split" ? RESIZE_VFIO : ""}`;
+${ring === "split" ? RESIZE_VFIO + workersRun("vfio-pci", '--device "$bdf"', "eventfd") : ""}`;
         const qmp = `${share}/qmp.sock`;
         const resizes: Promise<unknown>[] = [];
         const r = await runInGuest(assets as GuestAssets, {
@@ -179,7 +208,9 @@ ${ring === "split" ? RESIZE_VFIO : ""}`;
             ...["-drive", `file=${image},if=none,id=d0,format=raw,cache=writethrough,discard=unmap`],
             ...[
               "-device",
-              `virtio-blk-pci,drive=d0,disable-legacy=on,iommu_platform=on${ring === "packed" ? ",packed=on" : ""}`,
+              `virtio-blk-pci,drive=d0,disable-legacy=on,iommu_platform=on,num-queues=3${
+                ring === "packed" ? ",packed=on" : ""
+              }`,
             ],
           ],
           append: "intel_iommu=on",
@@ -199,7 +230,13 @@ ${ring === "split" ? RESIZE_VFIO : ""}`;
           assert.equal(resizes.length, 2, describeFailure(r, "two resizes asked for"));
           assert.match(r.log, new RegExp(`RESIZE vfio-pci eventfd: OK ${SIZE} -> ${2 * SIZE} via interrupt`));
           assert.match(r.log, new RegExp(`RESIZE vfio-pci poll: OK ${2 * SIZE} -> ${3 * SIZE} via generation`));
+          assert.equal(
+            (r.log.match(/WORKERS vfio-pci eventfd: OK/g) ?? []).length,
+            2,
+            describeFailure(r, "queues in Workers"),
+          );
           printResizes(r.log);
+          await checkWorkerBlocks(image, `${share}/gens.bin`);
           const img = await Deno.readFile(image);
           assert.equal(img.byteLength, 3 * SIZE);
           for (const end of [2 * SIZE, 3 * SIZE]) {

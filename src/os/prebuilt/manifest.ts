@@ -13,19 +13,19 @@ export interface PrebuiltShim {
 }
 
 /** SHA-256 of the shim.c the prebuilt shims were made from. */
-export const PREBUILT_SOURCE_SHA256 = "2abea312ac0e8a224994da9c666ccf52b627f5cd9ba7d590068f6a1ce4d94f76";
+export const PREBUILT_SOURCE_SHA256 = "2bb74b92f5100bd2ad9b102d9401afe0c231e96bed1b60ad807f3c3af08431d5";
 
 /** The prebuilt shims, by Deno's build target (`Deno.build.target`). */
 export const PREBUILT_SHIMS: Readonly<Record<string, PrebuiltShim | undefined>> = {
   "x86_64-unknown-linux-gnu": {
-    sha256: "13448bcc2bfe2ea7bce8063b1db2f474bb947df913bfe1ffed6126910a2106cb",
-    size: 22560,
+    sha256: "7e4cccbae4dfe5d643593a56c215b39ca91bed751c4069e71dfbe930d6054c47",
+    size: 22568,
     compiler: "x86_64-linux-gnu-gcc (Debian 12.2.0-14+deb12u1) 12.2.0",
     base64: async () => (await import("./linux_x86_64.ts")).SHIM_BASE64,
   },
   "aarch64-unknown-linux-gnu": {
-    sha256: "509ddf03b973c0ca59bc66c5642a49bb55ed818e7e660999bf2f7bbef417c40d",
-    size: 67504,
+    sha256: "1a5503ca60b79a6ba0a403d4406c0ec6e880ef4eac75f0eedd73e2794b67b9ed",
+    size: 67512,
     compiler: "aarch64-linux-gnu-gcc (Debian 12.2.0-14) 12.2.0",
     base64: async () => (await import("./linux_aarch64.ts")).SHIM_BASE64,
   },

@@ -19,6 +19,7 @@ import {
 } from "../../os/mmio.ts";
 import { eventfd } from "../../os/eventfd.ts";
 import { closeFd, LINUX, openFile, preadExact } from "../../os/syscalls.ts";
+import { OwnedHandOver } from "../hand_over.ts";
 import { Waker } from "../waker.ts";
 import { SignalWatch } from "../signal_watch.ts";
 import {
@@ -40,6 +41,7 @@ import {
   type InterruptSourceOptions,
   notifierOf,
   type QueueConfig,
+  type QueueHandOver,
   type QueueNotifier,
   type Transport,
 } from "../transport.ts";
@@ -145,6 +147,7 @@ export class VfioPciTransport implements Transport {
   #configWatch: SignalWatch | undefined;
   #generationTimer: ReturnType<typeof setInterval> | undefined;
   #notifiers: QueueNotifier[] = [];
+  #notifyAddresses: number[] = [];
   #resetTimeoutMs: number;
   #closed = false;
   #deviceFeatures = 0n;
@@ -466,6 +469,7 @@ export class VfioPciTransport implements Transport {
             `queue ${q.index}: notify offset ${off} outside the notify area`,
           );
         }
+        this.#notifyAddresses[q.index] = this.#notifyBase + off;
         this.#notifiers[q.index] = { notify: doorbell16(BigInt(this.#notifyBase + off), q.index) };
         this.#w16(C.QUEUE_ENABLE, 1);
       }
@@ -476,6 +480,13 @@ export class VfioPciTransport implements Transport {
 
   notifier(index: number): QueueNotifier {
     return notifierOf(this.#notifiers, index);
+  }
+
+  handOverQueue(index: number): Promise<QueueHandOver> {
+    notifierOf(this.#notifiers, index); // set up, or a typed error
+    // The notify register in the BAR this transport mapped; the queue's MSI-X eventfd (none in poll mode).
+    const notify = { kind: "doorbell16", address: this.#notifyAddresses[index], value: index } as const;
+    return OwnedHandOver.create(notify, this.#callFds[index]);
   }
 
   createInterruptSource(options: InterruptSourceOptions = {}): Promise<InterruptSource> {

@@ -20,8 +20,9 @@ import {
   openFile,
   preadExact,
   pwriteExact,
+  readLink,
 } from "../../os/syscalls.ts";
-import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError } from "../../errors.ts";
+import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError, OsError } from "../../errors.ts";
 import { IovaAllocator } from "../../memory/iova_allocator.ts";
 import { IovaMappings } from "../../memory/iova_mappings.ts";
 import { Teardown } from "../teardown.ts";
@@ -91,9 +92,9 @@ export class VfioDevice {
     const bdf = this.bdf;
     let groupLink: string;
     try {
-      groupLink = await Deno.readLink(`/sys/bus/pci/devices/${bdf}/iommu_group`);
+      groupLink = readLink(`/sys/bus/pci/devices/${bdf}/iommu_group`); // through the shim: --allow-ffi only
     } catch (cause) {
-      if (!(cause instanceof Deno.errors.NotFound)) throw cause;
+      if (!(cause instanceof OsError && cause.errno === LINUX.ENOENT)) throw cause;
       throw new InvalidArgumentError(
         `${bdf} is in no IOMMU group: is the IOMMU on (intel_iommu=on or amd_iommu=on on the kernel command line)?`,
       );
