@@ -41,11 +41,14 @@ export type {
   ConfigChangeSignal,
   InterruptSource,
   InterruptSourceOptions,
+  NotifySpec,
   QueueConfig,
+  QueueHandOver,
   QueueNotifier,
   Transport,
   TransportType,
 } from "./src/transport/transport.ts";
+export type { RemoteWatchSet } from "./src/os/watch_set.ts";
 export { type ConnectTarget, connectTransport, type TransportSettings } from "./src/transport/connect.ts";
 export { VhostUserTransport, type VhostUserTransportOptions } from "./src/transport/vhost_user/transport.ts";
 export { VhostVdpaTransport, type VhostVdpaTransportOptions } from "./src/transport/vhost_vdpa/transport.ts";

@@ -43,6 +43,10 @@ export {
   type WriteZeroesOptions,
 } from "./src/blk/queue.ts";
 export type { AttachOptions, DetachQueueOptions, VirtioBlkQueueHandle } from "./src/blk/queue_handle.ts";
+// What a queue handle holds (plain data; see VirtioBlk.detachQueue).
+export type { AttachedMemory, AttachedQueueSpec } from "./src/transport/attached.ts";
+export type { RemoteWatchSet } from "./src/os/watch_set.ts";
+export type { RingPosition } from "./src/virtqueue/types.ts";
 export type { ReconnectOptions, VirtioBlkConnectOptions, VirtioBlkOptions } from "./src/blk/options.ts";
 export type { CompletionMode } from "./src/blk/completion_driver.ts";
 export type { VirtioBlkConfig } from "./src/blk/config.ts";
@@ -84,7 +88,9 @@ export type {
   ConfigChangeSignal,
   InterruptSource,
   InterruptSourceOptions,
+  NotifySpec,
   QueueConfig,
+  QueueHandOver,
   QueueNotifier,
   Transport,
   TransportType,

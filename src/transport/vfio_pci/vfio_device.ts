@@ -25,6 +25,7 @@ import {
 import { DeviceProtocolError, FeatureNegotiationError, InvalidArgumentError, OsError } from "../../errors.ts";
 import { IovaAllocator } from "../../memory/iova_allocator.ts";
 import { IovaMappings } from "../../memory/iova_mappings.ts";
+import { settle } from "../settle.ts";
 import { Teardown } from "../teardown.ts";
 import { PCI } from "./pci.ts";
 import {
@@ -75,20 +76,22 @@ export class VfioDevice {
    * @param bdf the PCI address, e.g. `0000:00:04.0`
    * @returns the open device
    */
-  static async open(bdf: string): Promise<VfioDevice> {
-    const d = new VfioDevice(bdf);
-    try {
-      await d.#open();
-    } catch (e) {
+  static open(bdf: string): Promise<VfioDevice> {
+    return settle(() => {
+      const d = new VfioDevice(bdf);
       try {
-        d.close();
-      } catch { /* the first failure is the one to report */ }
-      throw e;
-    }
-    return d;
+        d.#open();
+      } catch (e) {
+        try {
+          d.close();
+        } catch { /* the first failure is the one to report */ }
+        throw e;
+      }
+      return d;
+    });
   }
 
-  async #open(): Promise<void> {
+  #open(): void {
     const bdf = this.bdf;
     let groupLink: string;
     try {
