@@ -6,9 +6,9 @@
  * Which device:
  * - by default, a private qemu-storage-daemon on a temporary image (stopped
  *   and removed at the end, also on Ctrl-C);
- * - when qemu-storage-daemon or a C compiler (for the native shim) is
- *   missing, the in-process mock device instead, saying so and what to
- *   install;
+ * - when qemu-storage-daemon is missing (or the native shim cannot load:
+ *   a platform without a prebuilt one, and no C compiler), the in-process
+ *   mock device instead, saying so and what to install;
  * - with `--path SOCKET`, an existing vhost-user-blk back-end. The demo then
  *   only reads, unless `--yes` allows it to write (and verify) 1 MiB at
  *   offset 0, overwriting what is there.
@@ -24,15 +24,15 @@ import { VirtioBlk, type VirtioBlkConnectOptions, VirtioError } from "./mod.ts";
 import { MockBlkDevice, QemuStorageDaemon } from "./testing.ts";
 import { ShimLoadError } from "./src/errors.ts";
 
-/** What to install for the real back-end (Debian/Ubuntu package names). */
-const REAL_THING = "apt-get install qemu-system-common qemu-utils gcc";
+/** What to install for the real back-end (Debian/Ubuntu package names; the shim comes prebuilt). */
+const REAL_THING = "apt-get install qemu-system-common qemu-utils";
 
 const DEMO: CommandSpec = {
   name: "demo",
   usage: "deno task demo [--path SOCKET [--yes]] [--mode M] [--seconds S]",
   description: "Writes 1MiB, flushes, reads it back and verifies it, then measures 4KiB random reads at QD1 and\n" +
-    "QD32. Without --path it starts a private qemu-storage-daemon (or, when that or a C compiler is\n" +
-    "missing, uses the in-process mock device and says so). With --path it only reads unless --yes.",
+    "QD32. Without --path it starts a private qemu-storage-daemon (or, when that is missing, uses the\n" +
+    "in-process mock device and says so). With --path it only reads unless --yes.",
   flags: [
     { name: "path", kind: "string", value: "SOCKET", help: "an existing vhost-user-blk socket to use instead" },
     { name: "yes", kind: "boolean", help: "with --path: allow writing 1MiB at offset 0 (overwrites it)" },
@@ -70,7 +70,7 @@ async function realBackendMissing(): Promise<string | undefined> {
     await loadShim();
   } catch (e) {
     return e instanceof ShimLoadError && /no C compiler/.test(e.message)
-      ? "no C compiler to build the native shim"
+      ? `no prebuilt native shim for ${Deno.build.target}, and no C compiler to build one`
       : `the native shim did not load (${(e as Error).message.split("\n")[0]})`;
   }
   return undefined;

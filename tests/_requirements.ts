@@ -1,7 +1,12 @@
 /** What tests need from the machine, and what to install for it (no side effects: the runner imports it). */
 
 /** Something a test needs from the machine. */
-export type Requirement = "qemu-storage-daemon" | "qemu-storage-daemon-8.1" | "linux-headers" | "dpdk-vhost-blk";
+export type Requirement =
+  | "qemu-storage-daemon"
+  | "qemu-storage-daemon-8.1"
+  | "linux-headers"
+  | "dpdk-vhost-blk"
+  | "c-compiler";
 
 /** What to install for each requirement (one line, for the skip summary). */
 export const INSTALL_HINTS: Record<Requirement, string> = {
@@ -11,4 +16,5 @@ export const INSTALL_HINTS: Record<Requirement, string> = {
     "Debian mirror; or set VIRTIO_QSD_RECENT to such a binary)",
   "linux-headers": "apt-get install linux-libc-dev (the kernel UAPI headers in /usr/include/linux)",
   "dpdk-vhost-blk": "apt-get install dpdk libdpdk-dev dpdk-doc make pkg-config patch gcc (DPDK's vhost_blk example)",
+  "c-compiler": "apt-get install gcc (only the tests that build the native shim from source need one)",
 };

@@ -12,6 +12,12 @@ const available: Record<Exclude<Requirement, "qemu-storage-daemon-8.1">, boolean
   "qemu-storage-daemon": await QemuStorageDaemon.available(),
   "linux-headers": await Deno.stat("/usr/include/linux/vfio.h").then(() => true, () => false),
   "dpdk-vhost-blk": (await DpdkVhostBlk.missing()) === undefined,
+  "c-compiler": await new Deno.Command(Deno.env.get("CC") || "cc", {
+    args: ["--version"],
+    stdout: "null",
+    stderr: "null",
+  })
+    .output().then((o) => o.success, () => false),
 };
 
 /** Whether qemu-storage-daemon can run here; when not, integration tests are skipped loudly. */

@@ -129,56 +129,62 @@ Deno.test("shim: a prebuilt shim whose bytes do not match the pinned SHA-256 is 
   assert.match(r.stdout, /error ShimLoadError ERR_SHIM_LOAD - .*does not match its pinned SHA-256/);
 });
 
-Deno.test("shim: an edited shim.c is built from source into the cache once; VIRTIO_SHIM_PATH is honoured when readable", async () => {
-  await using dir = await tempDir("virtio-loader-");
-  await copyPackage(dir.path);
-  await Deno.mkdir(`${dir.path}/home`);
-  await Deno.writeTextFile(`${dir.path}/src/os/shim.c`, "\n/* edited */\n", { append: true });
-  const loader = `${dir.path}/src/os/loader.ts`;
-  const cache = `${dir.path}/cache`;
-  // $CC names the compiler for this platform where `cc` builds for another (CI's aarch64 stage).
-  const compiler = Deno.env.get("CC");
-  const cc = {
-    PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
-    VIRTIO_SHIM_CACHE: cache,
-    ...(compiler ? { CC: compiler } : {}),
-  };
+Deno.test({
+  name: "shim: an edited shim.c is built from source into the cache once; VIRTIO_SHIM_PATH is honoured when readable",
+  ignore: missing("c-compiler"),
+  fn: async () => {
+    await using dir = await tempDir("virtio-loader-");
+    await copyPackage(dir.path);
+    await Deno.mkdir(`${dir.path}/home`);
+    await Deno.writeTextFile(`${dir.path}/src/os/shim.c`, "\n/* edited */\n", { append: true });
+    const loader = `${dir.path}/src/os/loader.ts`;
+    const cache = `${dir.path}/cache`;
+    // $CC names the compiler for this platform where `cc` builds for another (CI's aarch64 stage).
+    const compiler = Deno.env.get("CC");
+    const cc = {
+      PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
+      VIRTIO_SHIM_CACHE: cache,
+      ...(compiler ? { CC: compiler } : {}),
+    };
 
-  // Without the permission to read shim.c the edit is not seen: the prebuilt shim, as a registry user gets.
-  const ffiOnly = await run(dir.path, probeScript(loader), ["--allow-ffi"], cc);
-  assert.match(ffiOnly.stdout, /origin prebuilt/, ffiOnly.stdout + ffiOnly.stderr);
+    // Without the permission to read shim.c the edit is not seen: the prebuilt shim, as a registry user gets.
+    const ffiOnly = await run(dir.path, probeScript(loader), ["--allow-ffi"], cc);
+    assert.match(ffiOnly.stdout, /origin prebuilt/, ffiOnly.stdout + ffiOnly.stderr);
 
-  // Seen, but building needs more than reading: the error names the next flag.
-  const readOnly = await run(dir.path, probeScript(loader), ["--allow-ffi", "--allow-read"], cc);
-  assert.equal(readOnly.code, 3, readOnly.stdout + readOnly.stderr);
-  assert.match(
-    readOnly.stdout,
-    /error PermissionError ERR_PERMISSION --allow-run building the native shim from source/,
-  );
+    // Seen, but building needs more than reading: the error names the next flag.
+    const readOnly = await run(dir.path, probeScript(loader), ["--allow-ffi", "--allow-read"], cc);
+    assert.equal(readOnly.code, 3, readOnly.stdout + readOnly.stderr);
+    assert.match(
+      readOnly.stdout,
+      /error PermissionError ERR_PERMISSION --allow-run building the native shim from source/,
+    );
 
-  const built = await run(dir.path, probeScript(loader), ["-A"], cc);
-  assert.equal(built.code, 0, built.stdout + built.stderr);
-  assert.match(built.stdout, /origin source/);
-  const builds = [...Deno.readDirSync(cache)];
-  assert.equal(builds.length, 1, "one build, keyed by the source hash");
-  const so = `${cache}/${builds[0].name}/libvirtio_shim.so`;
-  const mtime = Deno.statSync(so).mtime!.getTime();
-  const again = await run(dir.path, probeScript(loader), ["-A"], cc);
-  assert.match(again.stdout, /origin source/);
-  assert.equal(Deno.statSync(so).mtime!.getTime(), mtime, "the cached build is reused");
+    const built = await run(dir.path, probeScript(loader), ["-A"], cc);
+    assert.equal(built.code, 0, built.stdout + built.stderr);
+    assert.match(built.stdout, /origin source/);
+    const builds = [...Deno.readDirSync(cache)];
+    assert.equal(builds.length, 1, "one build, keyed by the source hash");
+    const so = `${cache}/${builds[0].name}/libvirtio_shim.so`;
+    const mtime = Deno.statSync(so).mtime!.getTime();
+    const again = await run(dir.path, probeScript(loader), ["-A"], cc);
+    assert.match(again.stdout, /origin source/);
+    assert.equal(Deno.statSync(so).mtime!.getTime(), mtime, "the cached build is reused");
 
-  const noCc = await run(dir.path, probeScript(loader), ["-A"], { VIRTIO_SHIM_CACHE: `${dir.path}/cache2` });
-  assert.equal(noCc.code, 3);
-  assert.match(noCc.stdout, /error ShimLoadError ERR_SHIM_LOAD - .*no C compiler.*VIRTIO_SHIM_PATH/);
+    const noCc = await run(dir.path, probeScript(loader), ["-A"], { VIRTIO_SHIM_CACHE: `${dir.path}/cache2` });
+    assert.equal(noCc.code, 3);
+    assert.match(noCc.stdout, /error ShimLoadError ERR_SHIM_LOAD - .*no C compiler.*VIRTIO_SHIM_PATH/);
 
-  const explicit = await run(dir.path, probeScript(loader), ["-A"], { VIRTIO_SHIM_PATH: so });
-  assert.match(explicit.stdout, /origin path/, explicit.stdout + explicit.stderr);
-  const wrong = await run(dir.path, probeScript(loader), ["-A"], { VIRTIO_SHIM_PATH: `${dir.path}/nope.so` });
-  assert.equal(wrong.code, 3);
-  assert.match(wrong.stdout, /error ShimLoadError ERR_SHIM_LOAD - cannot load the native shim from/);
-  // Without --allow-env the variable is not read (and not asked for): the prebuilt shim.
-  const unread = await run(dir.path, probeScript(loader), ["--allow-ffi"], { VIRTIO_SHIM_PATH: `${dir.path}/nope.so` });
-  assert.match(unread.stdout, /origin prebuilt/);
+    const explicit = await run(dir.path, probeScript(loader), ["-A"], { VIRTIO_SHIM_PATH: so });
+    assert.match(explicit.stdout, /origin path/, explicit.stdout + explicit.stderr);
+    const wrong = await run(dir.path, probeScript(loader), ["-A"], { VIRTIO_SHIM_PATH: `${dir.path}/nope.so` });
+    assert.equal(wrong.code, 3);
+    assert.match(wrong.stdout, /error ShimLoadError ERR_SHIM_LOAD - cannot load the native shim from/);
+    // Without --allow-env the variable is not read (and not asked for): the prebuilt shim.
+    const unread = await run(dir.path, probeScript(loader), ["--allow-ffi"], {
+      VIRTIO_SHIM_PATH: `${dir.path}/nope.so`,
+    });
+    assert.match(unread.stdout, /origin prebuilt/);
+  },
 });
 
 Deno.test({
