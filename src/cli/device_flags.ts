@@ -102,7 +102,8 @@ function connectOptions(
   }
   const indirect = parseChoice(flags.indirect ?? "auto", "--indirect", ["auto", "always", "off"] as const);
   const common = {
-    numQueues: flags.queues === undefined ? 1 : parseInteger(flags.queues, "--queues", 1, 65535),
+    numQueues: overrides.numQueues ??
+      (flags.queues === undefined ? 1 : parseInteger(flags.queues, "--queues", 1, 65535)),
     queueSize: overrides.queueSize ?? (flags["queue-size"] === undefined ? 256 : parseQueueSize(flags["queue-size"])),
     mode: parseChoice(flags.mode ?? mode, "--mode", ["poll", "eventfd"] as const),
     spinMicros: flags["spin-us"] === undefined ? undefined : parseInteger(flags["spin-us"], "--spin-us", 0, 1e6),
@@ -129,6 +130,10 @@ export interface DeviceOverrides {
   reconnectSeconds?: number;
   /** Bytes of device-reachable buffer memory (sized from what the command keeps in flight). */
   bufferPoolSize?: number;
+  /** Queues, when the command decides them (fio's --numjobs). */
+  numQueues?: number;
+  /** The flag that set the number of queues, for messages (default `--queues`). */
+  queuesFlag?: string;
 }
 
 /**
@@ -150,9 +155,8 @@ export async function openDevice(
     // An option the device cannot take (more queues than it offers, a ring
     // above its maximum) is a flag the user chose: say which, exit 2.
     if (e instanceof InvalidArgumentError) {
-      throw new UsageError(
-        Object.entries(FLAG_OF_OPTION).reduce((m, [option, flag]) => m.replaceAll(option, flag), e.message),
-      );
+      const flagOf = { ...FLAG_OF_OPTION, ...(overrides.queuesFlag ? { numQueues: overrides.queuesFlag } : {}) };
+      throw new UsageError(Object.entries(flagOf).reduce((m, [option, flag]) => m.replaceAll(option, flag), e.message));
     }
     throw e;
   }

@@ -207,6 +207,26 @@ function stats(hist: LatencyHistogram, bs: number, seconds: number): FioStats {
  * @throws {RangeError} for a job the device cannot run (see {@linkcode validateJob})
  */
 export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
+  return (await measureFio(blk, job)).result;
+}
+
+/** A run's result with its latency histograms, to merge with other runs' (see {@linkcode mergeFioResults}). */
+export interface FioMeasurement {
+  /** The result. */
+  result: FioResult;
+  /** Latencies of reads and of writes. */
+  histograms: { read: LatencyHistogram; write: LatencyHistogram };
+}
+
+/**
+ * Runs a workload, keeping its histograms.
+ *
+ * @param blk a connected device
+ * @param job the workload
+ * @returns the measurements and histograms
+ * @throws {RangeError} for a job the device cannot run (see {@linkcode validateJob})
+ */
+export async function measureFio(blk: VirtioBlk, job: FioJob): Promise<FioMeasurement> {
   const problem = validateJob(blk, job);
   if (problem) throw new RangeError(problem);
   const now = monotonicClock();
@@ -389,7 +409,7 @@ export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
   total.merge(hists[READ]);
   total.merge(hists[WRITE]);
   const { onProgress: _p, signal: _s, ...plain } = job;
-  return {
+  const result: FioResult = {
     job: plain,
     read,
     write,
@@ -399,5 +419,47 @@ export async function runFio(blk: VirtioBlk, job: FioJob): Promise<FioResult> {
     seconds,
     interrupted,
     ...(job.reconnect ? { reconnects: reconnectSummary(blk) } : {}),
+  };
+  return { result, histograms: { read: hists[READ], write: hists[WRITE] } };
+}
+
+/**
+ * The figures of several jobs run side by side (`--numjobs`), as one: the
+ * latencies of all their requests, and IOPS and bandwidth added up (each
+ * job's over its own measured window, which start and end within
+ * milliseconds of each other).
+ *
+ * @param runs the jobs' measurements
+ * @returns the aggregate (its job: the first's, with `queues` the number of jobs)
+ */
+export function mergeFioResults(runs: readonly FioMeasurement[]): FioResult {
+  const first = runs[0].result;
+  const merged = { read: new LatencyHistogram(), write: new LatencyHistogram(), total: new LatencyHistogram() };
+  for (const r of runs) {
+    merged.read.merge(r.histograms.read);
+    merged.write.merge(r.histograms.write);
+    merged.total.merge(r.histograms.read);
+    merged.total.merge(r.histograms.write);
+  }
+  const sum = (which: "read" | "write" | "total", h: LatencyHistogram): FioStats => {
+    const latency = h.summary();
+    return {
+      ios: latency.count,
+      bytes: runs.reduce((n, r) => n + r.result[which].bytes, 0),
+      iops: runs.reduce((n, r) => n + r.result[which].iops, 0),
+      bytesPerSecond: runs.reduce((n, r) => n + r.result[which].bytesPerSecond, 0),
+      latencyUs: latency,
+    };
+  };
+  const failed = runs.find((r) => r.result.firstError !== undefined);
+  return {
+    job: { ...first.job, queues: runs.length },
+    read: sum("read", merged.read),
+    write: sum("write", merged.write),
+    total: sum("total", merged.total),
+    errors: runs.reduce((n, r) => n + r.result.errors, 0),
+    ...(failed ? { firstError: failed.result.firstError } : {}),
+    seconds: Math.max(...runs.map((r) => r.result.seconds)),
+    interrupted: runs.some((r) => r.result.interrupted),
   };
 }

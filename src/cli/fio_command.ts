@@ -20,6 +20,7 @@ import {
 import { checkPoolFits, poolFor } from "./buffer_memory.ts";
 import { deviceFlags, openDevice } from "./device_flags.ts";
 import { type FioJob, maxIodepth, queueSizeFor, runFio, RW_PATTERNS } from "./fio.ts";
+import { runFioJobs } from "./fio_jobs.ts";
 import { formatSizeFlag } from "./format.ts";
 import { type FioBackend, formatFioSummary, formatProgress } from "./fio_report.ts";
 
@@ -78,12 +79,20 @@ export const FIO: CommandSpec = {
       default: "off",
       help: "with --path: ride out a back-end restart of up to S seconds (requests in flight are resubmitted)",
     },
+    {
+      name: "numjobs",
+      kind: "string",
+      value: "N",
+      default: "off",
+      help: "N jobs side by side, each in a Worker of its own on a queue of its own (the device needs N queues)",
+    },
     { name: "json", kind: "boolean", help: "print one JSON object instead of text (no progress lines)" },
   ],
   examples: [
     "deno task fio --rw randread --bs 4k --iodepth 32 --runtime 5",
     "deno task fio --rw randrw --rwmixread 70 --iodepth 16 --backend file",
     "deno task fio --path /tmp/x.sock --rw write --bs 128k --iodepth 16 --json > result.json",
+    "deno task fio --numjobs 2 --iodepth 32 --rw randread --runtime 3",
   ],
 };
 
@@ -122,7 +131,14 @@ export async function fio(flags: ParsedFlags): Promise<void> {
   const backend = parseChoice(flags.backend ?? "null", "--backend", ["null", "file"] as const);
   const oneEntryEach = flags.indirect === "always";
   const iodepth = parseIodepth(flags.iodepth ?? "1", oneEntryEach);
-  const queues = flags.queues === undefined ? 1 : parseInteger(flags.queues, "--queues", 1, 65535);
+  const numjobs = flags.numjobs === undefined ? undefined : parseInteger(flags.numjobs, "--numjobs", 1, 256);
+  if (numjobs !== undefined && flags.queues !== undefined) {
+    throw new UsageError("--numjobs runs each job on a queue of its own: leave --queues out (it is --numjobs then)");
+  }
+  if (numjobs !== undefined && flags.reconnect !== undefined) {
+    throw new UsageError("--numjobs and --reconnect do not go together: a queue handed to a Worker is not reconnected");
+  }
+  const queues = numjobs ?? (flags.queues === undefined ? 1 : parseInteger(flags.queues, "--queues", 1, 65535));
   const job: FioJob = {
     rw: parseChoice(flags.rw ?? "randread", "--rw", RW_PATTERNS),
     bs: parseSize(flags.bs ?? "4k", "--bs"),
@@ -138,7 +154,8 @@ export async function fio(flags: ParsedFlags): Promise<void> {
   const queueSize = flags["queue-size"] === undefined
     ? queueSizeFor(iodepth, oneEntryEach)
     : parseQueueSize(flags["queue-size"]);
-  // Every request in flight has a buffer of its own: the pool holds them all.
+  // Every request in flight has a buffer of its own: the pool holds them all
+  // (with --numjobs each job's Worker gets that much memory of its own).
   const bufferPoolSize = poolFor(iodepth * queues, job.bs);
   checkPoolFits(
     bufferPoolSize,
@@ -172,10 +189,14 @@ export async function fio(flags: ParsedFlags): Promise<void> {
   }
   try {
     await using blk = await openDevice(flags, "poll", {
+      // With --numjobs, the queues asked for are the jobs'.
+      ...(numjobs === undefined ? {} : { queuesFlag: "--numjobs" }),
       path: daemon?.socketPath,
       queueSize,
       reconnectSeconds,
-      bufferPoolSize,
+      // With --numjobs the Workers get buffer memory of their own; this side keeps the default.
+      bufferPoolSize: numjobs === undefined ? bufferPoolSize : undefined,
+      numQueues: queues,
     });
     job.reconnect = reconnectSeconds !== undefined;
     const tty = Deno.stderr.isTerminal();
@@ -198,14 +219,16 @@ export async function fio(flags: ParsedFlags): Promise<void> {
       await printed.promise;
     });
     try {
-      const result = await runFio(blk, job);
+      const jobs = numjobs === undefined ? undefined : await runFioJobs(blk, job);
+      const result = jobs?.aggregate ?? await runFio(blk, job);
       if (tty && !flags.json) Deno.stderr.writeSync(encoder.encode("\r\x1b[K"));
       if (flags.json) {
+        const more = jobs ? { numjobs, jobs: jobs.jobs } : {};
         console.log(
-          JSON.stringify({ ...result, mode: blk.mode, queueSize: blk.queueSize, backend: described }, null, 2),
+          JSON.stringify({ ...result, ...more, mode: blk.mode, queueSize: blk.queueSize, backend: described }, null, 2),
         );
       } else {
-        console.log(formatFioSummary(result, blk.mode, described));
+        console.log(formatFioSummary(result, blk.mode, described, jobs?.jobs));
       }
       if (result.errors > 0 && !result.interrupted) {
         throw new Error(`the run ended at its first error, after ${result.seconds.toFixed(2)} s: ${result.firstError}`);

@@ -32,17 +32,19 @@ function direction(name: string, s: FioStats, seconds: number): string[] {
 /**
  * The summary of a run, as text.
  *
- * @param r the result
+ * @param r the result (with `--numjobs`, the jobs together)
  * @param mode the completion mode
  * @param backend what was measured
+ * @param jobs with `--numjobs`: each job's result, listed after the total
  * @returns the lines
  */
-export function formatFioSummary(r: FioResult, mode: string, backend: FioBackend): string {
+export function formatFioSummary(r: FioResult, mode: string, backend: FioBackend, jobs?: readonly FioResult[]): string {
   const j = r.job;
   const ramp = j.rampTime ? ` (after ${j.rampTime}s ramp)` : "";
+  const where = jobs ? `numjobs=${jobs.length} (a Worker and a queue each)` : `queues=${j.queues}`;
   const lines = [
     `${j.rw}: bs=${formatSizeFlag(j.bs)}, iodepth=${j.iodepth} per queue, ` +
-    `queues=${j.queues}, mode=${mode}, api=${j.api ?? "batch"}, runtime=${j.runtime}s${ramp}`,
+    `${where}, mode=${mode}, api=${j.api ?? "batch"}, runtime=${j.runtime}s${ramp}`,
     `  back-end: ${backend.description}`,
   ];
   if (!backend.storesData) {
@@ -66,6 +68,15 @@ export function formatFioSummary(r: FioResult, mode: string, backend: FioBackend
     `  total: ${formatCount(r.total.ios)} I/Os, ${formatBytes(r.total.bytes)} in ${r.seconds.toFixed(2)} s; ` +
       `errors=${r.errors}${r.firstError ? ` (first: ${r.firstError})` : ""}`,
   );
+  jobs?.forEach((job, i) => {
+    const l = job.total.latencyUs;
+    lines.push(
+      `  job ${i} (queue ${i}): IOPS=${formatCount(job.total.iops)}, BW=${
+        formatBandwidth(job.total.bytesPerSecond)
+      }, ` +
+        `lat avg=${l.mean.toFixed(2)} usec, 99th=${l.p99.toFixed(2)} usec; errors=${job.errors}`,
+    );
+  });
   if (r.reconnects) {
     const c = r.reconnects;
     lines.push(

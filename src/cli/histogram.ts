@@ -47,6 +47,22 @@ export interface LatencySummary {
   max: number;
 }
 
+/** A histogram as plain data (to post from a Worker; see {@linkcode LatencyHistogram.data}). */
+export interface LatencyHistogramData {
+  /** Samples per bucket. */
+  readonly counts: Float64Array;
+  /** Samples. */
+  readonly count: number;
+  /** Running mean (ns). */
+  readonly mean: number;
+  /** Sum of squared deviations from the mean. */
+  readonly m2: number;
+  /** Smallest sample (ns). */
+  readonly min: number;
+  /** Largest sample (ns). */
+  readonly max: number;
+}
+
 /** Records latencies in nanoseconds. */
 export class LatencyHistogram {
   readonly #counts = new Float64Array(BUCKETS);
@@ -86,6 +102,36 @@ export class LatencyHistogram {
     this.#count = n;
     if (other.#min < this.#min) this.#min = other.#min;
     if (other.#max > this.#max) this.#max = other.#max;
+  }
+
+  /** The histogram as plain data (structured-cloneable). */
+  data(): LatencyHistogramData {
+    return {
+      counts: this.#counts.slice(),
+      count: this.#count,
+      mean: this.#mean,
+      m2: this.#m2,
+      min: this.#min,
+      max: this.#max,
+    };
+  }
+
+  /**
+   * A histogram from {@linkcode LatencyHistogram.data} (made in another isolate).
+   *
+   * @param d the data
+   * @returns the histogram
+   */
+  static from(d: LatencyHistogramData): LatencyHistogram {
+    const h = new LatencyHistogram();
+    if (d.counts.length !== BUCKETS) throw new RangeError(`a histogram of ${d.counts.length} buckets, not ${BUCKETS}`);
+    h.#counts.set(d.counts);
+    h.#count = d.count;
+    h.#mean = d.mean;
+    h.#m2 = d.m2;
+    h.#min = d.min;
+    h.#max = d.max;
+    return h;
   }
 
   /**
