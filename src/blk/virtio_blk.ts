@@ -117,6 +117,8 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
   /** What the completion loop reaps: the queues not handed over. */
   readonly #driven: QueueEngine<unknown>[];
   readonly #handOvers = new HandOvers();
+  readonly #detaching = new Set<number>();
+  #hangupWatch: Promise<void> | undefined;
   readonly #queues: VirtioBlkQueue<unknown>[];
   #driver: CompletionDriver;
   #interrupts: InterruptSource;
@@ -390,7 +392,9 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
     if (!Number.isSafeInteger(bytes) || bytes < 65536) {
       throw new InvalidArgumentError(`bufferBytes must be an integer of at least 65536, got ${bytes}`);
     }
-    if (this.#handOvers.has(index)) throw new InvalidArgumentError(`queue ${index} was handed over already`);
+    if (this.#handOvers.has(index) || this.#detaching.has(index)) {
+      throw new InvalidArgumentError(`queue ${index} was handed over already`);
+    }
     if (this.#reconnector) {
       throw new InvalidArgumentError(
         "detachQueue: a device connected with `reconnect` keeps its queues (a new connection rebuilds the rings)",
@@ -403,6 +407,16 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
       );
     }
     if (e.error) throw e.error;
+    this.#detaching.add(index);
+    try {
+      return await this.#detach(index, e, bytes);
+    } finally {
+      this.#detaching.delete(index);
+    }
+  }
+
+  async #detach(index: number, e: QueueEngine<unknown>, bytes: number): Promise<VirtioBlkQueueHandle> {
+    const transport = this.#transport;
     // No new requests here; those in flight (or waiting for room) complete.
     const at = this.#submitTo.indexOf(e);
     if (at >= 0) this.#submitTo.splice(at, 1);
@@ -418,13 +432,27 @@ export class VirtioBlk extends VirtioBlkEvents implements AsyncDisposable {
     try {
       await transport.mapMemRegion(region);
       config = new Uint8Array(await transport.readConfig(0, VIRTIO_BLK_CONFIG_SIZE));
-      if (this.#handOvers.size === 0) await transport.watchHangup(() => this.#handOvers.lost());
-      handOver = await transport.handOverQueue(index);
+      // Once per device: the back-end's hang-up ends every hand-over.
+      this.#hangupWatch ??= transport.watchHangup(() => this.#handOvers.lost()).catch((err) => {
+        this.#hangupWatch = undefined;
+        throw err;
+      });
+      await this.#hangupWatch;
+      handOver = await transport.handOverQueue!(index);
     } catch (err) {
       if (region.iova >= 0) await transport.unmapMemRegion(region).catch(() => {});
       region.close();
       if (at >= 0) this.#submitTo.splice(at, 0, e);
       throw err;
+    }
+    if (this.#closing) {
+      // Closed meanwhile: nothing was handed over.
+      handOver.end("closed");
+      await handOver.settle(0);
+      await handOver.release();
+      await transport.unmapMemRegion(region).catch(() => {}); // or the transport's close did
+      region.close();
+      throw this.#closedError();
     }
     // From here the queue is the Worker's: this side never touches its ring again.
     const position = e.ring.position();

@@ -144,8 +144,8 @@ export class WatchSet {
     this.#destroyed = true;
     const view = this.shared.buffer as ArrayBuffer;
     if (!view.detached) view.transfer(0); // nothing here reads the set from now on
-    if (this.#handle === 0n) return; // another isolate's: it frees the set
-    requireShim().vd_waker_destroy(this.#handle);
+    // Another isolate's set is freed there; here only the slot's waits and timer end.
+    if (this.#handle !== 0n) requireShim().vd_waker_destroy(this.#handle);
     this.slot.release();
   }
 }
