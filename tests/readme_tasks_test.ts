@@ -182,6 +182,14 @@ const EXPECTED: Record<string, Expectation> = {
       assert.equal(result.backend.storesData, true);
     },
   },
+  "deno task fio --numjobs 2 --iodepth 32 --rw randread --runtime 3": {
+    check: (r) => {
+      assert.match(r.stdout, /numjobs=2 \(a Worker and a queue each\)/);
+      assert.match(r.stdout, /\n {2}job 1 \(queue 1\): IOPS=/);
+      assert.match(r.stdout, /errors=0/);
+    },
+  },
+  "deno task fio --numjobs N": { generic: true },
   "deno task build": {
     check: (r) => assert.equal(r.stdout, "", "the build prints nothing on stdout"),
   },
