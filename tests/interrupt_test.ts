@@ -49,15 +49,18 @@ async function interruptTestRun(
   try {
     for (const deadline = performance.now() + 180_000;;) {
       running = processesUsing(tmp.path);
-      if (ready(running)) break;
+      if (ready(running)) {
+        // Still so after a moment (a slow machine may have moved on to the next test meanwhile): now.
+        await new Promise((r) => setTimeout(r, settleMs));
+        running = processesUsing(tmp.path);
+        if (ready(running)) break;
+      }
       if (await within(child.status, 100) !== undefined) {
         const text = await Deno.readTextFile(`${out.path}/stdout`) + await Deno.readTextFile(`${out.path}/stderr`);
         throw new Error(`the run ended before ${what}:\n${text.slice(-3000)}`);
       }
       if (performance.now() > deadline) throw new Error(`no ${what} within 180 s`);
     }
-    await new Promise((r) => setTimeout(r, settleMs));
-    running = processesUsing(tmp.path);
     Deno.kill(-child.pid, "SIGINT"); // the whole group, as Ctrl-C does
   } catch (e) {
     try {
