@@ -54,7 +54,7 @@ export { VhostUserTransport, type VhostUserTransportOptions } from "./src/transp
 export { VhostVdpaTransport, type VhostVdpaTransportOptions } from "./src/transport/vhost_vdpa/transport.ts";
 export { VfioPciTransport, type VfioPciTransportOptions } from "./src/transport/vfio_pci/transport.ts";
 export { type InProcessDevice, MockTransport } from "./src/transport/in_process.ts";
-export { HeapRegion, MemfdRegion, type SharedRegion } from "./src/memory/region.ts";
+export { AttachedRegion, HeapRegion, MappedRegion, MemfdRegion, type SharedRegion } from "./src/memory/region.ts";
 export { BufferPool } from "./src/memory/buffer_pool.ts";
 export { describeFeatures, VIRTIO_STATUS } from "./src/virtio/spec.ts";
 export { loadShim } from "./src/os/loader.ts";

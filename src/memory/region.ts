@@ -72,54 +72,57 @@ function detach(buffer: ArrayBuffer): void {
 }
 
 /**
- * A memfd-backed region, mapped once (MAP_SHARED, read/write).
- *
- * Views handed to callers each get their own ArrayBuffer and are detached on
- * {@linkcode MemfdRegion.close}, so a stale view reads as empty instead of
- * touching unmapped memory.
+ * Memory mapped into this process, at `addr`: views handed to callers each
+ * get their own ArrayBuffer over their range and are detached, with the
+ * region's own view, when it lets go of the memory — so a stale view reads
+ * as empty instead of touching memory that is gone. The subclasses say who
+ * mapped it and what letting go means.
  */
-export class MemfdRegion implements SharedRegion {
-  /** Name shown as memfd:NAME in /proc/PID/maps. */
+export abstract class MappedRegion implements SharedRegion {
+  /** A name for diagnostics. */
   readonly name: string;
-  /** Length in bytes (a multiple of the page size). */
+  /** Length in bytes. */
   readonly size: number;
   /** Process virtual address of byte 0. */
   readonly addr: number;
   /** IOVA of byte 0 once mapped for the device, else -1. */
-  iova: number = -1;
+  iova: number;
   /** The whole region, for the driver's own use. */
   readonly bytes: Uint8Array<ArrayBuffer>;
-  #fd: number;
-  #views = new Set<ArrayBuffer>();
+  readonly #views = new Set<ArrayBuffer>();
   #closed = false;
 
   /**
-   * Creates and maps a region of at least `size` bytes (rounded up to a page).
+   * Takes a mapping and makes the region's own view of it.
    *
-   * @param name shown in /proc/PID/fd as memfd:NAME
-   * @param size the minimum length
+   * @param name for diagnostics
+   * @param addr where it is mapped
+   * @param size its length
+   * @param iova where the device sees it (-1: not yet)
    */
-  constructor(name: string, size: number) {
+  protected constructor(name: string, addr: number, size: number, iova: number) {
     this.name = name;
-    this.size = alignUp(Math.max(size, 1), PAGE_SIZE);
-    this.#fd = memfdCreate(name, this.size);
-    try {
-      this.addr = mmapShared(this.#fd, this.size);
-    } catch (e) {
-      closeFd(this.#fd);
-      throw e;
-    }
-    this.bytes = new Uint8Array(viewAt(this.addr, this.size));
+    this.addr = addr;
+    this.size = size;
+    this.iova = iova;
+    this.bytes = new Uint8Array(viewAt(addr, size));
   }
 
-  get fd(): number {
-    return this.#fd;
-  }
+  /** The descriptor behind the region, or -1. */
+  abstract readonly fd: number;
 
+  /** True once the region let go of the memory. */
   get closed(): boolean {
     return this.#closed;
   }
 
+  /**
+   * A view over `[offset, offset + length)` with an ArrayBuffer of its own.
+   *
+   * @param offset where it starts
+   * @param length its length
+   * @returns the view
+   */
   slice(offset: number, length: number): Uint8Array<ArrayBuffer> {
     if (this.#closed) throw new RangeError(`region ${this.name} is closed`);
     if (offset < 0 || length < 0 || offset + length > this.size) {
@@ -130,14 +133,73 @@ export class MemfdRegion implements SharedRegion {
     return new Uint8Array(buffer);
   }
 
+  /**
+   * Detaches a view made by {@linkcode MappedRegion.slice}.
+   *
+   * @param view the view
+   */
   release(view: Uint8Array<ArrayBuffer>): void {
     if (this.#views.delete(view.buffer)) detach(view.buffer);
   }
 
+  /**
+   * The bytes as the device sees them (the region's own view).
+   *
+   * @param offset where they start
+   * @param length how many
+   * @returns a subarray of {@linkcode MappedRegion.bytes}
+   */
   deviceBytes(offset: number, length: number): Uint8Array {
     return this.bytes.subarray(offset, offset + length);
   }
 
+  /** Lets go of the memory (what that means is the subclass's). */
+  abstract close(): void;
+
+  /** Detaches every view, once; false when that was done before. */
+  protected letGo(): boolean {
+    if (this.#closed) return false;
+    this.#closed = true;
+    for (const b of this.#views) detach(b);
+    this.#views.clear();
+    detach(this.bytes.buffer);
+    return true;
+  }
+}
+
+/**
+ * A memfd-backed region, mapped once (MAP_SHARED, read/write). Its
+ * descriptor is what vhost-user and vhost-vdpa hand to the device side.
+ */
+export class MemfdRegion extends MappedRegion {
+  #fd: number;
+
+  /**
+   * Creates and maps a region of at least `size` bytes (rounded up to a page).
+   *
+   * @param name shown in /proc/PID/fd as memfd:NAME
+   * @param size the minimum length
+   */
+  constructor(name: string, size: number) {
+    const length = alignUp(Math.max(size, 1), PAGE_SIZE);
+    const fd = memfdCreate(name, length);
+    let addr: number;
+    try {
+      addr = mmapShared(fd, length);
+    } catch (e) {
+      closeFd(fd);
+      throw e;
+    }
+    super(name, addr, length, -1);
+    this.#fd = fd;
+  }
+
+  /** The memfd (-1 once closed). */
+  get fd(): number {
+    return this.#fd;
+  }
+
+  /** Detaches every view, unmaps the memory and closes the descriptor. */
   close(): void {
     this.#release(false);
   }
@@ -153,11 +215,7 @@ export class MemfdRegion implements SharedRegion {
   }
 
   #release(retire: boolean): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    for (const b of this.#views) detach(b);
-    this.#views.clear();
-    detach(this.bytes.buffer);
+    if (!this.letGo()) return;
     try {
       if (retire) retireMapping(this.addr, this.size);
       else munmap(this.addr, this.size);
@@ -170,70 +228,29 @@ export class MemfdRegion implements SharedRegion {
 
 /**
  * A region another isolate of this process mapped and owns (a queue handed
- * to a Worker: its rings and buffer memory). Views work as on a
- * {@linkcode MemfdRegion}; {@linkcode AttachedRegion.close} detaches every
- * one of them — after it nothing here can touch the memory — and leaves the
- * mapping to its owner.
+ * to a Worker: its rings and buffer memory). {@linkcode AttachedRegion.close}
+ * detaches every view — after it nothing here can touch the memory — and
+ * leaves the mapping to its owner.
  */
-export class AttachedRegion implements SharedRegion {
-  /** A name for diagnostics. */
-  readonly name: string;
-  /** Length in bytes. */
-  readonly size: number;
-  /** Process virtual address of byte 0. */
-  readonly addr: number;
+export class AttachedRegion extends MappedRegion {
   /** Always -1: the owner keeps the descriptor. */
   readonly fd: number = -1;
-  /** The IOVA the owner mapped it at. */
-  iova: number;
-  /** The whole region, for the driver's own use. */
-  readonly bytes: Uint8Array<ArrayBuffer>;
-  #views = new Set<ArrayBuffer>();
-  #closed = false;
 
   /**
+   * A region over memory another isolate mapped.
+   *
    * @param name for diagnostics
    * @param addr where the owner mapped it
    * @param size its length
    * @param iova where the device sees it
    */
   constructor(name: string, addr: number, size: number, iova: number) {
-    this.name = name;
-    this.addr = addr;
-    this.size = size;
-    this.iova = iova;
-    this.bytes = new Uint8Array(viewAt(addr, size));
-  }
-
-  get closed(): boolean {
-    return this.#closed;
-  }
-
-  slice(offset: number, length: number): Uint8Array<ArrayBuffer> {
-    if (this.#closed) throw new RangeError(`region ${this.name} is closed`);
-    if (offset < 0 || length < 0 || offset + length > this.size) {
-      throw new RangeError(`[${offset}, +${length}) is outside region ${this.name}`);
-    }
-    const buffer = viewAt(this.addr + offset, length);
-    this.#views.add(buffer);
-    return new Uint8Array(buffer);
-  }
-
-  release(view: Uint8Array<ArrayBuffer>): void {
-    if (this.#views.delete(view.buffer)) detach(view.buffer);
-  }
-
-  deviceBytes(offset: number, length: number): Uint8Array {
-    return this.bytes.subarray(offset, offset + length);
+    super(name, addr, size, iova);
   }
 
   /** Detaches every view (they read as empty from now on); the owner unmaps. */
   close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    for (const b of this.#views) detach(b);
-    this.#views.clear();
-    detach(this.bytes.buffer);
+    this.letGo();
   }
 }
 

@@ -4,16 +4,15 @@
 // deno run -A tests/guest/matrix_main.ts --transport vfio-pci --device 0000:00:01.0 --ring packed --mode eventfd \
 //   --event-idx on --writes 150 --model-in prev.bin --model-out next.bin --seed 1
 import { parseArgs } from "node:util";
-import { type CompletionMode, type ConnectTarget, VirtioBlk } from "../../mod.ts";
+import { TARGET_FLAGS, targetOf } from "./_target.ts";
+import { type CompletionMode, VirtioBlk } from "../../mod.ts";
 import { requestMatrix } from "../_matrix.ts";
 import { Rng } from "../_support.ts";
 
 const { values: a } = parseArgs({
   args: Deno.args,
   options: {
-    transport: { type: "string" },
-    path: { type: "string" },
-    device: { type: "string" },
+    ...TARGET_FLAGS,
     ring: { type: "string", default: "split" },
     mode: { type: "string", default: "poll" },
     "event-idx": { type: "string", default: "on" },
@@ -26,10 +25,7 @@ const { values: a } = parseArgs({
 const eventIdx = a["event-idx"] !== "off";
 const label = `${a.transport} ${a.ring} ${a.mode}`;
 const t0 = performance.now();
-const target =
-  (a.transport === "vfio-pci"
-    ? { transport: "vfio-pci", device: a.device! }
-    : { transport: a.transport, path: a.path }) as ConnectTarget;
+const target = targetOf(a);
 const blk = await VirtioBlk.connect({
   ...target,
   ring: a.ring as "split" | "packed",

@@ -4,14 +4,13 @@
 // capacity, and writes and reads back 4 KiB at the new end.
 // deno run -A tests/guest/resize_main.ts --transport vfio-pci --device 0000:00:01.0 --mode poll --to 33554432
 import { parseArgs } from "node:util";
-import { type CompletionMode, type ConfigChangeDetail, type ConnectTarget, VirtioBlk } from "../../mod.ts";
+import { TARGET_FLAGS, targetOf } from "./_target.ts";
+import { type CompletionMode, type ConfigChangeDetail, VirtioBlk } from "../../mod.ts";
 
 const { values: a } = parseArgs({
   args: Deno.args,
   options: {
-    transport: { type: "string" },
-    path: { type: "string" },
-    device: { type: "string" },
+    ...TARGET_FLAGS,
     mode: { type: "string", default: "eventfd" },
     to: { type: "string" },
     "ready-file": { type: "string" },
@@ -20,10 +19,7 @@ const { values: a } = parseArgs({
 });
 const to = Number(a.to);
 const label = `${a.transport} ${a.mode}`;
-const target =
-  (a.transport === "vfio-pci"
-    ? { transport: "vfio-pci", device: a.device! }
-    : { transport: a.transport, path: a.path }) as ConnectTarget;
+const target = targetOf(a);
 const blk = await VirtioBlk.connect({
   ...target,
   mode: a.mode as CompletionMode,

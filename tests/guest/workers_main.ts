@@ -7,15 +7,14 @@
 // deno run -A tests/guest/workers_main.ts --transport vfio-pci --device 0000:00:01.0 --mode eventfd \
 //   --first-block 4096 --gens-out g.bin
 import { parseArgs } from "node:util";
-import { type CompletionMode, type ConnectTarget, VirtioBlk } from "../../mod.ts";
+import { TARGET_FLAGS, targetOf } from "./_target.ts";
+import { type CompletionMode, VirtioBlk } from "../../mod.ts";
 import { BLOCK, holdsBlock, randomBlockWrites } from "../_block_pattern.ts";
 
 const { values: a } = parseArgs({
   args: Deno.args,
   options: {
-    transport: { type: "string" },
-    path: { type: "string" },
-    device: { type: "string" },
+    ...TARGET_FLAGS,
     mode: { type: "string", default: "eventfd" },
     blocks: { type: "string", default: "256" },
     "first-block": { type: "string", default: "0" },
@@ -26,10 +25,7 @@ const { values: a } = parseArgs({
 const mode = a.mode as CompletionMode;
 const label = `${a.transport} ${mode}`;
 const blocks = Number(a.blocks), writes = Number(a.writes), first = Number(a["first-block"]);
-const target =
-  (a.transport === "vfio-pci"
-    ? { transport: "vfio-pci", device: a.device! }
-    : { transport: a.transport, path: a.path }) as ConnectTarget;
+const target = targetOf(a);
 const WORKER = new URL("../_queue_worker.ts", import.meta.url);
 
 function worker(job: Record<string, unknown>): { worker: Worker; next: () => Promise<Record<string, unknown>> } {
