@@ -138,5 +138,16 @@ export class RestartedBackend {
  * @returns the words
  */
 export function describeExit(s: Deno.CommandStatus): string {
-  return s.signal ? `killed by ${s.signal}` : `exit status ${s.code}`;
+  if (s.signal) return `killed by ${s.signal}`;
+  // A shell that ran the back-end as its child reports a signal as 128 + its number.
+  const names: Record<number, string> = {
+    6: "SIGABRT",
+    7: "SIGBUS",
+    9: "SIGKILL",
+    11: "SIGSEGV",
+    8: "SIGFPE",
+    4: "SIGILL",
+  };
+  const n = s.code - 128;
+  return names[n] ? `exit status ${s.code} (${names[n]}, as a shell reports it)` : `exit status ${s.code}`;
 }

@@ -9,7 +9,7 @@
  * @module
  */
 
-import { ConnectFailedError, TimeoutError, VirtioError } from "../../errors.ts";
+import { ConnectFailedError, DeviceProtocolError, TimeoutError, VirtioError } from "../../errors.ts";
 import { loadShim } from "../../os/loader.ts";
 import type { VirtqueueFormat } from "../../virtqueue/layout.ts";
 import type { DeviceFacts, FuzzCase } from "./case.ts";
@@ -74,6 +74,24 @@ export interface ReplayResult {
   readonly outcomes: readonly string[];
   /** Remarks. */
   readonly notes: readonly string[];
+}
+
+/** Why a reconnection found no usable back-end. */
+export interface Lost {
+  /** `gone` (nothing listens), `silent` (it accepts but answers nothing), `changed` (another or a broken device). */
+  readonly lost: "gone" | "silent" | "changed";
+  /** The details. */
+  readonly why: string;
+}
+
+/** How the device differs from what it was (empty: the same). */
+function differences(a: DeviceFacts, b: DeviceFacts): string {
+  const out: string[] = [];
+  const keys = ["capacity", "blockSize", "segMax", "sizeMax", "readOnly", "flush", "indirect"] as const;
+  for (const k of keys) if (a[k] !== b[k]) out.push(`${k} ${a[k]} -> ${b[k]}`);
+  if ((a.discard === undefined) !== (b.discard === undefined)) out.push("discard offered or not");
+  if ((a.writeZeroes === undefined) !== (b.writeZeroes === undefined)) out.push("write-zeroes offered or not");
+  return out.join(", ");
 }
 
 /** Connections to the back-end, with `--restart` when it is gone. */
@@ -211,23 +229,40 @@ class Connector {
     return s;
   }
 
+  /** What the device was on the first connection (a back-end that comes back different is broken). */
+  #facts: DeviceFacts | undefined;
+
+  /** Remembers what the device is (on the first connection). */
+  remember(facts: DeviceFacts): void {
+    this.#facts ??= facts;
+  }
+
   /**
-   * A new connection after the old one was closed: the session, or `gone`
-   * when nothing listens any more (after a few tries: a back-end may take a
-   * moment to listen again), or `silent` when it accepts but never answers.
+   * A new connection after the old one was closed: the session, or why
+   * there is none — `gone` when nothing listens any more (after a few
+   * tries: a back-end may take a moment to listen again), `silent` when it
+   * accepts but never answers, `changed` when it comes back as another
+   * device (or with an invalid configuration: its state is corrupted).
    */
-  async again(): Promise<FuzzSession | "gone" | "silent"> {
+  async again(): Promise<FuzzSession | Lost> {
     for (let attempt = 0;; attempt++) {
-      if (this.restart?.ended) return "gone"; // the back-end we started has ended: no need to ask
+      if (this.restart?.ended) return { lost: "gone", why: "the back-end we started has ended" };
       try {
-        return await this.#counted(this.#open());
+        const s = await this.#counted(this.#open());
+        const changed = this.#facts ? differences(this.#facts, s.facts) : "";
+        if (!changed) return s;
+        await this.retire(s, undefined);
+        return { lost: "changed", why: changed };
       } catch (e) {
         if (e instanceof ConnectFailedError) {
-          if (attempt >= 3) return "gone";
+          if (attempt >= 3) return { lost: "gone", why: e.message };
           await new Promise((r) => setTimeout(r, 50 * (attempt + 1)));
           continue;
         }
-        if (e instanceof TimeoutError) return "silent";
+        if (e instanceof TimeoutError) return { lost: "silent", why: e.message };
+        if (e instanceof DeviceProtocolError && e.violation === "bad-config") {
+          return { lost: "changed", why: e.message };
+        }
         if (e instanceof VirtioError && attempt < 2) {
           // A connection dropped during the handshake (a back-end still cleaning up): once more.
           await new Promise((r) => setTimeout(r, 100));
@@ -411,6 +446,7 @@ export async function runFuzz(
   let session: FuzzSession | undefined;
   try {
     session = await connector.first();
+    connector.remember(session.facts);
     let previous: { run: CaseRun; found: boolean } | undefined;
     for (let i = 0; i < cases && session; i++) {
       // A completion of the last case that came after it ended.
@@ -426,7 +462,7 @@ export async function runFuzz(
           add(findingOf(previous.run, v, o.timeoutMs, packed)!);
           await connector.retire(session, undefined);
           const next = await connector.again();
-          if (typeof next === "string") throw new Error(`the back-end did not take a new connection (${next})`);
+          if ("lost" in next) throw new Error(`the back-end did not take a new connection: ${next.why}`);
           session = next;
         }
       }
@@ -436,15 +472,15 @@ export async function runFuzz(
       const run = await executeCase(s, c, o.timeoutMs, pace);
       lateCheck(s, run);
       let hangup: "crash" | "closed" | undefined;
-      let gone: "gone" | "silent" | undefined;
+      let gone: Lost | undefined;
       let probe = judge(run, undefined, o.timeoutMs);
       if (unsettled(s, run) || probe.observations.length > 0) {
         await connector.retire(s, run);
         session = undefined;
         const next = await connector.again();
-        if (typeof next === "string") gone = next;
+        if ("lost" in next) gone = next;
         else session = next;
-        if (gone === "gone") hangup = "crash";
+        if (gone?.lost === "gone") hangup = "crash";
         else if (run.hungUp) hangup = "closed";
         probe = judge(run, hangup, o.timeoutMs);
       }
@@ -460,10 +496,15 @@ export async function runFuzz(
           tail ? `; its last output: ${tail}` : ""
         }`;
       }
-      if (gone === "silent") {
+      if (gone?.lost === "silent") {
         probe.observations.unshift({
           kind: "hang",
-          text: "after this case the back-end accepts a connection but answers nothing on it",
+          text: `after this case the back-end accepts a connection but answers nothing on it (${gone.why})`,
+        });
+      } else if (gone?.lost === "changed") {
+        probe.observations.unshift({
+          kind: "crash",
+          text: `after this case the back-end comes back broken: ${gone.why}`,
         });
       }
       const f = findingOf(run, probe, o.timeoutMs, packed, extra);
@@ -490,16 +531,18 @@ export async function runFuzz(
         elapsedMs: performance.now() - t0,
       });
       if (gone) {
-        if (gone === "gone" && connector.restart && i + 1 < cases) {
+        // A back-end the fuzzer started is stopped and started again; one it did not start cannot be.
+        if (connector.restart && i + 1 < cases && (gone.lost === "gone" || connector.restart.running)) {
           session = await connector.startBackend();
           continue;
         }
         if (i + 1 < cases) {
-          notes.add(
-            gone === "gone"
-              ? `stopped after case ${c.id}: the back-end is gone (give --restart to go on past a crash)`
-              : `stopped after case ${c.id}: the back-end no longer answers`,
-          );
+          const why = gone.lost === "gone"
+            ? "the back-end is gone (give --restart to go on past a crash)"
+            : gone.lost === "silent"
+            ? "the back-end no longer answers"
+            : "the back-end came back broken (give --restart to go on)";
+          notes.add(`stopped after case ${c.id}: ${why}`);
         }
         break;
       }
@@ -557,10 +600,12 @@ export async function replayCase(o: FuzzOptions, index: number): Promise<ReplayR
       await connector.retire(session, run);
     }
     let hangup: "crash" | "closed" | undefined;
+    connector.remember(facts);
     const next = await connector.again();
-    if (typeof next === "string") {
-      if (next === "gone") hangup = "crash";
-      else notes.push("after the case the back-end accepts a connection but answers nothing on it");
+    let lost: Lost | undefined;
+    if ("lost" in next) {
+      lost = next;
+      if (next.lost === "gone") hangup = "crash";
     } else {
       await connector.retire(next, undefined);
       if (run.hungUp) hangup = "closed";
@@ -569,6 +614,11 @@ export async function replayCase(o: FuzzOptions, index: number): Promise<ReplayR
     connector.onLateDamage = (_run, damage) => r.damage.push(...damage);
     await connector.settle();
     const v = judge(run, hangup, o.timeoutMs);
+    if (lost?.lost === "silent") {
+      v.observations.unshift({ kind: "hang", text: `after this case the back-end answers nothing (${lost.why})` });
+    } else if (lost?.lost === "changed") {
+      v.observations.unshift({ kind: "crash", text: `after this case the back-end comes back broken: ${lost.why}` });
+    }
     let extra: string | undefined;
     if (hangup === "crash" && connector.restart?.ended) {
       extra = `the --restart back-end ${describeExit(connector.restart.ended)}`;
