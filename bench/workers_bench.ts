@@ -1,8 +1,9 @@
 // Queues in Workers (`fio --numjobs`): 4 KiB random reads at QD32 with 1, 2
-// and 4 jobs (a Worker and a queue each), against a null-co
-// qemu-storage-daemon with its export in the main loop and in an iothread;
-// a job on the main thread alongside; then QD1 latency of a queue driven in
-// a Worker against one driven on the main thread (poll and eventfd mode).
+// and 4 jobs (a Worker and a queue each) in eventfd mode (fio --numjobs's
+// default) and 1 and 2 in poll mode, against a null-co qemu-storage-daemon
+// with its export in the main loop and in an iothread, each beside a job on
+// the main thread; then QD1 latency of a queue driven in a Worker against one
+// driven on the main thread (poll and eventfd mode).
 // Rows are repeated `rounds` times in alternating order; each figure is the
 // median, with the range. Markdown on stdout:
 //   deno run -A bench/workers_bench.ts [seconds per run, default 1] [rounds, default 1]
@@ -27,7 +28,7 @@ async function daemon(iothread: boolean): Promise<QemuStorageDaemon> {
   return d;
 }
 
-function job(iodepth: number, queues: number, mode: "poll" | "eventfd"): FioJob {
+function job(iodepth: number, queues: number): FioJob {
   return { rw: "randread", bs: 4096, iodepth, queues, runtime: seconds, rampTime: 0.5, api: "batch" };
 }
 
@@ -49,47 +50,36 @@ async function withDevice<T>(
 }
 
 const rows: Row[] = [];
+/** QD32 random reads: a job on the main thread (n = 0) or n jobs in Workers. */
+function qd32(d: QemuStorageDaemon, where: string, mode: "poll" | "eventfd", n: number): Row {
+  return {
+    name: `QD32 ${mode}, ${n === 0 ? "main thread (no Worker)" : `${n} job${n > 1 ? "s" : ""} (Workers)`}, ${where}`,
+    run: () =>
+      withDevice(d, Math.max(1, n), mode, async (blk) => {
+        const r = n === 0 ? await runFio(blk, job(32, 1)) : (await runFioJobs(blk, job(32, n))).aggregate;
+        return { kiops: r.total.iops / 1000, meanUs: r.total.latencyUs.mean };
+      }),
+  };
+}
 for (const iothread of [false, true]) {
   const d = await daemon(iothread);
   const where = iothread ? "export in an iothread" : "export in the main loop";
-  rows.push({
-    name: `QD32, main thread (no Worker), ${where}`,
-    run: () =>
-      withDevice(d, 1, "poll", async (blk) => {
-        const r = await runFio(blk, job(32, 1, "poll"));
-        return { kiops: r.total.iops / 1000, meanUs: r.total.latencyUs.mean };
-      }),
-  });
-  for (const n of [1, 2, 4]) {
-    rows.push({
-      name: `QD32 per job, ${n} job${n > 1 ? "s" : ""} (Workers), ${where}`,
-      run: () =>
-        withDevice(d, n, "poll", async (blk) => {
-          const r = (await runFioJobs(blk, job(32, n, "poll"))).aggregate;
-          return { kiops: r.total.iops / 1000, meanUs: r.total.latencyUs.mean };
-        }),
-    });
-  }
+  for (const n of [0, 1, 2, 4]) rows.push(qd32(d, where, "eventfd", n));
+  for (const n of [0, 1, 2]) rows.push(qd32(d, where, "poll", n));
 }
 {
   const d = await daemon(true);
   for (const mode of ["poll", "eventfd"] as const) {
-    rows.push({
-      name: `QD1 ${mode}, main thread`,
-      run: () =>
-        withDevice(d, 1, mode, async (blk) => {
-          const r = await runFio(blk, { ...job(1, 1, mode) });
-          return { kiops: r.total.iops / 1000, meanUs: r.total.latencyUs.mean };
-        }),
-    });
-    rows.push({
-      name: `QD1 ${mode}, a Worker`,
-      run: () =>
-        withDevice(d, 1, mode, async (blk) => {
-          const r = (await runFioJobs(blk, job(1, 1, mode))).aggregate;
-          return { kiops: r.total.iops / 1000, meanUs: r.total.latencyUs.mean };
-        }),
-    });
+    for (const worker of [false, true]) {
+      rows.push({
+        name: `QD1 ${mode}, ${worker ? "a Worker" : "main thread"}`,
+        run: () =>
+          withDevice(d, 1, mode, async (blk) => {
+            const r = worker ? (await runFioJobs(blk, job(1, 1))).aggregate : await runFio(blk, job(1, 1));
+            return { kiops: r.total.iops / 1000, meanUs: r.total.latencyUs.mean };
+          }),
+      });
+    }
   }
 }
 

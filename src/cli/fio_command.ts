@@ -188,7 +188,9 @@ export async function fio(flags: ParsedFlags): Promise<void> {
       };
   }
   try {
-    await using blk = await openDevice(flags, "poll", {
+    // With --numjobs the jobs sleep on interrupts unless told otherwise: N polling threads on a machine
+    // with no spare core for each (and for the back-end) take the back-end's CPU and lose throughput.
+    await using blk = await openDevice(flags, numjobs === undefined ? "poll" : "eventfd", {
       // With --numjobs, the queues asked for are the jobs'.
       ...(numjobs === undefined ? {} : { queuesFlag: "--numjobs" }),
       path: daemon?.socketPath,
