@@ -176,4 +176,15 @@ for (const mode of MODES) {
     await assert.rejects(s.blk.read(0, new Uint8Array(512)), TimeoutError);
     await s.blk.close();
   });
+
+  Deno.test(`hostile (${mode}): a stall is timed by the clock, not by timer ticks a busy event loop delays`, async () => {
+    const s = await setup(mode, 1, { stallTimeoutMs: 400 });
+    const blockedUntil = performance.now() + 1000;
+    while (performance.now() < blockedUntil) { /* the event loop is busy: no timer runs */ }
+    const [r] = await Promise.all(s.pending);
+    assert.ok(r instanceof TimeoutError, `expected TimeoutError, got ${r}`);
+    const ms = Number(/completed nothing for (\d+) ms/.exec((r as Error).message)?.[1]);
+    assert.ok(ms >= 1000, `the queue failed after ${ms} ms of ticks, though 1000 ms had passed`);
+    await s.blk.close();
+  });
 }

@@ -17,7 +17,7 @@ export class StallWatchdog {
   readonly #timeoutMs: number;
   readonly #tickMs: number;
   readonly #seen: Float64Array; // reaped count at the last tick, per queue
-  readonly #stalledMs: Float64Array;
+  readonly #progressAt: Float64Array; // when each queue last made progress (or had nothing to wait for)
   readonly #timer: ReturnType<typeof setInterval>;
   #refed = false;
 
@@ -32,7 +32,7 @@ export class StallWatchdog {
     this.#timeoutMs = timeoutMs;
     this.#tickMs = Math.max(1, Math.min(1000, Math.floor(timeoutMs / 4)));
     this.#seen = new Float64Array(queues.length);
-    this.#stalledMs = new Float64Array(queues.length);
+    this.#progressAt = new Float64Array(queues.length).fill(performance.now());
     this.#timer = setInterval(() => this.#tick(), this.#tickMs);
     Deno.unrefTimer(this.#timer);
   }
@@ -45,16 +45,19 @@ export class StallWatchdog {
   }
 
   #tick(): void {
+    // Elapsed time, not a count of ticks: on a busy event loop (polling queues, a slow machine) ticks come late,
+    // and a stall must still fail after stallTimeoutMs of wall-clock time.
+    const now = performance.now();
     let busy = false;
     this.#queues.forEach((q, i) => {
       const inFlight = q.ring.inFlight;
       // A paused queue waits for a reconnect, which has a deadline of its own.
       if (q.error !== undefined || q.paused || inFlight === 0 || q.reaped !== this.#seen[i] || q.hasUsed()) {
         this.#seen[i] = q.reaped;
-        this.#stalledMs[i] = 0;
+        this.#progressAt[i] = now;
       } else {
-        this.#stalledMs[i] += this.#tickMs;
-        if (this.#stalledMs[i] >= this.#timeoutMs) q.failStalled(this.#stalledMs[i]);
+        const stalledMs = now - this.#progressAt[i];
+        if (stalledMs >= this.#timeoutMs) q.failStalled(Math.round(stalledMs));
       }
       if (q.ring.inFlight > 0 && q.error === undefined && !q.paused) busy = true;
     });
