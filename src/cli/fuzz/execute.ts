@@ -32,7 +32,7 @@ export const HANG_CONFIRMATIONS = 2;
 
 /**
  * How long to wait, learned during a run: the latencies of legal requests
- * (an illegal request is waited for 10 times their 99th percentile, 50 to
+ * (an illegal request is waited for 4 times their 99th percentile, 50 to
  * 250 ms), and the request shapes (type and uncommon layouts) that hung for
  * the full timeout already. Once a shape hung {@linkcode HANG_CONFIRMATIONS}
  * times, a phase whose unfinished requests all have such shapes is waited

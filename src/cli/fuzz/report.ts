@@ -220,6 +220,9 @@ export function formatFinding(f: FuzzFinding, packed: boolean, withRequests: boo
   return lines;
 }
 
+/** How many findings the text summary shows one by one. */
+export const SHOWN_FINDINGS = 40;
+
 /**
  * The run's summary table.
  *
@@ -260,8 +263,23 @@ export function formatSummary(r: FuzzReport): string {
   );
   for (const n of r.notes) lines.push(`note: ${n}`);
   if (r.findings.length) {
+    // What the findings have in common: one line per signature, most frequent first.
+    const groups = new Map<string, FuzzFinding[]>();
+    for (const f of r.findings) {
+      const group = groups.get(f.signature);
+      if (group) group.push(f);
+      else groups.set(f.signature, [f]);
+    }
+    const sorted = [...groups].sort((a, b) => b[1].length - a[1].length);
+    lines.push("", "findings by kind, case, layouts and request type (the first ID of each):");
+    const w = Math.max(...sorted.map(([, fs]) => String(fs.length).length));
+    for (const [sig, fs] of sorted) lines.push(`  ${String(fs.length).padStart(w)}  ${sig}  (${fs[0].id})`);
+    const shown = r.findings.slice(0, SHOWN_FINDINGS);
     lines.push("", "findings (deno task probe --path SOCKET --replay ID shows one in full):");
-    for (const f of r.findings) lines.push(...formatFinding(f, r.ring === "packed", false).map((l) => `  ${l}`));
+    for (const f of shown) lines.push(...formatFinding(f, r.ring === "packed", false).map((l) => `  ${l}`));
+    if (r.findings.length > shown.length) {
+      lines.push(`  … and ${r.findings.length - shown.length} more (--json lists them all)`);
+    }
   } else {
     lines.push("", "no findings");
   }
