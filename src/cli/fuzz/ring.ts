@@ -153,6 +153,59 @@ interface Entry {
   holds: string;
 }
 
+/**
+ * The descriptors of a chain in the ring, in order: the direct buffers, then
+ * (when the plan says so) the descriptor that points at the indirect table,
+ * with the plan's mutations of it, and for `indirect-with-next` a stray
+ * descriptor after it (the status byte again).
+ *
+ * @param request the request's number (for labels)
+ * @param buffers the request's buffers, in chain order
+ * @param plan the chain's layout
+ * @param split whether the ring is split (tables use its `next` links)
+ * @param rng the case's generator
+ * @param placeTable where tables go
+ * @param tableRecords collects the tables' descriptors
+ * @returns the ring entries
+ */
+function chainEntries(
+  request: number,
+  buffers: readonly ChainBuffer[],
+  plan: ChainPlan,
+  split: boolean,
+  rng: FuzzRng,
+  placeTable: TablePlacer,
+  tableRecords: DescRecord[],
+): Entry[] {
+  const m = plan.mutation;
+  const direct = plan.indirectFrom ?? buffers.length;
+  const entries: Entry[] = buffers.slice(0, direct).map((b) => ({
+    addr: b.placed.gpa,
+    len: b.placed.len,
+    flags: b.placed.write ? DESC_F_WRITE : 0,
+    label: b.placed.label,
+    holds: b.holds,
+  }));
+  if (plan.indirectFrom === undefined) return entries;
+  const t = buildTables(buffers, plan, plan.indirectFrom, split, rng, placeTable, `request ${request}`, tableRecords, {
+    n: 1,
+  });
+  if (m?.kind === "indirect-bad-length") t.len = m.len;
+  if (plan.indirectWriteFlag) t.flags |= DESC_F_WRITE;
+  entries.push(t);
+  if (m?.kind === "indirect-with-next") {
+    const last = buffers[buffers.length - 1];
+    entries.push({
+      addr: last.placed.gpa,
+      len: last.placed.len,
+      flags: DESC_F_WRITE,
+      label: last.placed.label,
+      holds: `${last.holds} (again)`,
+    });
+  }
+  return entries;
+}
+
 /** Builds the entries of an indirect table for `bufs` (and any nested table), places it, returns its entry. */
 function buildTables(
   bufs: readonly ChainBuffer[],
@@ -305,44 +358,9 @@ class SplitRing implements RawRing {
   post(request: number, buffers: readonly ChainBuffer[], plan: ChainPlan, placeTable: TablePlacer): PostedChain {
     const rng = this.#rng!;
     const m = plan.mutation;
-    const direct = plan.indirectFrom ?? buffers.length;
     const records: DescRecord[] = [];
-    const tableNo = { n: 1 };
-    const entries: Entry[] = buffers.slice(0, direct).map((b) => ({
-      addr: b.placed.gpa,
-      len: b.placed.len,
-      flags: b.placed.write ? DESC_F_WRITE : 0,
-      label: b.placed.label,
-      holds: b.holds,
-    }));
     const tableRecords: DescRecord[] = [];
-    if (plan.indirectFrom !== undefined) {
-      const t = buildTables(
-        buffers,
-        plan,
-        plan.indirectFrom,
-        true,
-        rng,
-        placeTable,
-        `request ${request}`,
-        tableRecords,
-        tableNo,
-      );
-      if (m?.kind === "indirect-bad-length") t.len = m.len;
-      if (plan.indirectWriteFlag) t.flags |= DESC_F_WRITE;
-      entries.push(t);
-      if (m?.kind === "indirect-with-next") {
-        // A stray descriptor after it: the status byte again.
-        const last = buffers[buffers.length - 1];
-        entries.push({
-          addr: last.placed.gpa,
-          len: last.placed.len,
-          flags: DESC_F_WRITE,
-          label: last.placed.label,
-          holds: `${last.holds} (again)`,
-        });
-      }
-    }
+    const entries = chainEntries(request, buffers, plan, true, rng, placeTable, tableRecords);
     const free = [...Array(this.size).keys()].filter((i) => !this.#busy.has(i));
     if (free.length < entries.length) {
       throw new RangeError(`${entries.length} descriptors do not fit in ${free.length} free`);
@@ -520,43 +538,9 @@ class PackedRing implements RawRing {
 
   post(request: number, buffers: readonly ChainBuffer[], plan: ChainPlan, placeTable: TablePlacer): PostedChain {
     const rng = this.#rng!;
-    const m = plan.mutation;
-    const direct = plan.indirectFrom ?? buffers.length;
     const records: DescRecord[] = [];
     const tableRecords: DescRecord[] = [];
-    const entries: Entry[] = buffers.slice(0, direct).map((b) => ({
-      addr: b.placed.gpa,
-      len: b.placed.len,
-      flags: b.placed.write ? DESC_F_WRITE : 0,
-      label: b.placed.label,
-      holds: b.holds,
-    }));
-    if (plan.indirectFrom !== undefined) {
-      const t = buildTables(
-        buffers,
-        plan,
-        plan.indirectFrom,
-        false,
-        rng,
-        placeTable,
-        `request ${request}`,
-        tableRecords,
-        { n: 1 },
-      );
-      if (m?.kind === "indirect-bad-length") t.len = m.len;
-      if (plan.indirectWriteFlag) t.flags |= DESC_F_WRITE;
-      entries.push(t);
-      if (m?.kind === "indirect-with-next") {
-        const last = buffers[buffers.length - 1];
-        entries.push({
-          addr: last.placed.gpa,
-          len: last.placed.len,
-          flags: DESC_F_WRITE,
-          label: last.placed.label,
-          holds: `${last.holds} (again)`,
-        });
-      }
-    }
+    const entries = chainEntries(request, buffers, plan, false, rng, placeTable, tableRecords);
     const n = entries.length;
     const outstanding = [...this.#inFlight.values()].reduce((k, c) => k + c.entries, 0);
     if (outstanding + n > this.size) {
