@@ -37,6 +37,17 @@ export function denoCommand(args: string[], options: Deno.CommandOptions = {}): 
   return new Deno.Command(LAUNCHER, { ...options, env, args: [Deno.execPath(), ...args] });
 }
 
+/**
+ * The argument vector that runs this Deno with `args` (through the emulator
+ * when there is one), for a command that runs it in turn (`script`, `sh`).
+ *
+ * @param args Deno's arguments
+ * @returns the program and its arguments
+ */
+export function denoArgv(args: string[]): string[] {
+  return LAUNCHER === undefined ? [Deno.execPath(), ...args] : [LAUNCHER, Deno.execPath(), ...args];
+}
+
 /** What a finished child printed, and how it ended. */
 export interface DenoRun {
   /** Exit status. */

@@ -4,7 +4,7 @@
 // a damaged prebuilt is refused; an edited shim.c is built from source.
 import assert from "node:assert/strict";
 import { missing, tempDir } from "./_support.ts";
-import { EMULATED, runDeno } from "./_deno.ts";
+import { denoArgv, EMULATED, runDeno } from "./_deno.ts";
 import { QemuStorageDaemon } from "../testing.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -74,6 +74,41 @@ Deno.test("shim: the prebuilt shim loads with --allow-ffi alone and no compiler,
   assert.doesNotMatch(r.stderr, /NotCapable|Warning/);
   assert.deepEqual([...Deno.readDirSync(`${dir.path}/home`)], [], "nothing written under HOME");
   assert.deepEqual([...Deno.readDirSync(`${ROOT}build`).map((e) => e.name)].sort(), before, "nothing built");
+});
+
+Deno.test({
+  name: "shim: in a terminal, loading the shim and its relay asks for no permission beyond --allow-ffi (no prompt)",
+  fn: async () => {
+    await using dir = await tempDir("virtio-loader-");
+    await Deno.mkdir(`${dir.path}/home`);
+    await Deno.writeTextFile(
+      `${dir.path}/probe.ts`,
+      probeScript(`${ROOT}src/os/loader.ts`, `console.log("loaded without a prompt");`),
+    );
+    // A prompt goes to the terminal only: script(1) gives the child one, and nobody answers.
+    const argv = denoArgv(["run", "--no-lock", "--no-check", "--allow-ffi", `${dir.path}/probe.ts`]);
+    const quoted = argv.map((a) => `'${a.replaceAll("'", `'\\''`)}'`).join(" ");
+    const out = await new Deno.Command("script", {
+      args: ["-qec", quoted, "/dev/null"],
+      env: {
+        PATH: "/usr/bin:/bin", // script(1) is Debian's bsdutils, an essential package
+        HOME: `${dir.path}/home`,
+        DENO_DIR,
+        NO_COLOR: "1",
+        TERM: "dumb",
+        ...(Deno.env.get("QEMU_LD_PREFIX") ? { QEMU_LD_PREFIX: Deno.env.get("QEMU_LD_PREFIX")! } : {}),
+      },
+      clearEnv: true,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(EMULATED ? 60_000 : 20_000), // a prompt waits for an answer that never comes
+    }).output();
+    const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+    assert.doesNotMatch(text, /Deno requests|Allow\?/, text);
+    assert.match(text, /origin prebuilt/, text);
+    assert.match(text, /loaded without a prompt/, text);
+  },
 });
 
 Deno.test("shim: without --allow-ffi a real device is ERR_PERMISSION naming the flag, never a NotCapable trace", async () => {

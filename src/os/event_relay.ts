@@ -81,6 +81,9 @@ export async function startEventRelay(shim: Shim): Promise<void> {
     const { Worker } = await import("node:worker_threads");
     const worker = new Worker(HELPER_SOURCE, {
       eval: true,
+      // The helper needs no environment; by default node:worker_threads copies process.env, which asks for env
+      // access (a prompt in a terminal, although --allow-ffi is all a program using a device needs).
+      env: {},
       workerData: {
         handle,
         wait: shim.vd_relay_wait_address(),
