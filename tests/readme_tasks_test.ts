@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { QemuStorageDaemon } from "../testing.ts";
 import { endedOnSignal, firstDifference, missing, tempDir } from "./_support.ts";
 import { RECENT_QSD } from "./_qsd_recent.ts";
+import { knownEntry, loadKnown } from "./_fuzz_known.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const readme = await Deno.readTextFile(`${root}README.md`);
@@ -44,7 +45,7 @@ interface Run {
 
 /** What a command must do: run here and check, or be run by CI (then it must be in .ci/run). */
 type Expectation =
-  | { check: (r: Run) => Promise<void> | void }
+  | { check: (r: Run) => Promise<void> | void; code?: number }
   | { watch: (r: Run) => Promise<void> | void }
   | { ci: string }
   | { generic: true };
@@ -68,6 +69,38 @@ const EXPECTED: Record<string, Expectation> = {
     },
   },
   "deno task probe --path SOCKET --write-test": { generic: true },
+  "deno task probe --path SOCKET --fuzz 5000 --seed 1 --destructive": { generic: true }, // the real back-ends' runs: .ci/fuzz runs 500
+  // The fuzzer against qemu-storage-daemon: its findings are known ones (tests/fuzz_known.json), so exit status 1.
+  "deno task probe --path $SOCK --fuzz 200 --seed 1": {
+    code: 1,
+    check: (r) => {
+      assert.match(r.stdout, /^fuzz of the vhost-user-blk back-end at .*: seed 1, split ring, not destructive/);
+      assert.match(r.stdout, /^cases\s+200\s+legal \d+, illegal \d+$/m);
+      assert.match(r.stdout, /^findings by kind, case, layouts and request type/m);
+      assert.match(r.stderr, /200\/200 cases/);
+    },
+  },
+  "deno task probe --path $SOCK --fuzz 200 --seed 1 --destructive --json > fuzz.json": {
+    code: 1,
+    check: async (r) => {
+      const report = JSON.parse(await Deno.readTextFile(`${r.dir}/fuzz.json`));
+      assert.equal(report.seed, 1);
+      assert.equal(report.cases, 200);
+      assert.equal(report.destructive, true);
+      assert.equal(report.legal + report.illegal, 200);
+      assert.ok(report.findings.length > 0);
+      const known = (await loadKnown()).backends["qemu-storage-daemon"].split;
+      for (const f of report.findings) assert.ok(knownEntry(f, known), `not a known finding: ${f.id} ${f.signature}`);
+    },
+  },
+  "deno task probe --path $SOCK --replay 1:5": {
+    code: 1,
+    check: (r) => {
+      assert.match(r.stdout, /^replay of case 1:5 \(legal, /);
+      assert.match(r.stdout, /^\s+desc\s+address\s+len\s+device\s+flags\s+next\s+holds$/m);
+      assert.match(r.stdout, /seen:\s+not completed/);
+    },
+  },
   "deno task demo --path $SOCK": {
     check: async (r) => {
       assert.match(r.stdout, /not writing to a device the demo did not create: reads only/);
@@ -260,7 +293,7 @@ async function runCommand(command: string, dir: string, qsd: QemuStorageDaemon):
     dir,
     qsd,
   };
-  assert.equal(run.code, 0, `${command} exited with ${run.code}:\n${run.stderr}`);
+  assert.equal(run.code, expected.code ?? 0, `${command} exited with ${run.code}:\n${run.stderr}`);
   assert.doesNotMatch(run.stderr, /\n\s+at .*:\d+:\d+/, `${command}: no stack trace`);
   await expected.check(run);
 }

@@ -275,7 +275,9 @@ export function formatSummary(r: FuzzReport): string {
     const w = Math.max(...sorted.map(([, fs]) => String(fs.length).length));
     for (const [sig, fs] of sorted) lines.push(`  ${String(fs.length).padStart(w)}  ${sig}  (${fs[0].id})`);
     const shown = r.findings.slice(0, SHOWN_FINDINGS);
-    lines.push("", "findings (deno task probe --path SOCKET --replay ID shows one in full):");
+    // A replay regenerates the case only with the same choices: say them.
+    const same = `${r.destructive ? " --destructive" : ""}${r.ring === "packed" ? " --ring packed" : ""}`;
+    lines.push("", `findings (deno task probe --path SOCKET --replay ID${same} shows one in full):`);
     for (const f of shown) lines.push(...formatFinding(f, r.ring === "packed", false).map((l) => `  ${l}`));
     if (r.findings.length > shown.length) {
       lines.push(`  … and ${r.findings.length - shown.length} more (--json lists them all)`);
