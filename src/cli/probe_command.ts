@@ -16,7 +16,8 @@ export const PROBE: CommandSpec = {
   usage: "deno task probe --path SOCKET [--write-test] [--json]\n" +
     "       deno task probe --path SOCKET --fuzz N [--seed S] [--destructive] [--timeout MS] [--restart 'COMMAND']\n" +
     "                       [--ring split|packed] [--json]\n" +
-    "       deno task probe --path SOCKET --replay SEED:CASE [--destructive] [--ring split|packed] [--json]",
+    "       deno task probe --path SOCKET --replay SEED:CASE [--destructive] [--ring split|packed] [--timeout MS]\n" +
+    "                       [--restart 'COMMAND'] [--json]",
   description:
     "Connects to a vhost-user-blk back-end and reports what it offers and how it behaves: features and protocol\n" +
     "features offered and taken, config space, memory regions, ring formats, kick and interrupt suppression,\n" +
