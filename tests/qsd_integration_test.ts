@@ -40,7 +40,7 @@ function connect(qsd: QemuStorageDaemon, options: VirtioBlkOptions = {}): Promis
 }
 
 /** Random writes of the first test: fewer under an emulator (CI's aarch64 stage), where each costs ~100 times more. */
-const RANDOM_WRITES = EMULATED ? 1_000 : 10_000;
+const RANDOM_WRITES = EMULATED ? 400 : 10_000;
 
 Deno.test({
   name: `qsd: ${RANDOM_WRITES.toLocaleString("en")} random writes match an independent read of the image`,
@@ -70,7 +70,8 @@ Deno.test({
   },
 });
 
-for (const mode of ["poll", "eventfd"] as CompletionMode[]) {
+// Under emulation (CI's aarch64 stage, where each takes 18 s) in one mode: what differs by architecture is the same.
+for (const mode of (EMULATED ? ["eventfd"] : ["poll", "eventfd"]) as CompletionMode[]) {
   Deno.test({
     name: `qsd (${mode}): discard and write-zeroes leave zeroes an independent reader sees`,
     ignore: missing("qemu-storage-daemon"),
