@@ -56,6 +56,27 @@ export function fdCount(): number {
   return n;
 }
 
+/**
+ * A count (descriptors, mappings) once it has come back to `expected`, or
+ * after `ms`: a terminated Worker's thread releases what its own runtime
+ * holds (its event loop's descriptors) after `terminate()` returns. A leak
+ * still fails: the count never comes back.
+ *
+ * @param count what to count
+ * @param expected the count to wait for
+ * @param ms how long at most
+ * @returns the last count seen
+ */
+export async function settledCount(count: () => number, expected: number, ms = 2000): Promise<number> {
+  const deadline = performance.now() + ms;
+  let n = count();
+  while (n !== expected && performance.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 20));
+    n = count();
+  }
+  return n;
+}
+
 /** Mappings of this library's memfds in this process. */
 export function memfdMappings(): number {
   return Deno.readTextFileSync("/proc/self/maps").split("\n").filter((l) => l.includes("memfd:virtio")).length;

@@ -13,7 +13,7 @@ import {
 import { MockBlkDevice, QemuStorageDaemon } from "../testing.ts";
 import { loadShim } from "../src/os/loader.ts";
 import { BLOCK, holdsBlock, randomBlockWrites } from "./_block_pattern.ts";
-import { fdCount, memfdMappings, missing } from "./_support.ts";
+import { fdCount, memfdMappings, missing, settledCount } from "./_support.ts";
 
 await loadShim();
 
@@ -164,8 +164,8 @@ for (const mode of ["eventfd", "poll"] as const) {
       assert.ok(Date.now() - t0 < 1000, "the Worker let go: the close did not wait for it");
       w.terminate();
       await qsd.stop();
-      assert.equal(fdCount(), fds, "every descriptor released");
-      assert.equal(memfdMappings(), maps, "every mapping released");
+      assert.equal(await settledCount(fdCount, fds), fds, "every descriptor released");
+      assert.equal(await settledCount(memfdMappings, maps), maps, "every mapping released");
     },
   });
 
@@ -208,8 +208,8 @@ Deno.test({
     w.terminate();
     await blk.close(); // waits a second for a Worker that will never let go, then keeps the addresses taken
     await qsd.stop();
-    assert.equal(fdCount(), fds, "every descriptor released");
-    assert.equal(memfdMappings(), maps, "no mapping of shared memory left");
+    assert.equal(await settledCount(fdCount, fds), fds, "every descriptor released");
+    assert.equal(await settledCount(memfdMappings, maps), maps, "no mapping of shared memory left");
   },
 });
 
