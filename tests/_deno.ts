@@ -32,9 +32,8 @@ export const EMULATED: boolean = LAUNCHER !== undefined;
  * @returns the command
  */
 export function denoCommand(args: string[], options: Deno.CommandOptions = {}): Deno.Command {
-  if (LAUNCHER === undefined) return new Deno.Command(Deno.execPath(), { ...options, args });
-  const env = { ...options.env, ...(QEMU_LD_PREFIX ? { QEMU_LD_PREFIX } : {}) };
-  return new Deno.Command(LAUNCHER, { ...options, env, args: [Deno.execPath(), ...args] });
+  const [program, ...rest] = denoArgv(args);
+  return new Deno.Command(program, { ...options, env: denoEnv(options.env), args: rest });
 }
 
 /**
@@ -46,6 +45,17 @@ export function denoCommand(args: string[], options: Deno.CommandOptions = {}): 
  */
 export function denoArgv(args: string[]): string[] {
   return LAUNCHER === undefined ? [Deno.execPath(), ...args] : [LAUNCHER, Deno.execPath(), ...args];
+}
+
+/**
+ * A child's environment: `env`, plus the emulator's `QEMU_LD_PREFIX` when
+ * the suite runs under one (even a child with a cleared environment needs it).
+ *
+ * @param env the child's own variables
+ * @returns them, with what the emulator needs
+ */
+export function denoEnv(env: Record<string, string> = {}): Record<string, string> {
+  return LAUNCHER !== undefined && QEMU_LD_PREFIX ? { ...env, QEMU_LD_PREFIX } : env;
 }
 
 /** What a finished child printed, and how it ended. */

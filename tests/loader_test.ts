@@ -4,7 +4,7 @@
 // a damaged prebuilt is refused; an edited shim.c is built from source.
 import assert from "node:assert/strict";
 import { missing, tempDir } from "./_support.ts";
-import { denoArgv, EMULATED, runDeno } from "./_deno.ts";
+import { denoArgv, denoEnv, EMULATED, runDeno } from "./_deno.ts";
 import { QemuStorageDaemon } from "../testing.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -90,14 +90,13 @@ Deno.test({
     const quoted = argv.map((a) => `'${a.replaceAll("'", `'\\''`)}'`).join(" ");
     const out = await new Deno.Command("script", {
       args: ["-qec", quoted, "/dev/null"],
-      env: {
+      env: denoEnv({
         PATH: "/usr/bin:/bin", // script(1) is Debian's bsdutils, an essential package
         HOME: `${dir.path}/home`,
         DENO_DIR,
         NO_COLOR: "1",
         TERM: "dumb",
-        ...(Deno.env.get("QEMU_LD_PREFIX") ? { QEMU_LD_PREFIX: Deno.env.get("QEMU_LD_PREFIX")! } : {}),
-      },
+      }),
       clearEnv: true,
       stdin: "null",
       stdout: "piped",
