@@ -106,3 +106,48 @@ Deno.test("connect: control-path timeouts release every descriptor", async () =>
     for (const c of accepted) c.close();
   }
 });
+
+Deno.test({
+  name: "connect: a socket deeper than sun_path's 108 bytes is reached (108 exactly, 300, a folder path of 3000)",
+  ignore: missing("qemu-storage-daemon"),
+  fn: async () => {
+    await using tmp = await tempDir("v-");
+    const name = "vhost-user-blk.sock";
+    // qemu-storage-daemon binds a path of up to 108 bytes (a full sun_path, no NUL).
+    const at108 = `${tmp.path}/${"d".repeat(108 - tmp.path.length - 2 - name.length)}`;
+    await Deno.mkdir(at108);
+    await using qsd = await QemuStorageDaemon.start({ dir: at108, size: 1 << 20 });
+    assert.equal(new TextEncoder().encode(qsd.socketPath).length, 108);
+    const fds = fdCount();
+    const roundTrip = async (path: string, fill: number) => {
+      await using blk = await VirtioBlk.connect({ transport: "vhost-user", path });
+      const buf = blk.allocBuffer(4096);
+      buf.fill(fill);
+      await blk.write(0, buf);
+      buf.fill(0);
+      await blk.read(0, buf);
+      assert.equal(buf[4095], fill, path.length.toString());
+    };
+    await roundTrip(qsd.socketPath, 1);
+    // Longer paths than any back-end can bind: the socket is moved there (a
+    // bound socket keeps working when renamed).
+    for (const [i, total] of [[2, 300], [3, 3000]]) {
+      let dir = tmp.path;
+      while (dir.length + 1 + name.length < total) {
+        dir += `/${"e".repeat(Math.min(200, total - dir.length - name.length - 2))}`;
+      }
+      await Deno.mkdir(dir, { recursive: true });
+      const deep = `${dir}/${name}`;
+      assert.equal(deep.length, total);
+      await Deno.rename(qsd.socketPath, deep);
+      await roundTrip(deep, i);
+      await Deno.rename(deep, qsd.socketPath);
+    }
+    assert.equal(fdCount(), fds, "nothing left open (the folder's descriptor neither)");
+    // A name that cannot fit even on its own is refused with the cause.
+    const e = await connectError(`${tmp.path}/${"n".repeat(120)}.sock`);
+    assert.ok(e instanceof ConnectFailedError);
+    assert.equal(e.errno, "ENAMETOOLONG");
+    assert.match(e.message, /^socket path too long: .*must stay under about 90 bytes/);
+  },
+});

@@ -36,7 +36,7 @@ async function interruptTestRun(
   what: string,
   settleMs = 300,
 ): Promise<Interrupted> {
-  await using tmp = await tempDir("virtio-i-");
+  await using tmp = await tempDir("vi-"); // short: the fixtures nest sockets four folders below it
   await using out = await tempDir("virtio-i-out-");
   const child = new Deno.Command("setsid", {
     args: ["sh", "-c", 'exec "$DENO" task test "$@" > "$OUT/stdout" 2> "$OUT/stderr"', "sh", ...files],

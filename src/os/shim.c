@@ -28,6 +28,7 @@
 #include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -187,25 +188,66 @@ VD_API int32_t vd_ioctl_val(int32_t fd, uint64_t request, uint64_t value) {
 
 /* ------------------------------------------------------------ unix socket */
 
-/* Connects a SOCK_STREAM Unix socket to `path` (NUL-terminated; a leading
- * NUL selects the abstract namespace, `path_len` then gives the length).
- * The socket is close-on-exec, and non-blocking when `nonblock` is set. */
-VD_API int32_t vd_unix_connect(const char *path, uint32_t path_len,
-                               int32_t nonblock) {
+/* connect(2) with a sockaddr_un holding `name` (`len` bytes, not
+ * necessarily NUL-terminated: Linux takes a full 108-byte sun_path). */
+static int connect_unix_name(int fd, const char *name, size_t len) {
   struct sockaddr_un addr;
   memset(&addr, 0, sizeof addr);
   addr.sun_family = AF_UNIX;
-  if (path_len == 0 || path_len >= sizeof addr.sun_path) return -ENAMETOOLONG;
-  memcpy(addr.sun_path, path, path_len);
+  memcpy(addr.sun_path, name, len);
+  socklen_t addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+  for (;;) {
+    if (connect(fd, (struct sockaddr *)&addr, addr_len) == 0) return 0;
+    if (errno != EINTR) return -errno;
+  }
+}
+
+/* connect(2) to a filesystem socket whose path does not fit in sun_path:
+ * through the folder's descriptor, as /proc/self/fd/DIRFD/NAME (the kernel
+ * resolves the rest of the path). -ENAMETOOLONG when the last component
+ * alone does not fit, or when /proc is not mounted. */
+static int connect_unix_long(int fd, const char *path, size_t path_len) {
+  const char *slash = memrchr(path, '/', path_len);
+  if (slash == NULL) return -ENAMETOOLONG;
+  size_t dir_len = slash == path ? 1 : (size_t)(slash - path);
+  if (dir_len >= 4096) return -ENAMETOOLONG;
+  char dir[4096];
+  memcpy(dir, path, dir_len);
+  dir[dir_len] = 0;
+  const char *base = slash + 1;
+  size_t base_len = path_len - (size_t)(base - path);
+  int dir_fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0) return -errno;
+  char via[sizeof ((struct sockaddr_un *)0)->sun_path + 1];
+  int n = snprintf(via, sizeof via, "/proc/self/fd/%d/", dir_fd);
+  int r;
+  if (n < 0 || (size_t)n + base_len > sizeof via - 1 || access("/proc/self/fd", F_OK) != 0) {
+    r = -ENAMETOOLONG;
+  } else {
+    memcpy(via + n, base, base_len);
+    r = connect_unix_name(fd, via, (size_t)n + base_len);
+  }
+  close(dir_fd);
+  return r;
+}
+
+/* Connects a SOCK_STREAM Unix socket to `path` (NUL-terminated; a leading
+ * NUL selects the abstract namespace, `path_len` then gives the length).
+ * A filesystem path may be longer than sun_path's 108 bytes (a deep
+ * temporary folder): it is reached through its folder's descriptor.
+ * The socket is close-on-exec, and non-blocking when `nonblock` is set. */
+VD_API int32_t vd_unix_connect(const char *path, uint32_t path_len,
+                               int32_t nonblock) {
+  size_t sun_path_size = sizeof ((struct sockaddr_un *)0)->sun_path;
+  if (path_len == 0) return -ENAMETOOLONG;
+  if (path_len > sun_path_size && path[0] == 0) return -ENAMETOOLONG;
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -errno;
-  socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + path_len);
-  for (;;) {
-    if (connect(fd, (struct sockaddr *)&addr, len) == 0) break;
-    if (errno == EINTR) continue;
-    int e = errno;
+  int r = path_len <= sun_path_size ? connect_unix_name(fd, path, path_len)
+                                    : connect_unix_long(fd, path, path_len);
+  if (r < 0) {
     close(fd);
-    return -e;
+    return r;
   }
   if (nonblock) {
     int fl = fcntl(fd, F_GETFL);

@@ -13,19 +13,19 @@ export interface PrebuiltShim {
 }
 
 /** SHA-256 of the shim.c the prebuilt shims were made from. */
-export const PREBUILT_SOURCE_SHA256 = "2bb74b92f5100bd2ad9b102d9401afe0c231e96bed1b60ad807f3c3af08431d5";
+export const PREBUILT_SOURCE_SHA256 = "d5c7036eded2df4103cfbe54353a1efb067566dfcb96997014b784b75b2855a8";
 
 /** The prebuilt shims, by Deno's build target (`Deno.build.target`). */
 export const PREBUILT_SHIMS: Readonly<Record<string, PrebuiltShim | undefined>> = {
   "x86_64-unknown-linux-gnu": {
-    sha256: "7e4cccbae4dfe5d643593a56c215b39ca91bed751c4069e71dfbe930d6054c47",
-    size: 22568,
+    sha256: "aa90e1c67fc7d2ee8bc27368048586104abe09974d90439435ec3e7d330a3377",
+    size: 22600,
     compiler: "x86_64-linux-gnu-gcc (Debian 12.2.0-14+deb12u1) 12.2.0",
     base64: async () => (await import("./linux_x86_64.ts")).SHIM_BASE64,
   },
   "aarch64-unknown-linux-gnu": {
-    sha256: "1a5503ca60b79a6ba0a403d4406c0ec6e880ef4eac75f0eedd73e2794b67b9ed",
-    size: 67512,
+    sha256: "ba63a81919b6a80f18b6240579a77ed393c4a17c03622c812d4edde04486e618",
+    size: 67608,
     compiler: "aarch64-linux-gnu-gcc (Debian 12.2.0-14) 12.2.0",
     base64: async () => (await import("./linux_aarch64.ts")).SHIM_BASE64,
   },

@@ -84,7 +84,8 @@ export function connectError(path: string, errno: number): ConnectFailedError {
   } else if (e === "ENOTDIR") {
     message = `no such socket: ${path} (ENOTDIR); a part of the path is not a folder`;
   } else if (e === "ENAMETOOLONG") {
-    message = `socket path too long: ${path} (ENAMETOOLONG); Unix socket paths hold at most 107 bytes`;
+    message = `socket path too long: ${path} (ENAMETOOLONG); the folders above a socket may be ` +
+      `any length, but its own name (after the last /) must stay under about 90 bytes, and the whole path under 4096`;
   } else {
     message = `cannot connect to the vhost-user socket ${path} (${e})`;
   }
