@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import type { FuzzReport } from "../src/cli/fuzz/report.ts";
 import { FuzzBackend, fuzzBackendMissing, PLANTED_BUGS, type PlantedBug } from "./_fuzz_backend.ts";
-import { denoTask, interruptTask, type TaskRun } from "./_support.ts";
+import { denoTask, interruptTask, type TaskRun, tempDir } from "./_support.ts";
 
 const NO_CC = fuzzBackendMissing();
 if (NO_CC) console.warn(`\n*** ${NO_CC}: SKIPPING the back-end fuzzer's tests (apt-get install gcc) ***\n`);
@@ -152,6 +152,24 @@ Deno.test({
     assert.equal(after.code, 1);
     assert.match(after.stderr, /ERR_CONNECT_FAILED/);
   },
+});
+
+Deno.test("fuzz: a --restart command that ends without listening is named with what it printed (or that it printed nothing)", async () => {
+  await using tmp = await tempDir();
+  for (
+    const [command, said] of [
+      ["exec false", /\(exit status 1\) and nothing listens on .*: it printed nothing \[ERR_CONNECT_FAILED\]$/m],
+      [
+        "echo 'cannot open disk.img' >&2; exit 3",
+        /\(exit status 3\) and nothing listens on .*: cannot open disk\.img \[ERR_CONNECT_FAILED\]$/m,
+      ],
+    ] as const
+  ) {
+    const run = await denoTask(["probe", "--path", `${tmp.path}/none.sock`, "--fuzz", "5", "--restart", command]);
+    assert.equal(run.code, 1, run.stderr);
+    assert.match(run.stderr, /the --restart command ended/);
+    assert.match(run.stderr, said);
+  }
 });
 
 Deno.test({

@@ -287,11 +287,13 @@ class Connector {
         if (!(e instanceof ConnectFailedError)) throw e;
         const ended = await r.exited(0);
         if (ended) {
+          await r.stop(); // it has ended: this waits for the rest of its output
+          const said = r.output.trim().split("\n").slice(-3).join(" | ");
           throw new ConnectFailedError(
             this.#o.path,
             "ECONNREFUSED",
             `the --restart command ended (${describeExit(ended)}) and nothing listens on ${this.#o.path}: ${
-              r.output.trim().split("\n").slice(-3).join(" | ")
+              said || "it printed nothing"
             }`,
           );
         }
