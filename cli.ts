@@ -10,8 +10,8 @@
  *
  * (`deno run -A cli.ts <command> …` is the same.) `--help` after a command
  * lists its flags with their defaults. Exit status: 0 done, 1 the device or
- * the system failed, 2 bad flags (one line on stderr), 130/143 interrupted
- * by SIGINT/SIGTERM.
+ * the system failed, 2 bad flags or a permission not granted (one line on
+ * stderr), 130/143 interrupted by SIGINT/SIGTERM.
  *
  * @module
  */
@@ -83,6 +83,12 @@ export async function main(args: string[]): Promise<number> {
   } catch (e) {
     if (e instanceof UsageError || e instanceof RangeError) {
       console.error(`error: ${e.message}`);
+      return 2;
+    }
+    // A permission the command line did not grant: Deno's own NotCapable (a
+    // file, a daemon, a --restart command) or the library's PermissionError.
+    if (e instanceof Deno.errors.NotCapable || (e instanceof VirtioError && e.code === "ERR_PERMISSION")) {
+      console.error(`error: ${(e as Error).message} (deno task ${name} grants what it needs) [ERR_PERMISSION]`);
       return 2;
     }
     // A Ctrl-C may be what broke the run (it reached a daemon too): let a

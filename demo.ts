@@ -63,15 +63,24 @@ async function measure(blk: VirtioBlk, depth: number, seconds: number): Promise<
   return { iops: ops / elapsed, meanUs: (elapsed * 1e6 * depth) / ops };
 }
 
-/** Why the real back-end cannot run here, or undefined when it can. */
-async function realBackendMissing(): Promise<string | undefined> {
-  if (!await QemuStorageDaemon.available()) return "qemu-storage-daemon not found";
+/** Why the real back-end cannot run here and what would change that, or undefined when it can. */
+async function realBackendMissing(): Promise<{ why: string; fix: string } | undefined> {
+  // The daemon helper needs -A (README, "What each use needs"); asked first, so
+  // that a missing permission is not taken for a missing program.
+  if (Deno.permissions.querySync({ name: "run" }).state !== "granted") {
+    return {
+      why: "without --allow-run the demo cannot start qemu-storage-daemon",
+      fix: "deno task demo (it runs with -A, which the daemon needs)",
+    };
+  }
+  if (!await QemuStorageDaemon.available()) return { why: "qemu-storage-daemon not found", fix: REAL_THING };
   try {
     await loadShim();
   } catch (e) {
-    return e instanceof ShimLoadError && /no C compiler/.test(e.message)
+    const why = e instanceof ShimLoadError && /no C compiler/.test(e.message)
       ? `no prebuilt native shim for ${Deno.build.target}, and no C compiler to build one`
       : `the native shim did not load (${(e as Error).message.split("\n")[0]})`;
+    return { why, fix: 'see the README\'s "What each use needs"' };
   }
   return undefined;
 }
@@ -117,8 +126,8 @@ async function main(args: string[]): Promise<number> {
       );
       options = { transport: "vhost-user", path: daemon.socketPath, mode };
     } else {
-      console.log(`${missing}: running on the in-process mock device instead (no daemon, no native code).`);
-      console.log(`For the real thing: ${REAL_THING}`);
+      console.log(`${missing.why}: running on the in-process mock device instead (no daemon, no native code).`);
+      console.log(`For the real thing: ${missing.fix}`);
       options = { transport: "mock", device: new MockBlkDevice({ capacity: 256 * MiB }), mode };
     }
   }

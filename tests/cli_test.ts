@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { parseSize } from "../cli.ts";
 import { QemuStorageDaemon } from "../testing.ts";
 import { missing, tempDir } from "./_support.ts";
+import { runDeno } from "./_deno.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const decoder = new TextDecoder();
@@ -77,6 +78,28 @@ Deno.test("cli: bad flags print one line that says what is expected, and exit wi
   const none = await cli([]);
   assert.equal(none.code, 2);
   assert.match(none.text, /usage: deno task <command>/);
+});
+
+Deno.test("cli: a permission deno run was not given is one line naming the flag, ERR_PERMISSION, exit status 2", async () => {
+  await using tmp = await tempDir();
+  const cases: [string[], string[], RegExp][] = [
+    [[], ["info", "--path", `${tmp.path}/x.sock`], /needs --allow-ffi/],
+    [["--allow-ffi"], ["fio", "--runtime", "1"], /run again with the --allow-write flag \(deno task fio grants/],
+    [
+      ["--allow-ffi"],
+      ["probe", "--path", `${tmp.path}/x.sock`, "--fuzz", "3", "--restart", "true"],
+      /run again with the --allow-run flag \(deno task probe grants/,
+    ],
+  ];
+  for (const [perms, args, said] of cases) {
+    const out = await runDeno(["run", ...perms, CLI, ...args]);
+    assert.equal(out.code, 2, `${args.join(" ")}: ${out.stderr}`);
+    const errors = out.stderr.split("\n").filter((l) => l.startsWith("error:"));
+    assert.equal(errors.length, 1, out.stderr);
+    assert.match(errors[0], said);
+    assert.match(errors[0], /\[ERR_PERMISSION\]$/);
+    assert.doesNotMatch(out.stderr, /^\s+at /m, "no stack trace");
+  }
 });
 
 Deno.test("cli: --help is per command: every flag with its default, and examples that name the task", async () => {

@@ -148,6 +148,25 @@ async function strippedPath(without: RegExp): Promise<TempDir> {
 const COMPILERS = /^(cc|c89|c99|gcc|clang|tcc|x86_64-linux-gnu-gcc.*|aarch64-linux-gnu-gcc.*|gcc-\d+|clang-\d+)$/;
 
 Deno.test({
+  name: "demo run with --allow-ffi alone says it is the permission, not the daemon, that is missing",
+  ignore: Deno.env.get(INNER) === "1",
+  fn: async () => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-ffi", "demo.ts", "--seconds", "0.2"],
+      cwd: root,
+      env: { NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stdout = decoder.decode(out.stdout);
+    assert.equal(out.code, 0, decoder.decode(out.stderr));
+    assert.match(stdout, /^without --allow-run the demo cannot start qemu-storage-daemon: running on the .*mock/);
+    assert.match(stdout, /^For the real thing: deno task demo \(it runs with -A/m);
+    assert.doesNotMatch(stdout, /not found|apt-get/);
+  },
+});
+
+Deno.test({
   name: "deno task demo with only Deno (no qemu-storage-daemon, no C compiler) runs on the mock device and says so",
   ignore: Deno.env.get(INNER) === "1",
   fn: async () => {
