@@ -5,6 +5,7 @@ import { ConnectFailedError, TimeoutError, VirtioBlk, VirtioError } from "../mod
 import { QemuStorageDaemon } from "../testing.ts";
 import { loadShim } from "../src/os/loader.ts";
 import { fdCount, missing, tempDir } from "./_support.ts";
+import { denoCommand } from "./_deno.ts";
 
 await loadShim();
 
@@ -25,13 +26,10 @@ Deno.test("connect: a missing path, a regular file, a directory and a dead socke
   await Deno.writeTextFile(`${dir}/file`, "not a socket");
   await Deno.mkdir(`${dir}/dir`);
   // A back-end that died and left its socket behind: killed, it cannot unlink it.
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "eval",
-      `Deno.listen({ transport: "unix", path: "${dir}/dead.sock" }); console.log("up"); setTimeout(() => {}, 60000);`,
-    ],
-    stdout: "piped",
-  }).spawn();
+  const child = denoCommand([
+    "eval",
+    `Deno.listen({ transport: "unix", path: "${dir}/dead.sock" }); console.log("up"); setTimeout(() => {}, 60000);`,
+  ], { stdout: "piped" }).spawn();
   const reader = child.stdout.getReader();
   await reader.read(); // "up"
   await reader.cancel();
