@@ -22,7 +22,7 @@ import { FIO, fio } from "./src/cli/fio_command.ts";
 import { INFO, info } from "./src/cli/info.ts";
 import { PROBE, probe } from "./src/cli/probe_command.ts";
 import { READ, read, WRITE, write } from "./src/cli/read_write.ts";
-import { VirtioError } from "./src/errors.ts";
+import { PermissionError, VirtioError } from "./src/errors.ts";
 import { exitProcess, isTerminating } from "./src/process/terminate.ts";
 
 export { parseSize } from "./src/cli/args.ts";
@@ -87,7 +87,7 @@ export async function main(args: string[]): Promise<number> {
     }
     // A permission the command line did not grant: Deno's own NotCapable (a
     // file, a daemon, a --restart command) or the library's PermissionError.
-    if (e instanceof Deno.errors.NotCapable || (e instanceof VirtioError && e.code === "ERR_PERMISSION")) {
+    if (e instanceof Deno.errors.NotCapable || e instanceof PermissionError) {
       console.error(`error: ${(e as Error).message} (deno task ${name} grants what it needs) [ERR_PERMISSION]`);
       return 2;
     }

@@ -18,6 +18,7 @@
 
 import { type CommandSpec, formatHelp, parseChoice, parseFlags, parseSeconds, UsageError } from "./src/cli/args.ts";
 import { loadShim } from "./src/os/loader.ts";
+import { isGranted } from "./src/os/permissions.ts";
 import { exitProcess, isTerminating, onTermination } from "./src/process/terminate.ts";
 import { formatBytes } from "./src/cli/format.ts";
 import { VirtioBlk, type VirtioBlkConnectOptions, VirtioError } from "./mod.ts";
@@ -67,7 +68,7 @@ async function measure(blk: VirtioBlk, depth: number, seconds: number): Promise<
 async function realBackendMissing(): Promise<{ why: string; fix: string } | undefined> {
   // The daemon helper needs -A (README, "What each use needs"); asked first, so
   // that a missing permission is not taken for a missing program.
-  if (Deno.permissions.querySync({ name: "run" }).state !== "granted") {
+  if (!isGranted({ name: "run" })) {
     return {
       why: "without --allow-run the demo cannot start qemu-storage-daemon",
       fix: "deno task demo (it runs with -A, which the daemon needs)",

@@ -6,10 +6,10 @@
 import { fileReadable, VirtioBlk } from "../mod.ts";
 import { QemuStorageDaemon } from "../testing.ts";
 import { runFio } from "../src/cli/fio.ts";
+import { QUICK } from "./_workloads.ts";
 
 const GiB = 2 ** 30;
-// VIRTIO_BENCH_QUICK=1 (CI: the benchmarks must run, not measure) shortens the default.
-const size = Number(Deno.args[0] ?? (Deno.env.get("VIRTIO_BENCH_QUICK") === "1" ? 0.25 : 1)) * GiB;
+const size = Number(Deno.args[0] ?? (QUICK ? 0.25 : 1)) * GiB;
 const root = await Deno.stat("/dev/shm").then(() => "/dev/shm", () => undefined);
 const dir = await Deno.makeTempDir({ dir: root, prefix: "virtio-bulk-" });
 const mibs = (bytes: number, ms: number) => bytes / 2 ** 20 / (ms / 1000);

@@ -5,10 +5,9 @@
 import process from "node:process";
 import { VirtioBlk } from "../mod.ts";
 import { QemuStorageDaemon } from "../testing.ts";
-import { qd1, rig } from "./_workloads.ts";
+import { qd1, QUICK, rig } from "./_workloads.ts";
 
-// VIRTIO_BENCH_QUICK=1 (CI: the benchmarks must run, not measure) shortens the default.
-const seconds = Number(Deno.args[0] ?? (Deno.env.get("VIRTIO_BENCH_QUICK") === "1" ? 1 : 3));
+const seconds = Number(Deno.args[0] ?? (QUICK ? 1 : 3));
 await using qsd = await QemuStorageDaemon.start({ driver: "null-co", size: 1 << 30 });
 
 function cpuMicros(): number {

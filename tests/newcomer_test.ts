@@ -2,6 +2,7 @@
 // has Deno but not qemu-storage-daemon or a C compiler.
 import assert from "node:assert/strict";
 import { endedOnSignal, missing, removedOnSignal, type TempDir, tempDir } from "./_support.ts";
+import { runDeno } from "./_deno.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const decoder = new TextDecoder();
@@ -151,15 +152,12 @@ Deno.test({
   name: "demo run with --allow-ffi alone says it is the permission, not the daemon, that is missing",
   ignore: Deno.env.get(INNER) === "1",
   fn: async () => {
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-ffi", "demo.ts", "--seconds", "0.2"],
+    const out = await runDeno(["run", "--allow-ffi", "demo.ts", "--seconds", "0.2"], {
       cwd: root,
       env: { NO_COLOR: "1" },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const stdout = decoder.decode(out.stdout);
-    assert.equal(out.code, 0, decoder.decode(out.stderr));
+    });
+    const stdout = out.stdout;
+    assert.equal(out.code, 0, out.stderr);
     assert.match(stdout, /^without --allow-run the demo cannot start qemu-storage-daemon: running on the .*mock/);
     assert.match(stdout, /^For the real thing: deno task demo \(it runs with -A/m);
     assert.doesNotMatch(stdout, /not found|apt-get/);
